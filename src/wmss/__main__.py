@@ -1,0 +1,5 @@
+import sys
+
+from wmss.cli import main
+
+sys.exit(main())

