@@ -31,7 +31,9 @@ def make_tokenizer(with_pad: bool = True) -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=320,
+        special_tokens=["<pad>", "<eos>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     backend.train_from_iterator(CORPUS, trainer)
     if with_pad:
@@ -129,8 +131,9 @@ def test_evaluate_model_writes_one_record_per_problem(model, tokenizer, tmp_path
         for index, (prompt, gold) in enumerate(zip(PROMPTS, golds, strict=True))
     ]
     path = tmp_path / "run" / "predictions.jsonl"
-    result = evaluate_model(model, tokenizer, problems, max_new_tokens=MAX_NEW_TOKENS, predictions_path=path,
-                            show_progress=False)
+    result = evaluate_model(
+        model, tokenizer, problems, max_new_tokens=MAX_NEW_TOKENS, predictions_path=path, show_progress=False
+    )
 
     records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert [record["id"] for record in records] == [problem["id"] for problem in problems]

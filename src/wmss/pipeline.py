@@ -139,6 +139,8 @@ def _free_memory() -> None:
 def _training_record(result: dict[str, Any], run: RunDir, phase: str) -> dict[str, Any]:
     atomic_write_json(run.root / "logs" / f"{phase}.json", result["log_history"])
     shutil.rmtree(run.root / "checkpoints" / phase, ignore_errors=True)
+    if (run.root / "checkpoints").is_dir() and not any((run.root / "checkpoints").iterdir()):
+        (run.root / "checkpoints").rmdir()
     keep = ("steps", "train_loss", "train_runtime", "train_samples_per_second")
     return {k: result[k] for k in keep if k in result}
 

@@ -35,7 +35,7 @@ def training_arguments(train: TrainConfig, output_dir: str | Path, epochs: float
         weight_decay=train.weight_decay,
         max_grad_norm=train.max_grad_norm,
         bf16=train.bf16,
-        gradient_checkpointing=train.gradient_checkpointing,
+        activation_checkpointing=train.activation_checkpointing,
         logging_steps=train.logging_steps,
         save_strategy="steps",
         save_steps=train.save_steps,
@@ -110,10 +110,10 @@ class WeakStrongPair(nn.Module):
             self.weak.eval()
         return self
 
-    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
-        self.strong.gradient_checkpointing_enable(**kwargs)
+    def activation_checkpointing_enable(self, **kwargs: Any) -> None:
+        self.strong.activation_checkpointing_enable(**kwargs)
         if not self.freeze_weak:
-            self.weak.gradient_checkpointing_enable(**kwargs)
+            self.weak.activation_checkpointing_enable(**kwargs)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                 num_items_in_batch: int | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
