@@ -30,11 +30,13 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     bpe.train_from_iterator(CORPUS * 5, trainer=trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                  bos_token=None)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None
+    )
     tok.chat_template = CHATML
     return tok
 
@@ -42,16 +44,32 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 def build_model(vocab_size: int, seed: int = 0, arch: str = "llama", tie: bool = True):
     torch.manual_seed(seed)
     if arch == "llama":
-        config = LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                             tie_word_embeddings=tie)
+        config = LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            tie_word_embeddings=tie,
+        )
     elif arch == "qwen2":
         from transformers import Qwen2Config
-        config = Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                             tie_word_embeddings=tie)
+
+        config = Qwen2Config(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            tie_word_embeddings=tie,
+        )
     elif arch == "gpt2":
         from transformers import GPT2Config
+
         config = GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=512)
     else:
         raise ValueError(arch)
@@ -84,8 +102,13 @@ def arithmetic_rows(n: int) -> list[dict]:
     rows = []
     for i in range(n):
         a, b = 2 + i % 9, 3 + (i * 7) % 11
-        rows.append({"question": f"Tom has {a} apples and buys {b} more. How many apples does he have now?",
-                     "answer": f"{a} + {b} = {a + b}. The answer is {a + b}.", "final": str(a + b)})
+        rows.append(
+            {
+                "question": f"Tom has {a} apples and buys {b} more. How many apples does he have now?",
+                "answer": f"{a} + {b} = {a + b}. The answer is {a + b}.",
+                "final": str(a + b),
+            }
+        )
     return rows
 
 

@@ -16,8 +16,10 @@ from wmss.errors import ConfigError, WmssError
 
 log = logging.getLogger("wmss")
 
-CONFIG_HELP = ("optional YAML config, then key=value overrides of any config key "
-               "(e.g. wmss.mix_lambda=0.42 train.learning_rate=5e-5); `wmss config` lists the keys")
+CONFIG_HELP = (
+    "optional YAML config, then key=value overrides of any config key "
+    "(e.g. wmss.mix_lambda=0.42 train.learning_rate=5e-5); `wmss config` lists the keys"
+)
 
 
 def _config(items: list[str]) -> RunConfig:
@@ -26,7 +28,9 @@ def _config(items: list[str]) -> RunConfig:
         path, items = items[0], items[1:]
     bad = [i for i in items if "=" not in i]
     if bad:
-        raise ConfigError(f"'{bad[0]}' is neither a config file (it must come first) nor a key=value override.")
+        raise ConfigError(
+            f"'{bad[0]}' is neither a config file (it must come first) nor a key=value override."
+        )
     return load_config(path, items)
 
 
@@ -35,7 +39,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     cfg = _config(args.config)
     manifest = run_pipeline(cfg)
-    print(f"done: final model at {Path(cfg.output_dir) / 'final'}; manifest at {Path(cfg.output_dir) / 'manifest.json'}")
+    root = Path(cfg.output_dir)
+    print(f"done: final model at {root / 'final'}; manifest at {root / 'manifest.json'}")
     if "eval" in manifest["phases"]:
         e = manifest["phases"]["eval"]
         print(f"eval: {e['num_correct']}/{e['num_problems']} correct ({e['accuracy']:.1%}) on {e['path']}")
@@ -52,8 +57,9 @@ def cmd_sft(args: argparse.Namespace) -> None:
     dataset, report = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
     log.info("data: %s", report.summary())
     model = load_model(base)
-    result = train_sft(model, tokenizer, dataset, cfg.train, cfg.sft.epochs, Path(args.output) / "checkpoints",
-                       cfg.seed)
+    result = train_sft(
+        model, tokenizer, dataset, cfg.train, cfg.sft.epochs, Path(args.output) / "checkpoints", cfg.seed
+    )
     save_model(model, tokenizer, Path(args.output) / "model")
     print(f"SFT done in {result['steps']} steps: model at {Path(args.output) / 'model'}")
 
@@ -70,9 +76,16 @@ def cmd_entropy(args: argparse.Namespace) -> None:
     source = resolve_model(args.model or cfg.model)
     tokenizer = load_tokenizer(source)
     dataset, _ = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
-    values = dataset_entropies(load_model(source), dataset, tokenizer.pad_token_id, cfg.wmss.entropy_batch_size)
-    atomic_write_jsonl(args.output, ({"idx": i, "entropy": None if np.isnan(h) else float(h)}
-                                     for i, h in zip(dataset["idx"], values, strict=True)))
+    values = dataset_entropies(
+        load_model(source), dataset, tokenizer.pad_token_id, cfg.wmss.entropy_batch_size
+    )
+    atomic_write_jsonl(
+        args.output,
+        (
+            {"idx": i, "entropy": None if np.isnan(h) else float(h)}
+            for i, h in zip(dataset["idx"], values, strict=True)
+        ),
+    )
     print(f"Eq. 7 entropy of {len(values)} examples (mean {np.nanmean(values):.4f}) written to {args.output}")
 
 
@@ -85,20 +98,44 @@ def cmd_select(args: argparse.Namespace) -> None:
     cfg = _config(args.config)
     weak, strong = read_jsonl(args.weak), read_jsonl(args.strong)
     if [r["idx"] for r in weak] != [r["idx"] for r in strong]:
-        raise WmssError(f"{args.weak} and {args.strong} list different examples (idx); compute both "
-                        "entropies on the same data.")
+        raise WmssError(
+            f"{args.weak} and {args.strong} list different examples (idx); compute both "
+            "entropies on the same data."
+        )
     h_weak = np.array([np.nan if r["entropy"] is None else r["entropy"] for r in weak])
     h_strong = np.array([np.nan if r["entropy"] is None else r["entropy"] for r in strong])
     w = cfg.wmss
-    sel = select(h_weak, h_strong, alpha=w.alpha, beta=w.beta, gamma=w.gamma, form=w.selection, dedup=cfg.dedup,
-                 seed=cfg.seed, sample_multiplier=w.sample_multiplier)
-    atomic_write_jsonl(args.output, ({"idx": r["idx"], "entropy_weak": r["entropy"], "entropy_strong": s["entropy"],
-                                      "weight": float(p), "draws": int(d), "active": bool(d > 0)}
-                                     for r, s, p, d in zip(weak, strong, sel.weights, sel.draws, strict=True)))
+    sel = select(
+        h_weak,
+        h_strong,
+        alpha=w.alpha,
+        beta=w.beta,
+        gamma=w.gamma,
+        form=w.selection,
+        dedup=cfg.dedup,
+        seed=cfg.seed,
+        sample_multiplier=w.sample_multiplier,
+    )
+    atomic_write_jsonl(
+        args.output,
+        (
+            {
+                "idx": r["idx"],
+                "entropy_weak": r["entropy"],
+                "entropy_strong": s["entropy"],
+                "weight": float(p),
+                "draws": int(d),
+                "active": bool(d > 0),
+            }
+            for r, s, p, d in zip(weak, strong, sel.weights, sel.draws, strict=True)
+        ),
+    )
     for note in sel.notes:
         log.warning("%s", note)
-    print(f"active set: {len(sel.active_rows)} of {len(sel.weights)} examples "
-          f"({sel.active_fraction:.1%}); written to {args.output}")
+    print(
+        f"active set: {len(sel.active_rows)} of {len(sel.weights)} examples "
+        f"({sel.active_fraction:.1%}); written to {args.output}"
+    )
 
 
 def cmd_joint(args: argparse.Namespace) -> None:
@@ -114,20 +151,36 @@ def cmd_joint(args: argparse.Namespace) -> None:
     dataset, _ = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
     if args.selection:
         draws = {r["idx"]: r["draws"] for r in read_jsonl(args.selection)}
-        rows = [i for i, idx in enumerate(dataset["idx"]) for _ in range(1 if cfg.dedup else draws.get(idx, 0))
-                if draws.get(idx, 0) > 0]
+        rows = [
+            i
+            for i, idx in enumerate(dataset["idx"])
+            for _ in range(1 if cfg.dedup else draws.get(idx, 0))
+            if draws.get(idx, 0) > 0
+        ]
         dataset = dataset.select(rows)
     strong = load_model(strong_src)
-    result = train_joint(load_model(weak_src), strong, tokenizer, dataset, cfg.train, cfg.wmss.epochs,
-                         cfg.wmss.mix_lambda, cfg.wmss.freeze_weak, Path(args.output) / "checkpoints", cfg.seed)
+    result = train_joint(
+        load_model(weak_src),
+        strong,
+        tokenizer,
+        dataset,
+        cfg.train,
+        cfg.wmss.epochs,
+        cfg.wmss.mix_lambda,
+        cfg.wmss.freeze_weak,
+        Path(args.output) / "checkpoints",
+        cfg.seed,
+    )
     save_model(strong, tokenizer, Path(args.output) / "model")
-    print(f"WD-JT done in {result['steps']} steps on {len(dataset)} examples: strong model at "
-          f"{Path(args.output) / 'model'}")
+    print(
+        f"WD-JT done in {result['steps']} steps on {len(dataset)} examples: strong model at "
+        f"{Path(args.output) / 'model'}"
+    )
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from wmss.data import load_eval_problems
     from wmss.evaluation import evaluate_model
+    from wmss.evaluation.problems import load_eval_problems
     from wmss.io import atomic_write_json
     from wmss.models import load_model, load_tokenizer, resolve_model
 
@@ -138,8 +191,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
         source = resolve_model(name)
         tokenizer = load_tokenizer(source)
         problems = load_eval_problems(cfg.eval, cfg.data, tokenizer)
-        result = evaluate_model(load_model(source), tokenizer, problems, max_new_tokens=cfg.eval.max_new_tokens,
-                                batch_size=cfg.eval.batch_size, predictions_path=str(out / f"predictions-{i}.jsonl"))
+        result = evaluate_model(
+            load_model(source),
+            tokenizer,
+            problems,
+            max_new_tokens=cfg.eval.max_new_tokens,
+            batch_size=cfg.eval.batch_size,
+            predictions_path=str(out / f"predictions-{i}.jsonl"),
+        )
         rows.append({"model": name, **result.to_dict()})
     atomic_write_json(out / "results.json", rows)
     print(f"{'model':40s} {'correct':>9s} {'accuracy':>9s}")
@@ -165,8 +224,10 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="wmss", description="Weak-driven learning (WMSS): post-train a causal LM with its own weaker "
-        "checkpoint. `wmss run` runs Algorithm 1 end to end; the other subcommands run one phase each.")
+        prog="wmss",
+        description="Weak-driven learning (WMSS): post-train a causal LM with its own weaker "
+        "checkpoint. `wmss run` runs Algorithm 1 end to end; the other subcommands run one phase each.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
@@ -174,45 +235,72 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    p = add("run", cmd_run, "Run the whole pipeline: SFT (M0 -> M1), then K iterations of WD-DS + WD-JT; "
-            "resumable: re-run the same command after an interruption.")
+    p = add(
+        "run",
+        cmd_run,
+        "Run the whole pipeline: SFT (M0 -> M1), then K iterations of WD-DS + WD-JT; "
+        "resumable: re-run the same command after an interruption.",
+    )
     p.add_argument("config", nargs="*", help=CONFIG_HELP)
 
     p = add("sft", cmd_sft, "Phase 1: completion-only SFT of `model` on `data` for sft.epochs epochs.")
     p.add_argument("config", nargs="*", help=CONFIG_HELP)
     p.add_argument("--output", required=True, help="directory for the trained model (OUTPUT/model)")
 
-    p = add("entropy", cmd_entropy, "Eq. 7: token-averaged predictive entropy of a model on every training "
-            "example, written as JSONL (idx, entropy).")
+    p = add(
+        "entropy",
+        cmd_entropy,
+        "Eq. 7: token-averaged predictive entropy of a model on every training "
+        "example, written as JSONL (idx, entropy).",
+    )
     p.add_argument("config", nargs="*", help=CONFIG_HELP)
     p.add_argument("--model", help="checkpoint to measure (default: the config's model)")
     p.add_argument("--output", required=True, help="JSONL file to write")
 
-    p = add("select", cmd_select, "WD-DS: Eq. 9 selection weights from weak and strong entropies, sampling and "
-            "de-duplication; writes the selection JSONL.")
+    p = add(
+        "select",
+        cmd_select,
+        "WD-DS: Eq. 9 selection weights from weak and strong entropies, sampling and "
+        "de-duplication; writes the selection JSONL.",
+    )
     p.add_argument("config", nargs="*", help=CONFIG_HELP)
     p.add_argument("--weak", required=True, help="entropy JSONL of the weak model")
     p.add_argument("--strong", required=True, help="entropy JSONL of the strong model")
     p.add_argument("--output", required=True, help="selection JSONL to write")
 
-    p = add("joint", cmd_joint, "WD-JT: train weak and strong jointly on mixed logits (Eq. 5-6) and save the "
-            "strong model.")
+    p = add(
+        "joint",
+        cmd_joint,
+        "WD-JT: train weak and strong jointly on mixed logits (Eq. 5-6) and save the strong model.",
+    )
     p.add_argument("config", nargs="*", help=CONFIG_HELP)
     p.add_argument("--weak", required=True, help="weak checkpoint (M_{t-1})")
     p.add_argument("--strong", required=True, help="strong checkpoint (M_t)")
     p.add_argument("--selection", help="selection JSONL from `wmss select` (default: all of the data)")
     p.add_argument("--output", required=True, help="directory for the trained strong model (OUTPUT/model)")
 
-    p = add("eval", cmd_eval, "Greedy generation on eval.path and accuracy graded by math-verify, for one or "
-            "more models.")
+    p = add(
+        "eval",
+        cmd_eval,
+        "Greedy generation on eval.path and accuracy graded by math-verify, for one or more models.",
+    )
     p.add_argument("config", nargs="*", help=CONFIG_HELP)
     p.add_argument("--model", action="append", required=True, help="model to evaluate (repeat for several)")
     p.add_argument("--output", required=True, help="directory for predictions and results.json")
 
-    p = add("demo", cmd_demo, "SmolLM2-135M-Instruct on generated arithmetic word problems: SFT (2 epochs) vs "
-            "WMSS (1+1 epochs) at the same budget, evaluated on a held-out split. About 15 minutes on 2 CPU cores.")
-    p.add_argument("--output-dir", default="runs/demo", help="where runs and the report go (default runs/demo)")
-    p.add_argument("--quick", action="store_true", help="a much smaller demo (about 3 minutes), for a smoke test")
+    p = add(
+        "demo",
+        cmd_demo,
+        "SmolLM2-135M-Instruct on generated arithmetic word problems: SFT (2 epochs) vs "
+        "WMSS (1+1 epochs) at the same budget, evaluated on a held-out split. About 15 minutes on "
+        "2 CPU cores.",
+    )
+    p.add_argument(
+        "--output-dir", default="runs/demo", help="where runs and the report go (default runs/demo)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="a much smaller demo (about 3 minutes), for a smoke test"
+    )
 
     p = add("config", cmd_config, "Print the resolved configuration (defaults + file + overrides).")
     p.add_argument("config", nargs="*", help=CONFIG_HELP)

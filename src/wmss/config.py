@@ -141,16 +141,24 @@ class RunConfig:
         """Check values that types alone cannot; raise ConfigError naming the key."""
         w, t = self.wmss, self.train
         if not 0.0 <= w.mix_lambda <= 1.0:
-            raise ConfigError(f"wmss.mix_lambda must lie in [0, 1] (Eq. 5 mixes the two models' logits); "
-                              f"got {w.mix_lambda}.")
+            raise ConfigError(
+                f"wmss.mix_lambda must lie in [0, 1] (Eq. 5 mixes the two models' logits); "
+                f"got {w.mix_lambda}."
+            )
         for name in ("alpha", "beta", "gamma"):
             if getattr(w, name) < 0:
-                raise ConfigError(f"wmss.{name} must be >= 0 (it weighs a term of Eq. 9); got {getattr(w, name)}.")
+                raise ConfigError(
+                    f"wmss.{name} must be >= 0 (it weighs a term of Eq. 9); got {getattr(w, name)}."
+                )
         if w.alpha == w.beta == w.gamma == 0:
-            raise ConfigError("wmss.alpha, wmss.beta and wmss.gamma are all 0, so every selection weight of "
-                              "Eq. 9 is 0. Set at least one of them > 0 (paper defaults: 0.1, 0.8, 0.1).")
+            raise ConfigError(
+                "wmss.alpha, wmss.beta and wmss.gamma are all 0, so every selection weight of "
+                "Eq. 9 is 0. Set at least one of them > 0 (paper defaults: 0.1, 0.8, 0.1)."
+            )
         if w.selection not in SELECTION_FORMS:
-            raise ConfigError(f"wmss.selection must be one of {', '.join(SELECTION_FORMS)}; got {w.selection!r}.")
+            raise ConfigError(
+                f"wmss.selection must be one of {', '.join(SELECTION_FORMS)}; got {w.selection!r}."
+            )
         if w.iterations < 0:
             raise ConfigError(f"wmss.iterations must be >= 0; got {w.iterations}.")
         if w.sample_multiplier <= 0:
@@ -158,8 +166,10 @@ class RunConfig:
         if self.data.overlong not in ("truncate", "drop"):
             raise ConfigError(f"data.overlong must be 'truncate' or 'drop'; got {self.data.overlong!r}.")
         if (self.data.prompt_template is None) != (self.data.completion_template is None):
-            raise ConfigError("data.prompt_template and data.completion_template must be set together "
-                              "(or both left unset for prompt/completion or messages columns).")
+            raise ConfigError(
+                "data.prompt_template and data.completion_template must be set together "
+                "(or both left unset for prompt/completion or messages columns)."
+            )
         for key in ("per_device_batch_size", "gradient_accumulation_steps", "max_length"):
             if getattr(t, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1; got {getattr(t, key)}.")
@@ -245,8 +255,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"override '{text}' is not of the form key=value (e.g. wmss.mix_lambda=0.3).")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override '{text}': the value is not valid YAML ({err}).") from None
+    except yaml.YAMLError:
+        value = raw  # not YAML (e.g. "{question} and {answer}"): a plain string, checked by type below
     if isinstance(value, (dict, list)):  # no key takes a mapping: "{question}" is a template string
         value = raw
     return key.strip(), value

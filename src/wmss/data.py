@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 
-from wmss.config import DataConfig, EvalConfig
+from wmss.config import DataConfig
 from wmss.errors import DataError
 
 IGNORE_INDEX = -100
@@ -39,8 +39,10 @@ def _read_jsonl(path: Path) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise DataError(f"{path}, line {lineno}: not valid JSON ({err.msg} at column {err.colno}). "
-                                "Each line must be one JSON object; fix or remove that line.") from None
+                raise DataError(
+                    f"{path}, line {lineno}: not valid JSON ({err.msg} at column {err.colno}). "
+                    "Each line must be one JSON object; fix or remove that line."
+                ) from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}.")
             rows.append(row)
@@ -55,7 +57,7 @@ def _read_json(path: Path) -> list[dict]:
     if isinstance(obj, dict) and isinstance(obj.get("data"), list):
         obj = obj["data"]
     if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
-        raise DataError(f"{path}: expected a JSON list of objects (or {{\"data\": [...]}}).")
+        raise DataError(f'{path}: expected a JSON list of objects (or {{"data": [...]}}).')
     return obj
 
 
@@ -77,15 +79,19 @@ def read_rows(path: str, split: str = "train", subset: str | None = None) -> lis
     try:
         return load_dataset(path, subset, split=split).to_list()
     except Exception as err:  # the hub client raises many types; the user needs one message
-        raise DataError(f"could not load the dataset '{path}' (split '{split}') from the Hugging Face Hub: "
-                        f"{type(err).__name__}: {err}. If you are offline, give data.path as a local "
-                        ".jsonl/.json/.parquet file.") from None
+        raise DataError(
+            f"could not load the dataset '{path}' (split '{split}') from the Hugging Face Hub: "
+            f"{type(err).__name__}: {err}. If you are offline, give data.path as a local "
+            ".jsonl/.json/.parquet file."
+        ) from None
 
 
 # ---------------------------------------------------------------- rendering text
 
 
-def render_prompt(tokenizer: Any, prompt: str | list[dict], chat: bool, system_prompt: str | None = None) -> str:
+def render_prompt(
+    tokenizer: Any, prompt: str | list[dict], chat: bool, system_prompt: str | None = None
+) -> str:
     """The exact text the model sees before its completion (training and evaluation alike).
 
     With ``chat`` and a tokenizer that has a chat template, the prompt becomes a user turn followed by
@@ -101,8 +107,10 @@ def render_prompt(tokenizer: Any, prompt: str | list[dict], chat: bool, system_p
     if (chat or isinstance(prompt, list)) and getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if isinstance(prompt, list):
-        raise DataError("a chat 'messages' row needs a tokenizer with a chat template; this tokenizer has "
-                        "none. Use prompt/completion columns or data.prompt_template instead.")
+        raise DataError(
+            "a chat 'messages' row needs a tokenizer with a chat template; this tokenizer has "
+            "none. Use prompt/completion columns or data.prompt_template instead."
+        )
     text = "\n\n".join(m["content"] for m in messages)
     bos = tokenizer.bos_token
     if bos and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id] and not text.startswith(bos):
@@ -110,12 +118,14 @@ def render_prompt(tokenizer: Any, prompt: str | list[dict], chat: bool, system_p
     return text
 
 
-def _format(template: str, row: dict, where: str, key: str) -> str:
+def format_row(template: str, row: dict, where: str, key: str) -> str:
     try:
         return template.format_map(row)
     except KeyError as err:
-        raise DataError(f"{where}: {key} refers to the column {err}, which this row does not have "
-                        f"(columns: {', '.join(sorted(row))}).") from None
+        raise DataError(
+            f"{where}: {key} refers to the column {err}, which this row does not have "
+            f"(columns: {', '.join(sorted(row))})."
+        ) from None
     except (IndexError, ValueError) as err:
         raise DataError(f"{key} {template!r} is not a valid format string: {err}.") from None
 
@@ -123,8 +133,8 @@ def _format(template: str, row: dict, where: str, key: str) -> str:
 def row_to_text(row: dict, cfg: DataConfig, where: str) -> tuple[str | list[dict], str]:
     """(prompt, completion) of one row; the prompt may still be a list of chat messages."""
     if cfg.prompt_template is not None:
-        prompt = _format(cfg.prompt_template, row, where, "data.prompt_template")
-        completion = _format(cfg.completion_template or "", row, where, "data.completion_template")
+        prompt = format_row(cfg.prompt_template, row, where, "data.prompt_template")
+        completion = format_row(cfg.completion_template or "", row, where, "data.completion_template")
     elif "prompt" in row and "completion" in row:
         prompt, completion = row["prompt"], row["completion"]
         if isinstance(completion, list):  # conversational prompt/completion
@@ -134,17 +144,23 @@ def row_to_text(row: dict, cfg: DataConfig, where: str) -> tuple[str | list[dict
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
             raise DataError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects.")
         if messages[-1].get("role") != "assistant":
-            raise DataError(f"{where}: the last message must be the assistant's (it is the completion to learn).")
+            raise DataError(
+                f"{where}: the last message must be the assistant's (it is the completion to learn)."
+            )
         prompt, completion = messages[:-1], messages[-1].get("content", "")
         if not prompt:
             raise DataError(f"{where}: 'messages' has no turn before the assistant's answer.")
     else:
-        raise DataError(f"{where}: cannot tell prompt from completion. The row has columns "
-                        f"{', '.join(sorted(row))}; expected 'prompt' and 'completion', or 'messages', or set "
-                        "data.prompt_template and data.completion_template (e.g. '{question}' and '{answer}').")
+        raise DataError(
+            f"{where}: cannot tell prompt from completion. The row has columns "
+            f"{', '.join(sorted(row))}; expected 'prompt' and 'completion', or 'messages', or set "
+            "data.prompt_template and data.completion_template (e.g. '{question}' and '{answer}')."
+        )
     if not isinstance(completion, str) or not completion.strip():
-        raise DataError(f"{where}: the completion is empty. Every example needs a target to learn; remove the row "
-                        "or fix its completion.")
+        raise DataError(
+            f"{where}: the completion is empty. Every example needs a target to learn; remove the row "
+            "or fix its completion."
+        )
     if isinstance(prompt, str) and not prompt.strip():
         raise DataError(f"{where}: the prompt is empty.")
     return prompt, completion
@@ -169,20 +185,26 @@ class DataReport:
         return asdict(self)
 
     def summary(self) -> str:
-        return (f"{self.num_examples} examples from {self.source} ({self.num_rows} rows; "
-                f"{self.num_truncated} truncated, {self.num_dropped} dropped at max_length={self.max_length}; "
-                f"mean tokens: prompt {self.mean_prompt_tokens:.0f}, completion {self.mean_completion_tokens:.0f})")
+        return (
+            f"{self.num_examples} examples from {self.source} ({self.num_rows} rows; "
+            f"{self.num_truncated} truncated, {self.num_dropped} dropped at max_length={self.max_length}; "
+            f"mean tokens: prompt {self.mean_prompt_tokens:.0f}, "
+            f"completion {self.mean_completion_tokens:.0f})"
+        )
 
 
-def tokenize_examples(rows: list[dict], tokenizer: Any, cfg: DataConfig, max_length: int,
-                      source: str = "data") -> tuple[Dataset, DataReport]:
+def tokenize_examples(
+    rows: list[dict], tokenizer: Any, cfg: DataConfig, max_length: int, source: str = "data"
+) -> tuple[Dataset, DataReport]:
     """Tokenise rows into ``idx``/``input_ids``/``labels`` (labels -100 outside the completion)."""
     if cfg.limit is not None:
         rows = rows[: cfg.limit]
     if not rows:
         raise DataError(f"{source} has no rows.")
     if tokenizer.eos_token_id is None:
-        raise DataError("the tokenizer has no EOS token, so a completion cannot end; set one on the tokenizer.")
+        raise DataError(
+            "the tokenizer has no EOS token, so a completion cannot end; set one on the tokenizer."
+        )
     prompts, completions, ids = [], [], []
     for i, row in enumerate(rows):
         where = f"{source}, row {i + 1}"
@@ -203,9 +225,11 @@ def tokenize_examples(rows: list[dict], tokenizer: Any, cfg: DataConfig, max_len
                 continue
             room = max_length - len(p)
             if room < 1:
-                raise DataError(f"{source}, row {i + 1}: the prompt alone is {len(p)} tokens, longer than "
-                                f"train.max_length={max_length}, so no completion token fits. Raise "
-                                "train.max_length, shorten the prompt, or set data.overlong=drop to skip such rows.")
+                raise DataError(
+                    f"{source}, row {i + 1}: the prompt alone is {len(p)} tokens, longer than "
+                    f"train.max_length={max_length}, so no completion token fits. Raise "
+                    "train.max_length, shorten the prompt, or set data.overlong=drop to skip such rows."
+                )
             c = c[:room]
             truncated += 1
         out["idx"].append(ids[i])
@@ -215,60 +239,25 @@ def tokenize_examples(rows: list[dict], tokenizer: Any, cfg: DataConfig, max_len
         c_tokens += len(c)
     n = len(out["idx"])
     if n == 0:
-        raise DataError(f"{source}: every one of the {len(rows)} examples is longer than train.max_length="
-                        f"{max_length} and data.overlong=drop removed them all. Raise train.max_length.")
+        raise DataError(
+            f"{source}: every one of the {len(rows)} examples is longer than train.max_length="
+            f"{max_length} and data.overlong=drop removed them all. Raise train.max_length."
+        )
     if len(set(out["idx"])) != n:
         raise DataError(f"{source}: data.id_field '{cfg.id_field}' has duplicate values; ids must be unique.")
-    report = DataReport(source, len(rows), n, truncated, dropped, max_length, cfg.overlong,
-                        p_tokens / n, c_tokens / n)
+    report = DataReport(
+        source, len(rows), n, truncated, dropped, max_length, cfg.overlong, p_tokens / n, c_tokens / n
+    )
     return Dataset.from_dict(out), report
 
 
 def load_training_data(cfg: DataConfig, tokenizer: Any, max_length: int) -> tuple[Dataset, DataReport]:
     if not cfg.path:
-        raise DataError("data.path is not set: give a .jsonl/.json/.parquet file or a Hugging Face dataset name.")
+        raise DataError(
+            "data.path is not set: give a .jsonl/.json/.parquet file or a Hugging Face dataset name."
+        )
     rows = read_rows(cfg.path, cfg.split, cfg.subset)
     return tokenize_examples(rows, tokenizer, cfg, max_length, source=cfg.path)
-
-
-# ---------------------------------------------------------------- evaluation problems
-
-
-def gold_answer(value: Any) -> str:
-    """The final answer of a gold field: GSM8K's ``... #### 42`` gives ``42``; anything else as text."""
-    text = str(value).strip()
-    if "####" in text:
-        text = text.rsplit("####", 1)[1].strip()
-    return text.replace(",", "") if text.replace(",", "").replace(".", "").lstrip("-").isdigit() else text
-
-
-def load_eval_problems(cfg: EvalConfig, data_cfg: DataConfig, tokenizer: Any) -> list[dict]:
-    """Problems as ``{"id", "prompt", "answer"}``, prompts rendered exactly as in training."""
-    if not cfg.path:
-        raise DataError("eval.path is not set: give a .jsonl/.json/.parquet file of questions and answers.")
-    rows = read_rows(cfg.path, cfg.split)
-    if cfg.limit is not None:
-        rows = rows[: cfg.limit]
-    template = cfg.prompt_template or data_cfg.prompt_template
-    problems = []
-    for i, row in enumerate(rows):
-        where = f"{cfg.path}, row {i + 1}"
-        if template is not None:
-            prompt: str | list[dict] = _format(template, row, where, "eval.prompt_template")
-        elif "prompt" in row:
-            prompt = row["prompt"]
-        elif "messages" in row:
-            prompt = [m for m in row["messages"] if m.get("role") != "assistant"]
-        else:
-            raise DataError(f"{where}: no prompt. Set eval.prompt_template (e.g. '{{question}}') or give a "
-                            "'prompt' column.")
-        if cfg.answer_field not in row:
-            raise DataError(f"{where}: no '{cfg.answer_field}' column for the gold answer (columns: "
-                            f"{', '.join(sorted(row))}). Set eval.answer_field.")
-        problems.append({"id": i, "prompt": render_prompt(tokenizer, prompt, data_cfg.chat_template,
-                                                          data_cfg.system_prompt),
-                         "answer": gold_answer(row[cfg.answer_field])})
-    return problems
 
 
 # ---------------------------------------------------------------- batching

@@ -41,41 +41,56 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False) -> list[
     log.info("demo: %d training and %d held-out problems in %s", len(train), len(test), root / "data")
     rows = []
     for name, description, overrides in ARMS:
-        cfg = load_config(demo_config_path(), [
-            f"output_dir={root / name.lower()}", f"data.path={root / 'data' / 'train.jsonl'}",
-            f"eval.path={root / 'data' / 'test.jsonl'}", *overrides])
+        cfg = load_config(
+            demo_config_path(),
+            [
+                f"output_dir={root / name.lower()}",
+                f"data.path={root / 'data' / 'train.jsonl'}",
+                f"eval.path={root / 'data' / 'test.jsonl'}",
+                *overrides,
+            ],
+        )
         log.info("demo: running %s (%s) in %s", name, description, cfg.output_dir)
         start = time.perf_counter()
         manifest = run_pipeline(cfg)
         phases = manifest["phases"]
-        train_phases = [p for k, p in phases.items() if k == "sft" or k.startswith(("wdjt-", "entropy-",
-                                                                                      "selection-"))]
-        rows.append({
-            "method": name, "description": description,
-            "optimizer_steps": sum(p.get("steps", 0) for p in train_phases),
-            "train_wall_time_s": round(sum(p["wall_time_s"] for p in train_phases), 1),
-            "total_wall_time_s": round(time.perf_counter() - start, 1),
-            "accuracy": phases["eval"]["accuracy"], "num_correct": phases["eval"]["num_correct"],
-            "num_problems": phases["eval"]["num_problems"],
-            "active_fraction": phases.get("selection-1", {}).get("active_fraction"),
-            "run_dir": str(cfg.output_dir), "config": dataclasses.asdict(cfg),
-        })
+        train_phases = [
+            p for k, p in phases.items() if k == "sft" or k.startswith(("wdjt-", "entropy-", "selection-"))
+        ]
+        rows.append(
+            {
+                "method": name,
+                "description": description,
+                "optimizer_steps": sum(p.get("steps", 0) for p in train_phases),
+                "train_wall_time_s": round(sum(p["wall_time_s"] for p in train_phases), 1),
+                "total_wall_time_s": round(time.perf_counter() - start, 1),
+                "accuracy": phases["eval"]["accuracy"],
+                "num_correct": phases["eval"]["num_correct"],
+                "num_problems": phases["eval"]["num_problems"],
+                "active_fraction": phases.get("selection-1", {}).get("active_fraction"),
+                "run_dir": str(cfg.output_dir),
+                "config": dataclasses.asdict(cfg),
+            }
+        )
     table = format_table(rows)
-    report = (f"# wmss demo\n\nSmolLM2-135M-Instruct, {len(train)} generated arithmetic word problems for "
-              f"training, {len(test)} held out; seed {rows[0]['config']['seed']}.\n\n{table}\n")
+    report = (
+        f"# wmss demo\n\nSmolLM2-135M-Instruct, {len(train)} generated arithmetic word problems for "
+        f"training, {len(test)} held out; seed {rows[0]['config']['seed']}.\n\n{table}\n"
+    )
     atomic_write_text(root / "report.md", report)
     atomic_write_json(root / "report.json", rows)
     print("\n" + table)
-    print(f"\nModels: {root / 'sft' / 'final'} and {root / 'wmss' / 'final'} (standard Hugging Face checkpoints)")
+    print(f"\nModels: {root / 'sft' / 'final'} and {root / 'wmss' / 'final'} (Hugging Face checkpoints)")
     print(f"Report: {root / 'report.md'}; predictions: {root}/<arm>/eval/predictions.jsonl")
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| method | schedule | optimizer steps | train wall time | accuracy |",
-             "|---|---|---|---|---|"]
+    lines = ["| method | schedule | optimizer steps | train wall time | accuracy |", "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['description']} | {r['optimizer_steps']} | "
-                     f"{r['train_wall_time_s']:.0f} s | {r['num_correct']}/{r['num_problems']} "
-                     f"({r['accuracy']:.1%}) |")
+        lines.append(
+            f"| {r['method']} | {r['description']} | {r['optimizer_steps']} | "
+            f"{r['train_wall_time_s']:.0f} s | {r['num_correct']}/{r['num_problems']} "
+            f"({r['accuracy']:.1%}) |"
+        )
     return "\n".join(lines)

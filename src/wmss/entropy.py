@@ -32,8 +32,9 @@ def sequence_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 
 @torch.inference_mode()
-def dataset_entropies(model: torch.nn.Module, dataset: Dataset, pad_token_id: int, batch_size: int = 8,
-                      desc: str = "entropy") -> np.ndarray:
+def dataset_entropies(
+    model: torch.nn.Module, dataset: Dataset, pad_token_id: int, batch_size: int = 8, desc: str = "entropy"
+) -> np.ndarray:
     """Eq. 7 for every row of ``dataset`` (in row order), as float64."""
     was_training = model.training
     model.eval()

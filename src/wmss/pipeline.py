@@ -18,14 +18,15 @@ its last complete checkpoint. Every file is written atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
-import hashlib
 import json
 import logging
 import os
 import shutil
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from transformers import TrainerCallback
 
 from wmss import __version__
 from wmss.config import RunConfig
-from wmss.data import DataReport, load_eval_problems, load_training_data
+from wmss.data import DataReport, load_training_data
 from wmss.entropy import dataset_entropies
 from wmss.errors import ConfigError
 from wmss.io import atomic_directory, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
@@ -47,13 +48,22 @@ from wmss.trainers import train_joint, train_sft
 log = logging.getLogger("wmss")
 
 # Keys that do not change what a run computes; they may differ when a run is resumed.
-NON_RESULT_KEYS = ("output_dir", "eval", "train.logging_steps", "train.report_to", "train.save_steps",
-                   "train.save_total_limit", "wmss.entropy_batch_size")
+NON_RESULT_KEYS = (
+    "output_dir",
+    "eval",
+    "train.logging_steps",
+    "train.report_to",
+    "train.save_steps",
+    "train.save_total_limit",
+    "wmss.entropy_batch_size",
+)
 
 
 def _result_config(cfg: RunConfig) -> dict[str, Any]:
     flat = _flatten(cfg.to_dict())
-    return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NON_RESULT_KEYS)}
+    return {
+        k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NON_RESULT_KEYS)
+    }
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -81,12 +91,18 @@ class RunDir:
             changed = sorted(k for k in set(old) | set(result_cfg) if old.get(k) != result_cfg.get(k))
             if changed:
                 details = "; ".join(f"{k}: {old.get(k)!r} -> {result_cfg.get(k)!r}" for k in changed[:6])
-                raise ConfigError(f"{self.root} holds a run made with a different configuration ({details}). "
-                                  "Resuming would mix two experiments: use a new output_dir, or restore those "
-                                  "values to resume the run.")
+                raise ConfigError(
+                    f"{self.root} holds a run made with a different configuration ({details}). "
+                    "Resuming would mix two experiments: use a new output_dir, or restore those "
+                    "values to resume the run."
+                )
         else:
-            self.manifest = {"wmss_version": __version__, "created": _now(), "result_config": result_cfg,
-                             "phases": {}}
+            self.manifest = {
+                "wmss_version": __version__,
+                "created": _now(),
+                "result_config": result_cfg,
+                "phases": {},
+            }
         self.manifest["config"] = cfg.to_dict()
         atomic_write_text(self.root / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.save()
@@ -148,13 +164,27 @@ def _training_record(result: dict[str, Any], run: RunDir, phase: str) -> dict[st
 # ---------------------------------------------------------------- phases
 
 
-def phase_sft(run: RunDir, base: str, tokenizer: Any, dataset: Dataset, out: Path,
-              callbacks: list[TrainerCallback] | None) -> dict[str, Any]:
+def phase_sft(
+    run: RunDir,
+    base: str,
+    tokenizer: Any,
+    dataset: Dataset,
+    out: Path,
+    callbacks: list[TrainerCallback] | None,
+) -> dict[str, Any]:
     """Phase 1: M1 = SFT(M0, D), completion-only cross-entropy."""
     cfg = run.cfg
     model = load_model(base)
-    result = train_sft(model, tokenizer, dataset, cfg.train, cfg.sft.epochs, run.root / "checkpoints" / "sft",
-                       cfg.seed, callbacks)
+    result = train_sft(
+        model,
+        tokenizer,
+        dataset,
+        cfg.train,
+        cfg.sft.epochs,
+        run.root / "checkpoints" / "sft",
+        cfg.seed,
+        callbacks,
+    )
     save_model(model, tokenizer, out)
     del model
     _free_memory()
@@ -167,42 +197,75 @@ def entropies(run: RunDir, name: str, model_path: str, dataset: Dataset, tokeniz
 
     def work() -> dict[str, Any]:
         model = load_model(model_path)
-        values = dataset_entropies(model, dataset, tokenizer.pad_token_id, run.cfg.wmss.entropy_batch_size,
-                                   desc=f"entropy {name}")
+        values = dataset_entropies(
+            model, dataset, tokenizer.pad_token_id, run.cfg.wmss.entropy_batch_size, desc=f"entropy {name}"
+        )
         del model
         _free_memory()
-        atomic_write_jsonl(path, ({"idx": i, "entropy": None if np.isnan(h) else float(h)}
-                                  for i, h in zip(dataset["idx"], values, strict=True)))
-        return {"file": run.rel(path), "mean_entropy": float(np.nanmean(values)) if np.isfinite(values).any()
-                else None}
+        atomic_write_jsonl(
+            path,
+            (
+                {"idx": i, "entropy": None if np.isnan(h) else float(h)}
+                for i, h in zip(dataset["idx"], values, strict=True)
+            ),
+        )
+        return {
+            "file": run.rel(path),
+            "mean_entropy": float(np.nanmean(values)) if np.isfinite(values).any() else None,
+        }
 
     run.phase(f"entropy-{name}", work)
     by_idx = {r["idx"]: r["entropy"] for r in read_jsonl(path)}
     return np.array([np.nan if by_idx[i] is None else by_idx[i] for i in dataset["idx"]], dtype=np.float64)
 
 
-def phase_selection(run: RunDir, t: int, dataset: Dataset, h_weak: np.ndarray, h_strong: np.ndarray
-                    ) -> Selection:
+def phase_selection(
+    run: RunDir, t: int, dataset: Dataset, h_weak: np.ndarray, h_strong: np.ndarray
+) -> Selection:
     """WD-DS of iteration t (Eq. 9), written to ``selection-<t>.jsonl``."""
     w = run.cfg.wmss
-    selection = select(h_weak, h_strong, alpha=w.alpha, beta=w.beta, gamma=w.gamma, form=w.selection,
-                       dedup=run.cfg.dedup, seed=run.cfg.seed + t, sample_multiplier=w.sample_multiplier)
+    selection = select(
+        h_weak,
+        h_strong,
+        alpha=w.alpha,
+        beta=w.beta,
+        gamma=w.gamma,
+        form=w.selection,
+        dedup=run.cfg.dedup,
+        seed=run.cfg.seed + t,
+        sample_multiplier=w.sample_multiplier,
+    )
     path = run.root / f"selection-{t}.jsonl"
 
     def work() -> dict[str, Any]:
-        rows = ({"idx": i, "entropy_weak": _num(hw), "entropy_strong": _num(hs), "weight": float(p),
-                 "draws": int(d), "active": bool(d > 0)}
-                for i, hw, hs, p, d in zip(dataset["idx"], h_weak, h_strong, selection.weights, selection.draws,
-                                           strict=True))
+        rows = (
+            {
+                "idx": i,
+                "entropy_weak": _num(hw),
+                "entropy_strong": _num(hs),
+                "weight": float(p),
+                "draws": int(d),
+                "active": bool(d > 0),
+            }
+            for i, hw, hs, p, d in zip(
+                dataset["idx"], h_weak, h_strong, selection.weights, selection.draws, strict=True
+            )
+        )
         atomic_write_jsonl(path, rows)
         for note in selection.notes:
             log.warning("selection-%d: %s", t, note)
         delta = h_strong - h_weak
-        return {"file": run.rel(path), "active_examples": len(selection.active_rows),
-                "active_fraction": round(selection.active_fraction, 4), "dedup": selection.dedup,
-                "mean_entropy_weak": float(np.nanmean(h_weak)), "mean_entropy_strong": float(np.nanmean(h_strong)),
-                "mean_entropy_gap": float(np.nanmean(delta)), "term_mass": selection.term_mass,
-                "notes": selection.notes}
+        return {
+            "file": run.rel(path),
+            "active_examples": len(selection.active_rows),
+            "active_fraction": round(selection.active_fraction, 4),
+            "dedup": selection.dedup,
+            "mean_entropy_weak": float(np.nanmean(h_weak)),
+            "mean_entropy_strong": float(np.nanmean(h_strong)),
+            "mean_entropy_gap": float(np.nanmean(delta)),
+            "term_mass": selection.term_mass,
+            "notes": selection.notes,
+        }
 
     run.phase(f"selection-{t}", work)
     return selection
@@ -212,38 +275,70 @@ def _num(x: float) -> float | None:
     return None if np.isnan(x) else float(x)
 
 
-def phase_joint_training(run: RunDir, t: int, weak_path: str, strong_path: str, tokenizer: Any,
-                         active: Dataset, out: Path, callbacks: list[TrainerCallback] | None) -> dict[str, Any]:
+def phase_joint_training(
+    run: RunDir,
+    t: int,
+    weak_path: str,
+    strong_path: str,
+    tokenizer: Any,
+    active: Dataset,
+    out: Path,
+    callbacks: list[TrainerCallback] | None,
+) -> dict[str, Any]:
     """WD-JT of iteration t (Eq. 5-6): weak and strong trained together; only strong is kept."""
     cfg = run.cfg
     check_compatible(weak_path, strong_path, load_tokenizer(weak_path), load_tokenizer(strong_path))
     weak, strong = load_model(weak_path), load_model(strong_path)
-    result = train_joint(weak, strong, tokenizer, active, cfg.train, cfg.wmss.epochs, cfg.wmss.mix_lambda,
-                         cfg.wmss.freeze_weak, run.root / "checkpoints" / f"wdjt-{t}", cfg.seed, callbacks)
+    result = train_joint(
+        weak,
+        strong,
+        tokenizer,
+        active,
+        cfg.train,
+        cfg.wmss.epochs,
+        cfg.wmss.mix_lambda,
+        cfg.wmss.freeze_weak,
+        run.root / "checkpoints" / f"wdjt-{t}",
+        cfg.seed,
+        callbacks,
+    )
     save_model(strong, tokenizer, out)
     del weak, strong
     _free_memory()
-    return {"model": run.rel(out), "weak": weak_path, "strong": strong_path, "mix_lambda": cfg.wmss.mix_lambda,
-            "freeze_weak": cfg.wmss.freeze_weak, "examples": len(active),
-            **_training_record(result, run, f"wdjt-{t}")}
+    return {
+        "model": run.rel(out),
+        "weak": weak_path,
+        "strong": strong_path,
+        "mix_lambda": cfg.wmss.mix_lambda,
+        "freeze_weak": cfg.wmss.freeze_weak,
+        "examples": len(active),
+        **_training_record(result, run, f"wdjt-{t}"),
+    }
 
 
 def phase_eval(run: RunDir, model_path: str, tokenizer: Any) -> dict[str, Any]:
     from wmss.evaluation import evaluate_model
+    from wmss.evaluation.problems import load_eval_problems
 
     cfg = run.cfg
     problems = load_eval_problems(cfg.eval, cfg.data, tokenizer)
     model = load_model(model_path)
-    result = evaluate_model(model, tokenizer, problems, max_new_tokens=cfg.eval.max_new_tokens,
-                            batch_size=cfg.eval.batch_size,
-                            predictions_path=str(run.root / "eval" / "predictions.jsonl"))
+    result = evaluate_model(
+        model,
+        tokenizer,
+        problems,
+        max_new_tokens=cfg.eval.max_new_tokens,
+        batch_size=cfg.eval.batch_size,
+        predictions_path=str(run.root / "eval" / "predictions.jsonl"),
+    )
     del model
     atomic_write_json(run.root / "eval" / "results.json", result.to_dict())
-    return {"path": cfg.eval.path, **result.to_dict()}
+    return {"path": cfg.eval.path, "eval_config": dataclasses.asdict(cfg.eval), **result.to_dict()}
 
 
 def phase_final(run: RunDir, src: Path, dst: Path) -> dict[str, Any]:
     """Publish the last strong model at ``final/`` (hard links where the filesystem allows)."""
+
     def link_or_copy(a: str, b: str) -> None:
         try:
             os.link(a, b)
@@ -263,10 +358,10 @@ def run_pipeline(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None)
 
     ``callbacks`` go to every Trainer (for logging or tests).
     """
-    run = RunDir(cfg)
     base = resolve_model(cfg.model)
     tokenizer = load_tokenizer(cfg.tokenizer or base)
     dataset, report = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
+    run = RunDir(cfg)  # created only once the inputs are known to be usable
     _record_data(run, report)
     models_dir = run.root / "models"
     run.phase("M0", lambda: {"model": base, "source": cfg.model})
@@ -285,13 +380,18 @@ def run_pipeline(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None)
         active = dataset.select(selection.active_rows)
         # WD-JT: train weak and strong jointly on the mixed logits; keep the strong model as M_{t+1}
         out = models_dir / f"M{t + 1}"
-        run.phase(f"wdjt-{t}", lambda: phase_joint_training(run, t, weak, strong, tokenizer, active, out,
-                                                              callbacks))  # noqa: B023 (called at once)
+        run.phase(
+            f"wdjt-{t}",
+            partial(phase_joint_training, run, t, weak, strong, tokenizer, active, out, callbacks),
+        )
         chain.append(str(out))
 
     final = run.root / "final"
     run.phase("final", lambda: phase_final(run, Path(chain[-1]), final))
     if cfg.eval.path:
+        evaluated = run.done("eval")
+        if evaluated and evaluated.get("eval_config") != dataclasses.asdict(cfg.eval):
+            evaluated["status"] = "stale"  # the eval section changed since: evaluate again
         run.phase("eval", lambda: phase_eval(run, str(final), tokenizer))
     log.info("run finished: final model at %s", final)
     return run.manifest

@@ -59,8 +59,9 @@ class Selection:
         return len(self.active_rows) / len(self.weights)
 
 
-def _term_arrays(entropy_weak: np.ndarray, entropy_strong: np.ndarray, form: str
-                 ) -> tuple[list[np.ndarray], list[str]]:
+def _term_arrays(
+    entropy_weak: np.ndarray, entropy_strong: np.ndarray, form: str
+) -> tuple[list[np.ndarray], list[str]]:
     """The three per-example terms (α, β, γ) of the chosen form, before weighting."""
     delta = entropy_strong - entropy_weak
     consolidate, repair = np.maximum(-delta, 0.0), np.maximum(delta, 0.0)
@@ -83,20 +84,29 @@ def _term_arrays(entropy_weak: np.ndarray, entropy_strong: np.ndarray, form: str
     return terms, notes
 
 
-def selection_weights(entropy_weak: np.ndarray, entropy_strong: np.ndarray, alpha: float = 0.1,
-                      beta: float = 0.8, gamma: float = 0.1, form: str = "paper"
-                      ) -> tuple[np.ndarray, dict[str, float], list[str]]:
+def selection_weights(
+    entropy_weak: np.ndarray,
+    entropy_strong: np.ndarray,
+    alpha: float = 0.1,
+    beta: float = 0.8,
+    gamma: float = 0.1,
+    form: str = "paper",
+) -> tuple[np.ndarray, dict[str, float], list[str]]:
     """Eq. 9 (or a variant): normalised probabilities, each term's share of the mass, and notes."""
     coefficients = (alpha, beta, gamma)
     if min(coefficients) < 0:
-        raise WmssError(f"selection coefficients must be >= 0; got alpha={alpha}, beta={beta}, gamma={gamma}.")
+        raise WmssError(
+            f"selection coefficients must be >= 0; got alpha={alpha}, beta={beta}, gamma={gamma}."
+        )
     if max(coefficients) == 0:
         raise WmssError("alpha, beta and gamma are all 0, so every selection weight is 0; set one > 0.")
     entropy_weak = np.asarray(entropy_weak, dtype=np.float64)
     entropy_strong = np.asarray(entropy_strong, dtype=np.float64)
     if entropy_weak.shape != entropy_strong.shape or entropy_weak.ndim != 1:
-        raise WmssError(f"weak and strong entropies must be 1-D arrays of one length; got shapes "
-                        f"{entropy_weak.shape} and {entropy_strong.shape}.")
+        raise WmssError(
+            f"weak and strong entropies must be 1-D arrays of one length; got shapes "
+            f"{entropy_weak.shape} and {entropy_strong.shape}."
+        )
     valid = np.isfinite(entropy_weak) & np.isfinite(entropy_strong)
     if not valid.any():
         raise WmssError("no example has a finite entropy (no completion tokens?), so WD-DS cannot select.")
@@ -128,8 +138,18 @@ def sample_active_set(weights: np.ndarray, seed: int, sample_multiplier: float =
     return np.bincount(drawn, minlength=n)
 
 
-def select(entropy_weak: np.ndarray, entropy_strong: np.ndarray, *, alpha: float, beta: float, gamma: float,
-           form: str, dedup: bool, seed: int, sample_multiplier: float = 1.0) -> Selection:
+def select(
+    entropy_weak: np.ndarray,
+    entropy_strong: np.ndarray,
+    *,
+    alpha: float,
+    beta: float,
+    gamma: float,
+    form: str,
+    dedup: bool,
+    seed: int,
+    sample_multiplier: float = 1.0,
+) -> Selection:
     """WD-DS: Eq. 9 weights, then the active set D_active."""
     weights, mass, notes = selection_weights(entropy_weak, entropy_strong, alpha, beta, gamma, form)
     draws = sample_active_set(weights, seed, sample_multiplier)

@@ -22,7 +22,9 @@ from wmss.data import CompletionCollator
 from wmss.losses import mixed_logit_cross_entropy
 
 
-def training_arguments(train: TrainConfig, output_dir: str | Path, epochs: float, seed: int) -> TrainingArguments:
+def training_arguments(
+    train: TrainConfig, output_dir: str | Path, epochs: float, seed: int
+) -> TrainingArguments:
     """Map our ``train`` section onto ``TrainingArguments``."""
     return TrainingArguments(
         output_dir=str(output_dir),
@@ -57,8 +59,11 @@ def last_complete_checkpoint(checkpoint_dir: str | Path) -> str | None:
     root = Path(checkpoint_dir)
     if not root.is_dir():
         return None
-    found = sorted((int(m.group(1)), p) for p in root.iterdir()
-                   if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
+    found = sorted(
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
+    )
     best = None
     for _, path in found:
         if (path / "trainer_state.json").is_file():
@@ -68,9 +73,16 @@ def last_complete_checkpoint(checkpoint_dir: str | Path) -> str | None:
     return str(best) if best else None
 
 
-def train_sft(model: PreTrainedModel, tokenizer: Any, dataset: Dataset, train: TrainConfig, epochs: float,
-              checkpoint_dir: str | Path, seed: int, callbacks: list[TrainerCallback] | None = None
-              ) -> dict[str, Any]:
+def train_sft(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    dataset: Dataset,
+    train: TrainConfig,
+    epochs: float,
+    checkpoint_dir: str | Path,
+    seed: int,
+    callbacks: list[TrainerCallback] | None = None,
+) -> dict[str, Any]:
     """Completion-only SFT in place on ``model`` (resumes from the last checkpoint in ``checkpoint_dir``)."""
     trainer = Trainer(
         model=model,
@@ -94,8 +106,9 @@ class WeakStrongPair(nn.Module):
     accepts_loss_kwargs = True  # the loss is divided by the token count of the accumulated batch
     loss_type = "ForCausalLM"  # labels are shifted inside: Trainer counts tokens on labels[..., 1:]
 
-    def __init__(self, weak: PreTrainedModel, strong: PreTrainedModel, mix_lambda: float,
-                 freeze_weak: bool = False):
+    def __init__(
+        self, weak: PreTrainedModel, strong: PreTrainedModel, mix_lambda: float, freeze_weak: bool = False
+    ):
         super().__init__()
         self.weak, self.strong = weak, strong
         self.mix_lambda, self.freeze_weak = mix_lambda, freeze_weak
@@ -115,12 +128,19 @@ class WeakStrongPair(nn.Module):
         if not self.freeze_weak:
             self.weak.activation_checkpointing_enable(**kwargs)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                num_items_in_batch: int | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        num_items_in_batch: int | torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         strong_logits = self.strong(input_ids=input_ids, attention_mask=attention_mask).logits
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_weak):
             weak_logits = self.weak(input_ids=input_ids, attention_mask=attention_mask).logits
-        loss = mixed_logit_cross_entropy(strong_logits, weak_logits, labels, self.mix_lambda, num_items_in_batch)
+        loss = mixed_logit_cross_entropy(
+            strong_logits, weak_logits, labels, self.mix_lambda, num_items_in_batch
+        )
         return {"loss": loss}
 
 
@@ -150,15 +170,26 @@ class JointTrainer(Trainer):
             missing, unexpected = branch.load_state_dict(state, strict=False)
             tied = set(getattr(branch, "_tied_weights_keys", None) or {})
             if unexpected or set(missing) - tied:
-                raise RuntimeError(f"checkpoint {resume_from_checkpoint}/{name} does not match the model: "
-                                   f"missing {sorted(set(missing) - tied)[:5]}, unexpected {unexpected[:5]}.")
+                raise RuntimeError(
+                    f"checkpoint {resume_from_checkpoint}/{name} does not match the model: "
+                    f"missing {sorted(set(missing) - tied)[:5]}, unexpected {unexpected[:5]}."
+                )
             branch.tie_weights()
 
 
-def train_joint(weak: PreTrainedModel, strong: PreTrainedModel, tokenizer: Any, dataset: Dataset,
-                train: TrainConfig, epochs: float, mix_lambda: float, freeze_weak: bool,
-                checkpoint_dir: str | Path, seed: int, callbacks: list[TrainerCallback] | None = None
-                ) -> dict[str, Any]:
+def train_joint(
+    weak: PreTrainedModel,
+    strong: PreTrainedModel,
+    tokenizer: Any,
+    dataset: Dataset,
+    train: TrainConfig,
+    epochs: float,
+    mix_lambda: float,
+    freeze_weak: bool,
+    checkpoint_dir: str | Path,
+    seed: int,
+    callbacks: list[TrainerCallback] | None = None,
+) -> dict[str, Any]:
     """WD-JT (Eq. 5-6): train weak and strong together on the mixed-logit loss; both updated in place."""
     pair = WeakStrongPair(weak, strong, mix_lambda, freeze_weak)
     trainer = JointTrainer(
