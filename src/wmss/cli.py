@@ -68,8 +68,7 @@ def cmd_entropy(args: argparse.Namespace) -> None:
     import numpy as np
 
     from wmss.data import load_training_data
-    from wmss.entropy import dataset_entropies
-    from wmss.io import atomic_write_jsonl
+    from wmss.entropy import dataset_entropies, write_entropy_file
     from wmss.models import load_model, load_tokenizer, resolve_model
 
     cfg = _config(args.config)
@@ -79,62 +78,29 @@ def cmd_entropy(args: argparse.Namespace) -> None:
     values = dataset_entropies(
         load_model(source), dataset, tokenizer.pad_token_id, cfg.wmss.entropy_batch_size
     )
-    atomic_write_jsonl(
-        args.output,
-        (
-            {"idx": i, "entropy": None if np.isnan(h) else float(h)}
-            for i, h in zip(dataset["idx"], values, strict=True)
-        ),
-    )
+    write_entropy_file(args.output, dataset["idx"], values)
     print(f"Eq. 7 entropy of {len(values)} examples (mean {np.nanmean(values):.4f}) written to {args.output}")
 
 
 def cmd_select(args: argparse.Namespace) -> None:
-    import numpy as np
-
-    from wmss.io import atomic_write_jsonl, read_jsonl
-    from wmss.selection import select
+    from wmss.entropy import read_entropy_file
+    from wmss.io import atomic_write_jsonl
+    from wmss.selection import select_for_config, selection_rows
 
     cfg = _config(args.config)
-    weak, strong = read_jsonl(args.weak), read_jsonl(args.strong)
-    if [r["idx"] for r in weak] != [r["idx"] for r in strong]:
+    (idx, h_weak), (strong_idx, h_strong) = read_entropy_file(args.weak), read_entropy_file(args.strong)
+    if idx != strong_idx:
         raise WmssError(
             f"{args.weak} and {args.strong} list different examples (idx); compute both "
             "entropies on the same data."
         )
-    h_weak = np.array([np.nan if r["entropy"] is None else r["entropy"] for r in weak])
-    h_strong = np.array([np.nan if r["entropy"] is None else r["entropy"] for r in strong])
-    w = cfg.wmss
-    sel = select(
-        h_weak,
-        h_strong,
-        alpha=w.alpha,
-        beta=w.beta,
-        gamma=w.gamma,
-        form=w.selection,
-        dedup=cfg.dedup,
-        seed=cfg.seed,
-        sample_multiplier=w.sample_multiplier,
-    )
-    atomic_write_jsonl(
-        args.output,
-        (
-            {
-                "idx": r["idx"],
-                "entropy_weak": r["entropy"],
-                "entropy_strong": s["entropy"],
-                "weight": float(p),
-                "draws": int(d),
-                "active": bool(d > 0),
-            }
-            for r, s, p, d in zip(weak, strong, sel.weights, sel.draws, strict=True)
-        ),
-    )
+    sel = select_for_config(h_weak, h_strong, cfg, seed=cfg.seed)
+    atomic_write_jsonl(args.output, selection_rows(idx, h_weak, h_strong, sel))
     for note in sel.notes:
         log.warning("%s", note)
     print(
-        f"active set: {len(sel.active_rows)} of {len(sel.weights)} examples "
-        f"({sel.active_fraction:.1%}); written to {args.output}"
+        f"active set: {len(sel.active_rows)} of {len(sel.weights)} examples ({sel.active_fraction:.1%}); "
+        f"written to {args.output}"
     )
 
 

@@ -7,6 +7,8 @@ token has no defined entropy: it gets NaN (and selection gives it weight 0).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from datasets import Dataset
@@ -14,6 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from wmss.data import IGNORE_INDEX, CompletionCollator
+from wmss.io import atomic_write_jsonl, read_jsonl
 
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -53,3 +56,19 @@ def dataset_entropies(
     out = np.empty(len(dataset), dtype=np.float64)
     out[order] = torch.cat(values).numpy() if values else np.empty(0)
     return out
+
+
+def write_entropy_file(path: str | Path, idx: list, values: np.ndarray) -> None:
+    """JSONL, one ``{"idx", "entropy"}`` line per example (``null`` where the entropy is NaN)."""
+    atomic_write_jsonl(
+        path,
+        ({"idx": i, "entropy": None if np.isnan(h) else float(h)} for i, h in zip(idx, values, strict=True)),
+    )
+
+
+def read_entropy_file(path: str | Path) -> tuple[list, np.ndarray]:
+    """``(idx, entropies)`` from a file written by ``write_entropy_file``."""
+    rows = read_jsonl(path)
+    return [r["idx"] for r in rows], np.array(
+        [np.nan if r["entropy"] is None else r["entropy"] for r in rows], dtype=np.float64
+    )

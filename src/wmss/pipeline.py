@@ -38,11 +38,11 @@ from transformers import TrainerCallback
 from wmss import __version__
 from wmss.config import RunConfig
 from wmss.data import DataReport, load_training_data
-from wmss.entropy import dataset_entropies
-from wmss.errors import ConfigError
-from wmss.io import atomic_directory, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from wmss.entropy import dataset_entropies, read_entropy_file, write_entropy_file
+from wmss.errors import ConfigError, WmssError
+from wmss.io import atomic_directory, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from wmss.models import check_compatible, load_model, load_tokenizer, resolve_model, save_model
-from wmss.selection import Selection, select
+from wmss.selection import Selection, select_for_config, selection_rows
 from wmss.trainers import train_joint, train_sft
 
 log = logging.getLogger("wmss")
@@ -202,56 +202,30 @@ def entropies(run: RunDir, name: str, model_path: str, dataset: Dataset, tokeniz
         )
         del model
         _free_memory()
-        atomic_write_jsonl(
-            path,
-            (
-                {"idx": i, "entropy": None if np.isnan(h) else float(h)}
-                for i, h in zip(dataset["idx"], values, strict=True)
-            ),
-        )
+        write_entropy_file(path, dataset["idx"], values)
         return {
             "file": run.rel(path),
             "mean_entropy": float(np.nanmean(values)) if np.isfinite(values).any() else None,
         }
 
     run.phase(f"entropy-{name}", work)
-    by_idx = {r["idx"]: r["entropy"] for r in read_jsonl(path)}
-    return np.array([np.nan if by_idx[i] is None else by_idx[i] for i in dataset["idx"]], dtype=np.float64)
+    idx, values = read_entropy_file(path)
+    if idx != dataset["idx"]:
+        raise WmssError(
+            f"{path} was computed on other examples than this run's data; delete it to recompute."
+        )
+    return values
 
 
 def phase_selection(
     run: RunDir, t: int, dataset: Dataset, h_weak: np.ndarray, h_strong: np.ndarray
 ) -> Selection:
     """WD-DS of iteration t (Eq. 9), written to ``selection-<t>.jsonl``."""
-    w = run.cfg.wmss
-    selection = select(
-        h_weak,
-        h_strong,
-        alpha=w.alpha,
-        beta=w.beta,
-        gamma=w.gamma,
-        form=w.selection,
-        dedup=run.cfg.dedup,
-        seed=run.cfg.seed + t,
-        sample_multiplier=w.sample_multiplier,
-    )
+    selection = select_for_config(h_weak, h_strong, run.cfg, seed=run.cfg.seed + t)
     path = run.root / f"selection-{t}.jsonl"
 
     def work() -> dict[str, Any]:
-        rows = (
-            {
-                "idx": i,
-                "entropy_weak": _num(hw),
-                "entropy_strong": _num(hs),
-                "weight": float(p),
-                "draws": int(d),
-                "active": bool(d > 0),
-            }
-            for i, hw, hs, p, d in zip(
-                dataset["idx"], h_weak, h_strong, selection.weights, selection.draws, strict=True
-            )
-        )
-        atomic_write_jsonl(path, rows)
+        atomic_write_jsonl(path, selection_rows(dataset["idx"], h_weak, h_strong, selection))
         for note in selection.notes:
             log.warning("selection-%d: %s", t, note)
         delta = h_strong - h_weak
@@ -269,10 +243,6 @@ def phase_selection(
 
     run.phase(f"selection-{t}", work)
     return selection
-
-
-def _num(x: float) -> float | None:
-    return None if np.isnan(x) else float(x)
 
 
 def phase_joint_training(

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from wmss.config import RunConfig
 from wmss.errors import WmssError
 
 TERMS = ("alpha", "beta", "gamma")
@@ -136,6 +137,47 @@ def sample_active_set(weights: np.ndarray, seed: int, sample_multiplier: float =
     rng = np.random.default_rng(seed)
     drawn = rng.choice(n, size=num_draws, replace=True, p=weights)
     return np.bincount(drawn, minlength=n)
+
+
+def select_for_config(
+    entropy_weak: np.ndarray, entropy_strong: np.ndarray, cfg: RunConfig, seed: int
+) -> Selection:
+    """WD-DS with the ``wmss`` section of a run config."""
+    w = cfg.wmss
+    return select(
+        entropy_weak,
+        entropy_strong,
+        alpha=w.alpha,
+        beta=w.beta,
+        gamma=w.gamma,
+        form=w.selection,
+        dedup=cfg.dedup,
+        seed=seed,
+        sample_multiplier=w.sample_multiplier,
+    )
+
+
+def selection_rows(
+    idx: list, entropy_weak: np.ndarray, entropy_strong: np.ndarray, selection: Selection
+) -> list[dict]:
+    """The lines of a ``selection-<t>.jsonl`` file, one per training example."""
+
+    def number(x: float) -> float | None:
+        return None if np.isnan(x) else float(x)
+
+    return [
+        {
+            "idx": i,
+            "entropy_weak": number(hw),
+            "entropy_strong": number(hs),
+            "weight": float(p),
+            "draws": int(d),
+            "active": bool(d > 0),
+        }
+        for i, hw, hs, p, d in zip(
+            idx, entropy_weak, entropy_strong, selection.weights, selection.draws, strict=True
+        )
+    ]
 
 
 def select(

@@ -84,7 +84,21 @@ def train_sft(
     callbacks: list[TrainerCallback] | None = None,
 ) -> dict[str, Any]:
     """Completion-only SFT in place on ``model`` (resumes from the last checkpoint in ``checkpoint_dir``)."""
-    trainer = Trainer(
+    return _fit(Trainer, model, tokenizer, dataset, train, epochs, checkpoint_dir, seed, callbacks)
+
+
+def _fit(
+    trainer_class: type[Trainer],
+    model: nn.Module,
+    tokenizer: Any,
+    dataset: Dataset,
+    train: TrainConfig,
+    epochs: float,
+    checkpoint_dir: str | Path,
+    seed: int,
+    callbacks: list[TrainerCallback] | None,
+) -> dict[str, Any]:
+    trainer = trainer_class(
         model=model,
         args=training_arguments(train, checkpoint_dir, epochs, seed),
         train_dataset=dataset,
@@ -192,13 +206,4 @@ def train_joint(
 ) -> dict[str, Any]:
     """WD-JT (Eq. 5-6): train weak and strong together on the mixed-logit loss; both updated in place."""
     pair = WeakStrongPair(weak, strong, mix_lambda, freeze_weak)
-    trainer = JointTrainer(
-        model=pair,
-        args=training_arguments(train, checkpoint_dir, epochs, seed),
-        train_dataset=dataset,
-        data_collator=CompletionCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
-    result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(checkpoint_dir))
-    return {"steps": trainer.state.global_step, **result.metrics, "log_history": trainer.state.log_history}
+    return _fit(JointTrainer, pair, tokenizer, dataset, train, epochs, checkpoint_dir, seed, callbacks)
