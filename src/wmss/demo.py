@@ -21,7 +21,7 @@ from wmss.pipeline import run_pipeline
 
 log = logging.getLogger("wmss")
 
-SIZES = {"full": (192, 100), "quick": (32, 16)}
+SIZES = {"full": (160, 100), "quick": (32, 16)}
 ARMS = (
     ("SFT", "2 epochs of SFT", ["sft.epochs=2", "wmss.iterations=0"]),
     ("WMSS", "1 SFT epoch + WD-DS + 1 WD-JT epoch", ["sft.epochs=1", "wmss.iterations=1"]),
