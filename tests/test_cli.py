@@ -86,7 +86,7 @@ def test_phase_commands_chain_like_run(tmp_path, tiny_model_dir, train_file, cap
         == 0
     )
     assert "active set:" in capsys.readouterr().out
-    assert (tmp_path / "eval" / "results.json").is_file()
+    assert (tmp_path / "eval" / "summary.json").is_file() and (tmp_path / "eval" / "summary.png").is_file()
 
 
 @pytest.mark.parametrize(

@@ -145,32 +145,25 @@ def cmd_joint(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from wmss.evaluation import evaluate_model
-    from wmss.evaluation.problems import load_eval_problems
-    from wmss.io import atomic_write_json
-    from wmss.models import load_model, load_tokenizer, resolve_model
+    from wmss.evaluation.harness import evaluate_models
+    from wmss.evaluation.report import markdown
 
     cfg = _config(args.config)
-    out = Path(args.output)
-    rows = []
-    for i, name in enumerate(args.model):
-        source = resolve_model(name)
-        tokenizer = load_tokenizer(source)
-        problems = load_eval_problems(cfg.eval, cfg.data, tokenizer)
-        result = evaluate_model(
-            load_model(source),
-            tokenizer,
-            problems,
-            max_new_tokens=cfg.eval.max_new_tokens,
-            batch_size=cfg.eval.batch_size,
-            predictions_path=str(out / f"predictions-{i}.jsonl"),
-        )
-        rows.append({"model": name, **result.to_dict()})
-    atomic_write_json(out / "results.json", rows)
-    print(f"{'model':40s} {'correct':>9s} {'accuracy':>9s}")
-    for r in rows:
-        print(f"{r['model'][-40:]:40s} {r['num_correct']:>4d}/{r['num_problems']:<4d} {r['accuracy']:>9.1%}")
-    print(f"predictions and results.json in {out}")
+    models: dict[str, str] = {}
+    for item in args.model:
+        name, sep, path = item.partition("=")
+        name, path = (name, path) if sep else (Path(item.rstrip("/")).name or item, item)
+        if name in models:
+            raise ConfigError(f"two models are named '{name}'; name them with --model NAME=PATH.")
+        models[name] = path
+    if args.baseline and args.baseline not in models:
+        raise ConfigError(f"--baseline {args.baseline} is not one of the models ({', '.join(models)}).")
+    table = evaluate_models(models, args.task or [None], cfg, args.output, args.baseline)
+    print("\n" + markdown(table))
+    print(
+        f"predictions: {args.output}/<model>/<task>/predictions.jsonl; summary.json, summary.md and "
+        f"summary.png in {args.output}"
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -248,11 +241,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "eval",
         cmd_eval,
-        "Greedy generation on eval.path and accuracy graded by math-verify, for one or more models.",
+        "Evaluate one or more models on one or more tasks (greedy pass@1 by default, or sampled pass@k), "
+        "graded by math-verify; writes predictions, summary.json, summary.md and summary.png. "
+        "An interrupted evaluation resumes where it stopped.",
     )
     p.add_argument("config", nargs="*", help=CONFIG_HELP)
-    p.add_argument("--model", action="append", required=True, help="model to evaluate (repeat for several)")
-    p.add_argument("--output", required=True, help="directory for predictions and results.json")
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="[NAME=]PATH",
+        help="model to evaluate: checkpoint dir, .gguf, hub id or smollm2-135m-instruct (repeat)",
+    )
+    p.add_argument(
+        "--task",
+        action="append",
+        metavar="TASK[=PATH]",
+        help="gsm8k, mawps, svamp, aqua, math500, aime, amc, generic, or a task YAML file, with an "
+        "optional data path (repeat); default: eval.task with eval.path",
+    )
+    p.add_argument(
+        "--baseline", metavar="NAME", help="model the others are compared with (Δ and 95%% interval)"
+    )
+    p.add_argument("--output", required=True, help="directory for predictions and the summary")
 
     p = add(
         "demo",

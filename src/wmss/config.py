@@ -104,17 +104,37 @@ class WMSSConfig:
 
 @dataclass
 class EvalConfig:
-    """Held-out evaluation after training (greedy decoding, accuracy graded by math-verify)."""
+    """Evaluation (``wmss eval``, and after ``wmss run`` when ``eval.path`` or a built-in task is set).
 
+    Prompts are rendered like the training data (``data.chat_template``, ``data.system_prompt``).
+    """
+
+    task: str = "generic"
+    """A built-in task (gsm8k, mawps, svamp, aqua, math500, aime, amc), a task YAML file, or ``generic``
+    (``question_field``/``answer_field`` of any file)."""
     path: str | None = None
+    """Data file (or hub dataset) of the task; built-in tasks also look in ``$WMSS_DATA_DIR``."""
     split: str = "test"
-    prompt_template: str | None = None
-    """Unset: the training data's prompt_template (the prompt must look like training)."""
+    question_field: str = "question"
     answer_field: str = "answer"
-    """Column holding the gold answer (a number, LaTeX, or a GSM8K-style ``#### n`` solution)."""
+    """For ``generic``: the gold answer column (a number, LaTeX, or a GSM8K-style ``#### n`` solution)."""
+    prompt_template: str | None = None
+    """Format string over the problem (``{question}``, ``{options}``); unset: the question itself."""
+    instruction: str | None = None
+    """Appended to the question. Unset: the task's own (e.g. end with "The answer is …"; none for
+    ``generic``); ``""``: no instruction (use it when the training prompts had none)."""
+    num_fewshot: int = 0
+    fewshot_path: str | None = None
+    """Where few-shot examples come from (same layout as the task); they are its first rows."""
     limit: int | None = None
-    max_new_tokens: int = 256
+    max_new_tokens: int | None = None
+    """Generation budget; unset: the task's."""
     batch_size: int = 16
+    num_samples: int = 1
+    """Samples per problem; > 1 (with temperature > 0) gives pass@k by the unbiased estimator."""
+    temperature: float = 0.0
+    """0: greedy decoding (the paper's pass@1 protocol)."""
+    top_p: float = 1.0
 
 
 @dataclass
@@ -175,6 +195,16 @@ class RunConfig:
                 raise ConfigError(f"train.{key} must be >= 1; got {getattr(t, key)}.")
         if t.learning_rate <= 0:
             raise ConfigError(f"train.learning_rate must be > 0; got {t.learning_rate}.")
+        e = self.eval
+        if e.num_samples < 1 or e.num_fewshot < 0 or e.batch_size < 1:
+            raise ConfigError("eval.num_samples and eval.batch_size must be >= 1, eval.num_fewshot >= 0.")
+        if e.num_samples > 1 and e.temperature <= 0:
+            raise ConfigError(
+                f"eval.num_samples={e.num_samples} needs eval.temperature > 0: greedy decoding "
+                "gives the same answer every time."
+            )
+        if e.num_fewshot > 0 and not e.fewshot_path:
+            raise ConfigError("eval.num_fewshot > 0 needs eval.fewshot_path (e.g. the task's training file).")
         if self.sft.epochs <= 0 or w.epochs <= 0:
             raise ConfigError("sft.epochs and wmss.epochs must be > 0.")
         return self

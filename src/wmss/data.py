@@ -30,7 +30,7 @@ LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 # ---------------------------------------------------------------- reading rows
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_jsonl(path: Path, bad_lines: list[int] | None = None) -> list[dict]:
     rows = []
     with open(path) as f:
         for lineno, line in enumerate(f, start=1):
@@ -39,10 +39,16 @@ def _read_jsonl(path: Path) -> list[dict]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
+                if bad_lines is not None:
+                    bad_lines.append(lineno)
+                    continue
                 raise DataError(
                     f"{path}, line {lineno}: not valid JSON ({err.msg} at column {err.colno}). "
                     "Each line must be one JSON object; fix or remove that line."
                 ) from None
+            if not isinstance(row, dict) and bad_lines is not None:
+                bad_lines.append(lineno)
+                continue
             if not isinstance(row, dict):
                 raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}.")
             rows.append(row)
@@ -61,12 +67,18 @@ def _read_json(path: Path) -> list[dict]:
     return obj
 
 
-def read_rows(path: str, split: str = "train", subset: str | None = None) -> list[dict]:
-    """Rows of a local file, or of a Hugging Face dataset when ``path`` is not a local file."""
+def read_rows(
+    path: str, split: str = "train", subset: str | None = None, bad_lines: list[int] | None = None
+) -> list[dict]:
+    """Rows of a local file, or of a Hugging Face dataset when ``path`` is not a local file.
+
+    With ``bad_lines`` (a list), malformed ``.jsonl`` lines are skipped and their numbers appended to it
+    instead of raising (evaluation counts them; training refuses them).
+    """
     local = Path(path).expanduser()
     if local.is_file():
         if local.suffix == ".jsonl":
-            return _read_jsonl(local)
+            return _read_jsonl(local, bad_lines)
         if local.suffix == ".json":
             return _read_json(local)
         if local.suffix == ".parquet":

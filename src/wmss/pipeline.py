@@ -10,7 +10,7 @@ Run directory layout::
     selection-<t>.jsonl      WD-DS of iteration t: idx, entropy_weak, entropy_strong, weight, draws, active
     checkpoints/<phase>/     Trainer checkpoints of an unfinished training phase (removed when it ends)
     logs/<phase>.json        Trainer log history of a finished training phase
-    eval/                    predictions and accuracy of the final model, when ``eval.path`` is set
+    eval/                    predictions and accuracy of the final model, when an eval task is set
 
 Re-running the same command skips finished phases and resumes an unfinished training phase from
 its last complete checkpoint. Every file is written atomically.
@@ -287,23 +287,18 @@ def phase_joint_training(
 
 
 def phase_eval(run: RunDir, model_path: str, tokenizer: Any) -> dict[str, Any]:
-    from wmss.evaluation import evaluate_model
-    from wmss.evaluation.problems import load_eval_problems
+    """Evaluate the final model on ``eval.task`` / ``eval.path`` (predictions in ``eval/``)."""
+    from wmss.evaluation.harness import evaluate_one, load_problems, parse_task_spec
 
     cfg = run.cfg
-    problems = load_eval_problems(cfg.eval, cfg.data, tokenizer)
+    task, path = parse_task_spec(None, cfg.eval)
+    data = load_problems(task, path, cfg.eval)
     model = load_model(model_path)
-    result = evaluate_model(
-        model,
-        tokenizer,
-        problems,
-        max_new_tokens=cfg.eval.max_new_tokens,
-        batch_size=cfg.eval.batch_size,
-        predictions_path=str(run.root / "eval" / "predictions.jsonl"),
-    )
+    summary = evaluate_one(model, tokenizer, task, data, cfg, run.root / "eval")
     del model
-    atomic_write_json(run.root / "eval" / "results.json", result.to_dict())
-    return {"path": cfg.eval.path, "eval_config": dataclasses.asdict(cfg.eval), **result.to_dict()}
+    summary = {k: v for k, v in summary.items() if k != "per_problem"}
+    atomic_write_json(run.root / "eval" / "results.json", summary)
+    return {"eval_config": dataclasses.asdict(cfg.eval), **summary}
 
 
 def phase_final(run: RunDir, src: Path, dst: Path) -> dict[str, Any]:
@@ -358,7 +353,7 @@ def run_pipeline(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None)
 
     final = run.root / "final"
     run.phase("final", lambda: phase_final(run, Path(chain[-1]), final))
-    if cfg.eval.path:
+    if cfg.eval.path or cfg.eval.task != "generic":
         evaluated = run.done("eval")
         if evaluated and evaluated.get("eval_config") != dataclasses.asdict(cfg.eval):
             evaluated["status"] = "stale"  # the eval section changed since: evaluate again

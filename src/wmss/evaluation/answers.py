@@ -67,3 +67,21 @@ def _clean(answer: str) -> str:
     if _THOUSANDS.fullmatch(answer):
         answer = answer.replace(",", "")
     return answer
+
+
+_CHOICE_PATTERNS = (
+    re.compile(r"\\boxed\s*\{\s*\(?([A-E])\)?\s*\}"),
+    re.compile(r"answer\s+is\s*:?\s*\(?([A-E])\b\)?", re.IGNORECASE),
+    re.compile(r"(?:^|[\s(])\(?([A-E])\)(?=\s|$|[.,])"),
+    re.compile(r"(?:^|\s)([A-E])(?=[.\s]*$)"),
+)
+
+
+def extract_choice(text: str) -> str | None:
+    """The option letter (A-E) a multiple-choice answer states: ``\\boxed{B}`` first, then "the answer
+    is (B)", then the last "(B)" / "B)", then a letter standing alone at the very end."""
+    for pattern in _CHOICE_PATTERNS:
+        matches = pattern.findall(text)
+        if matches:
+            return matches[-1].upper()
+    return None

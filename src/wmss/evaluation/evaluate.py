@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from wmss.evaluation.answers import extract_answer
-from wmss.evaluation.generation import generate_greedy
+from wmss.evaluation.answers import extract_answer, extract_choice
+from wmss.evaluation.generation import Generation, generate, generate_greedy
 from wmss.evaluation.grading import grade
+from wmss.evaluation.metrics import mean_pass_at_k
+from wmss.evaluation.tasks import TaskData
 
 
 @dataclass
@@ -130,3 +133,148 @@ def _write_jsonl_atomically(path: Path, records: list[dict]) -> None:
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)
         raise
+
+
+def score(generation: str, gold: str, answer_type: str) -> dict:
+    """Extracted answer and verdict of one generation; ``unparsable_gold`` when the gold cannot be read."""
+    if answer_type == "choice":
+        extracted = extract_choice(generation)
+        return {"extracted": extracted, "correct": extracted == gold.strip().upper(), "error": None}
+    extracted = extract_answer(generation)
+    try:
+        outcome = grade(extracted, gold)
+    except ValueError as unparsable:
+        return {"extracted": extracted, "correct": False, "error": str(unparsable), "unparsable_gold": True}
+    return {"extracted": extracted, "correct": outcome.correct, "error": outcome.error}
+
+
+def evaluate_task(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: TaskData,
+    prompts: list[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    num_samples: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> dict:
+    """Generate, extract and grade every problem of a task; write ``predictions.jsonl`` and return a summary.
+
+    Progress is appended to ``.predictions.partial.jsonl`` after each batch, so an interrupted
+    evaluation resumes where it stopped (same settings required). Malformed rows, unparsable golds,
+    empty generations and generations that hit the length budget are counted, never fatal.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    final, partial = out / "predictions.jsonl", out / ".predictions.partial.jsonl"
+    settings = {
+        "max_new_tokens": max_new_tokens,
+        "num_samples": num_samples,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+    }
+    done = _read_partial(partial, settings)
+    todo = [i for i, p in enumerate(data.problems) if str(p["id"]) not in done]
+    start = time.perf_counter()
+    fresh = not partial.is_file()
+    with open(partial, "a") as sink:
+        if fresh:
+            sink.write(json.dumps({"settings": settings}) + "\n")
+
+        def save(batch: list[int], generations: list[list[Generation]]) -> None:
+            for index, samples in zip(batch, generations, strict=True):
+                record = _record(
+                    data.problems[todo[index]], prompts[todo[index]], samples, data.task.answer_type
+                )
+                done[str(record["id"])] = record
+                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+            sink.flush()
+
+        if todo:
+            generate(
+                model,
+                tokenizer,
+                [prompts[i] for i in todo],
+                max_new_tokens,
+                batch_size=batch_size,
+                num_samples=num_samples,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+                show_progress=show_progress,
+                on_batch=save,
+            )
+    elapsed = time.perf_counter() - start
+    records = [done[str(p["id"])] for p in data.problems]
+    _write_jsonl_atomically(final, records)
+    partial.unlink()
+    return _summary(data, records, num_samples, final, elapsed)
+
+
+def _record(problem: dict, prompt: str, samples: list[Generation], answer_type: str) -> dict:
+    scored = [
+        {
+            "generation": g.text,
+            "finish": g.finish,
+            "num_tokens": g.num_tokens,
+            **score(g.text, problem["answer"], answer_type),
+        }
+        for g in samples
+    ]
+    record = {"id": problem["id"], "prompt": prompt, "gold": problem["answer"]}
+    if len(scored) == 1:
+        return {**record, **scored[0]}
+    return {**record, "num_correct": sum(s["correct"] for s in scored), "samples": scored}
+
+
+def _read_partial(path: Path, settings: dict) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    lines = path.read_text().splitlines()
+    try:
+        header = json.loads(lines[0])["settings"]
+    except (IndexError, KeyError, json.JSONDecodeError):
+        header = None
+    if header != settings:
+        path.unlink()  # progress made with other settings cannot be reused
+        return {}
+    done = {}
+    for line in lines[1:]:
+        try:
+            record = json.loads(line)
+            done[str(record["id"])] = record
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut short by the interruption: that problem is generated again
+    return done
+
+
+def _summary(data: TaskData, records: list[dict], num_samples: int, path: Path, elapsed: float) -> dict:
+    samples = [r.get("samples", [r]) for r in records]
+    flat = [s for group in samples for s in group]
+    correct = [sum(s["correct"] for s in group) for group in samples]
+    tokens = sum(s["num_tokens"] for s in flat)
+    ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, num_samples) if k <= num_samples})
+    return {
+        "task": data.task.name,
+        "source": data.source,
+        "num_problems": len(records),
+        "accuracy": mean_pass_at_k(correct, num_samples, 1),
+        "num_correct": sum(correct),
+        "pass_at_k": {str(k): mean_pass_at_k(correct, num_samples, k) for k in ks},
+        "num_samples": num_samples,
+        "num_malformed_rows": len(data.malformed),
+        "malformed_rows": data.malformed[:20],
+        "num_unparsable_gold": sum(bool(r.get("unparsable_gold")) for r in flat) // max(num_samples, 1),
+        "num_empty_generation": sum(not s["generation"].strip() for s in flat),
+        "num_hit_length_limit": sum(s["finish"] == "length" for s in flat),
+        "generated_tokens": tokens,
+        "wall_time_s": round(elapsed, 2),
+        "predictions_path": str(path),
+        "per_problem": [c / num_samples for c in correct],
+    }

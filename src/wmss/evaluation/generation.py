@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 
 def generate_greedy(
@@ -19,44 +24,26 @@ def generate_greedy(
     """Greedily continue each prompt; return only the new text, in the order of ``prompts``.
 
     Prompts must be fully rendered (chat template already applied); they are tokenized without
-    special tokens. Prompts are batched by length and left-padded; decoding uses the KV cache and
-    stops at the tokenizer's or the model's EOS tokens. With ``stop_strings``, each text is cut
-    before the first stop string it contains. The model's training mode is restored afterwards.
+    special tokens. Decoding stops at the tokenizer's or the model's EOS tokens; with
+    ``stop_strings``, each text is cut before the first stop string it contains.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    eos_ids = _eos_token_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    token_ids = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
-    for index, ids in enumerate(token_ids):
-        if not ids:
+    for index, prompt in enumerate(prompts):
+        if not tokenizer(prompt, add_special_tokens=False)["input_ids"]:
             raise ValueError(f"prompt {index} is empty: there is nothing to continue")
-    order = sorted(range(len(prompts)), key=lambda index: len(token_ids[index]), reverse=True)
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    texts: list[str] = [""] * len(prompts)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for batch in tqdm(batches, desc="generating", unit="batch", disable=not show_progress):
-                new_ids = _generate_batch(
-                    model,
-                    tokenizer,
-                    [token_ids[index] for index in batch],
-                    max_new_tokens,
-                    eos_ids,
-                    pad_id,
-                    stop_strings,
-                )
-                for index, ids in zip(batch, new_ids, strict=True):
-                    texts[index] = _cut_at_stop_strings(
-                        tokenizer.decode(ids, skip_special_tokens=True), stop_strings or []
-                    )
-    finally:
-        model.train(was_training)
-    return texts
+    generations = generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens,
+        batch_size=batch_size,
+        stop_pattern=None,
+        show_progress=show_progress,
+    )
+    return [_cut_at_stop_strings(g[0].text, stop_strings or []) for g in generations]
 
 
 def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -70,47 +57,122 @@ def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     return eos_ids
 
 
-def _generate_batch(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    batch: list[list[int]],
-    max_new_tokens: int,
-    eos_ids: list[int],
-    pad_id: int,
-    stop_strings: list[str] | None,
-) -> list[list[int]]:
-    """Left-pad one batch, decode greedily, and return each row's new tokens up to its first EOS."""
-    width = max(len(ids) for ids in batch)
-    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in batch], device=model.device)
-    attention_mask = torch.tensor(
-        [[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=model.device
-    )
-    stop_kwargs = {"stop_strings": stop_strings, "tokenizer": tokenizer} if stop_strings else {}
-    output = model.generate(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        max_new_tokens=max_new_tokens,
-        # Explicit values, so that sampling or penalties in the model's generation config cannot apply.
-        do_sample=False,
-        num_beams=1,
-        repetition_penalty=1.0,
-        no_repeat_ngram_size=0,
-        min_new_tokens=0,
-        num_return_sequences=1,
-        return_dict_in_generate=False,
-        use_cache=True,
-        eos_token_id=eos_ids,
-        pad_token_id=pad_id,
-        **stop_kwargs,
-    )
-    rows = []
-    for new_tokens in output[:, width:].tolist():
-        ends = [position for position, token in enumerate(new_tokens) if token in eos_ids]
-        rows.append(new_tokens[: ends[0]] if ends else new_tokens)
-    return rows
-
-
 def _cut_at_stop_strings(text: str, stop_strings: list[str]) -> str:
     """``text`` up to (not including) the earliest stop string in it."""
     positions = [text.find(stop) for stop in stop_strings if stop and stop in text]
     return text[: min(positions)] if positions else text
+
+
+ANSWER_COMPLETE = r"(?i)the (?:final )?answer is\b[^\n]*?(?:\.\s|\n)|\\boxed\{(?:[^{}]|\{[^{}]*\})*\}"
+"""Text after which an answer is complete: an "answer is …" sentence ended by a period and a space or a
+newline, or a closed ``\\boxed{…}``. Generation stops there even if the model would go on."""
+
+
+@dataclass
+class Generation:
+    """One sampled continuation."""
+
+    text: str
+    num_tokens: int
+    finish: str
+    """``eos`` (the model stopped), ``pattern`` (the answer was complete) or ``length`` (budget hit)."""
+
+
+class _PatternStop(StoppingCriteria):
+    """Per-row stop once the generated text (not the prompt) matches ``pattern``."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, pattern: str, prompt_width: int):
+        self.tokenizer, self.regex, self.width = tokenizer, re.compile(pattern), prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        tails = self.tokenizer.batch_decode(input_ids[:, self.width :][:, -64:], skip_special_tokens=True)
+        return torch.tensor([bool(self.regex.search(t)) for t in tails], device=input_ids.device)
+
+
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    max_new_tokens: int,
+    *,
+    batch_size: int = 16,
+    num_samples: int = 1,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    stop_pattern: str | None = ANSWER_COMPLETE,
+    show_progress: bool = True,
+    on_batch: Callable[[list[int], list[list[Generation]]], None] | None = None,
+) -> list[list[Generation]]:
+    """``num_samples`` continuations of each prompt (greedy when ``temperature`` is 0), in prompt order.
+
+    Batched by length with left padding and the KV cache. Sampling is seeded per batch from ``seed``
+    and the batch's prompts, so a rerun with the same settings gives the same samples. ``on_batch``
+    receives each finished batch (prompt indices and their generations), e.g. to save progress.
+    """
+    if num_samples < 1 or (num_samples > 1 and temperature <= 0):
+        raise ValueError("num_samples > 1 needs temperature > 0 (greedy decoding gives one answer)")
+    eos_ids = _eos_token_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    token_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(token_ids[i]), reverse=True)
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    results: list[list[Generation]] = [[] for _ in prompts]
+    regex = re.compile(stop_pattern) if stop_pattern else None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in tqdm(batches, desc="generating", unit="batch", disable=not show_progress):
+                rows = [token_ids[i] for i in batch]
+                width = max(len(r) for r in rows)
+                input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], device=model.device)
+                mask = torch.tensor(
+                    [[0] * (width - len(r)) + [1] * len(r) for r in rows], device=model.device
+                )
+                sampling = {"do_sample": False}
+                if temperature > 0:
+                    key = "\x00".join([str(seed), *(prompts[i] for i in batch)]).encode()
+                    torch.manual_seed(int.from_bytes(hashlib.sha256(key).digest()[:4], "little"))
+                    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+                output = model.generate(
+                    input_ids=input_ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    num_beams=1,
+                    num_return_sequences=num_samples,
+                    repetition_penalty=1.0,
+                    no_repeat_ngram_size=0,
+                    min_new_tokens=0,
+                    use_cache=True,
+                    eos_token_id=eos_ids,
+                    pad_token_id=pad_id,
+                    stopping_criteria=StoppingCriteriaList([_PatternStop(tokenizer, stop_pattern, width)])
+                    if stop_pattern
+                    else None,
+                    **sampling,
+                )
+                new = output[:, width:].tolist()
+                generated = []
+                for k, i in enumerate(batch):
+                    for tokens in new[k * num_samples : (k + 1) * num_samples]:
+                        results[i].append(_finish(tokenizer, tokens, eos_ids, regex))
+                    generated.append(results[i])
+                if on_batch:
+                    on_batch(batch, generated)
+    finally:
+        model.train(was_training)
+    return results
+
+
+def _finish(
+    tokenizer: PreTrainedTokenizerBase, tokens: list[int], eos_ids: list[int], regex: re.Pattern | None
+) -> Generation:
+    ends = [p for p, t in enumerate(tokens) if t in eos_ids]
+    if ends:
+        return Generation(tokenizer.decode(tokens[: ends[0]], skip_special_tokens=True), ends[0], "eos")
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    match = regex.search(text) if regex else None
+    if match:
+        return Generation(text[: match.end()].rstrip(), len(tokens), "pattern")
+    return Generation(text, len(tokens), "length")

@@ -1,0 +1,88 @@
+"""``wmss eval``: several models × several tasks, one predictions file per pair, one comparison report."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from pathlib import Path
+from typing import Any
+
+from wmss.config import EvalConfig, RunConfig
+from wmss.evaluation.evaluate import evaluate_task
+from wmss.evaluation.prompting import build_prompts
+from wmss.evaluation.report import write_report
+from wmss.evaluation.tasks import Task, TaskData, generic_task, load_task, resolve_task
+
+log = logging.getLogger("wmss")
+
+
+def parse_task_spec(spec: str | None, cfg: EvalConfig) -> tuple[Task, str | None]:
+    """``"gsm8k"``, ``"gsm8k=PATH"``, ``"task.yaml"`` or ``"generic=PATH"``.
+
+    Unset: ``eval.task`` with ``eval.path``."""
+    name, _, path = (spec or cfg.task).partition("=")
+    path = path or (cfg.path if spec is None else None)
+    if name == "generic":
+        return generic_task(cfg.question_field, cfg.answer_field), path
+    task, task_path = resolve_task(name)
+    return task, path or task_path
+
+
+def load_problems(task: Task, path: str | None, cfg: EvalConfig) -> TaskData:
+    data = load_task(task, path, cfg.split, cfg.limit)
+    for line in data.malformed[:5]:
+        log.warning("%s: skipped malformed row: %s", task.name, line)
+    if len(data.malformed) > 5:
+        log.warning("%s: %d malformed rows in all (see the summary)", task.name, len(data.malformed))
+    return data
+
+
+def evaluate_one(
+    model: Any, tokenizer: Any, task: Task, data: TaskData, cfg: RunConfig, out_dir: Path
+) -> dict:
+    e = cfg.eval
+    fewshot = []
+    if e.num_fewshot:
+        shots = load_task(task, e.fewshot_path, "train", e.num_fewshot).problems
+        fewshot = [(p, p.get("solution")) for p in shots]
+    prompts = build_prompts(data.problems, task, tokenizer, cfg.data, e, fewshot)
+    return evaluate_task(
+        model,
+        tokenizer,
+        data,
+        prompts,
+        out_dir,
+        max_new_tokens=e.max_new_tokens or task.max_new_tokens,
+        batch_size=e.batch_size,
+        num_samples=e.num_samples,
+        temperature=e.temperature,
+        top_p=e.top_p,
+        seed=cfg.seed,
+    )
+
+
+def evaluate_models(
+    models: dict[str, str],
+    task_specs: list[str | None],
+    cfg: RunConfig,
+    out_dir: str | Path,
+    baseline: str | None = None,
+) -> dict:
+    """Evaluate every model on every task; write per-pair predictions and ``summary.{json,md,png}``."""
+    from wmss.models import load_model, load_tokenizer, resolve_model
+
+    out = Path(out_dir)
+    tasks = [parse_task_spec(spec, cfg.eval) for spec in task_specs]
+    results: dict[str, dict[str, dict]] = {}
+    for name, source in models.items():
+        path = resolve_model(source)
+        tokenizer = load_tokenizer(path)
+        model = load_model(path)
+        results[name] = {}
+        for task, task_path in tasks:
+            data = load_problems(task, task_path, cfg.eval)
+            log.info("eval: %s on %s (%d problems from %s)", name, task.name, len(data.problems), data.source)
+            results[name][task.name] = evaluate_one(model, tokenizer, task, data, cfg, out / name / task.name)
+        del model
+        gc.collect()
+    return write_report(results, out, baseline)
