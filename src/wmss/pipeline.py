@@ -288,12 +288,12 @@ def phase_joint_training(
 
 def phase_eval(run: RunDir, model_path: str, tokenizer: Any) -> dict[str, Any]:
     """Evaluate the final model on ``eval.task`` / ``eval.path`` (predictions in ``eval/``)."""
-    from wmss.evaluation.harness import evaluate_one, load_problems, parse_task_spec
+    from wmss.evaluation.harness import backend_model, evaluate_one, load_problems, parse_task_spec
 
     cfg = run.cfg
     task, path = parse_task_spec(None, cfg.eval)
     data = load_problems(task, path, cfg.eval)
-    model = load_model(model_path)
+    model = backend_model(model_path, tokenizer, cfg)
     summary = evaluate_one(model, tokenizer, task, data, cfg, run.root / "eval")
     del model
     summary = {k: v for k, v in summary.items() if k != "per_problem"}

@@ -7,12 +7,13 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from wmss.evaluation.answers import extract_answer, extract_choice
-from wmss.evaluation.generation import Generation, generate, generate_greedy
+from wmss.evaluation.generation import Generation, VLLMGenerator, generate, generate_greedy
 from wmss.evaluation.grading import grade
 from wmss.evaluation.metrics import mean_pass_at_k
 from wmss.evaluation.tasks import TaskData
@@ -149,7 +150,7 @@ def score(generation: str, gold: str, answer_type: str) -> dict:
 
 
 def evaluate_task(
-    model: PreTrainedModel,
+    model: PreTrainedModel | VLLMGenerator,
     tokenizer: PreTrainedTokenizerBase,
     data: TaskData,
     prompts: list[str],
@@ -171,7 +172,7 @@ def evaluate_task(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    final, partial = out / "predictions.jsonl", out / ".predictions.partial.jsonl"
+    final, progress = out / "predictions.jsonl", out / ".predictions.partial.jsonl"
     settings = {
         "max_new_tokens": max_new_tokens,
         "num_samples": num_samples,
@@ -179,11 +180,11 @@ def evaluate_task(
         "top_p": top_p,
         "seed": seed,
     }
-    done = _read_partial(partial, settings)
+    done = _read_partial(progress, settings)
     todo = [i for i, p in enumerate(data.problems) if str(p["id"]) not in done]
     start = time.perf_counter()
-    fresh = not partial.is_file()
-    with open(partial, "a") as sink:
+    fresh = not progress.is_file()
+    with open(progress, "a") as sink:
         if fresh:
             sink.write(json.dumps({"settings": settings}) + "\n")
 
@@ -197,9 +198,10 @@ def evaluate_task(
             sink.flush()
 
         if todo:
-            generate(
-                model,
-                tokenizer,
+            backend = (
+                model.generate if isinstance(model, VLLMGenerator) else partial(generate, model, tokenizer)
+            )
+            backend(
                 [prompts[i] for i in todo],
                 max_new_tokens,
                 batch_size=batch_size,
@@ -213,7 +215,7 @@ def evaluate_task(
     elapsed = time.perf_counter() - start
     records = [done[str(p["id"])] for p in data.problems]
     _write_jsonl_atomically(final, records)
-    partial.unlink()
+    progress.unlink()
     return _summary(data, records, num_samples, final, elapsed)
 
 

@@ -176,3 +176,68 @@ def _finish(
     if match:
         return Generation(text[: match.end()].rstrip(), len(tokens), "pattern")
     return Generation(text, len(tokens), "length")
+
+
+def vllm_usable() -> bool:
+    """vLLM is installed and a CUDA GPU is present."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
+class VLLMGenerator:
+    """The vLLM backend: same prompts (as token ids, no special tokens added), same settings, same
+    ``Generation`` records as ``generate``. vLLM has no regex stop, so an answer-complete pattern is
+    applied to the finished text (the time saving is lost, the result is the same)."""
+
+    def __init__(self, model_path: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0):
+        from vllm import LLM
+
+        self.tokenizer = tokenizer
+        self.llm = LLM(model=model_path, tokenizer=model_path, seed=seed)
+
+    def generate(
+        self,
+        prompts: list[str],
+        max_new_tokens: int,
+        *,
+        num_samples: int = 1,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        stop_pattern: str | None = ANSWER_COMPLETE,
+        on_batch: Callable[[list[int], list[list[Generation]]], None] | None = None,
+        **_: object,
+    ) -> list[list[Generation]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(
+            n=num_samples,
+            temperature=temperature,
+            top_p=top_p if temperature > 0 else 1.0,
+            max_tokens=max_new_tokens,
+            seed=seed,
+            skip_special_tokens=True,
+        )
+        inputs = [
+            TokensPrompt(prompt_token_ids=self.tokenizer(p, add_special_tokens=False)["input_ids"])
+            for p in prompts
+        ]
+        regex = re.compile(stop_pattern) if stop_pattern else None
+        results = []
+        for request in self.llm.generate(inputs, params):
+            samples = []
+            for out in request.outputs:
+                match = regex.search(out.text) if regex else None
+                if match and out.finish_reason == "length":
+                    samples.append(
+                        Generation(out.text[: match.end()].rstrip(), len(out.token_ids), "pattern")
+                    )
+                else:
+                    finish = "eos" if out.finish_reason == "stop" else "length"
+                    samples.append(Generation(out.text, len(out.token_ids), finish))
+            results.append(samples)
+        if on_batch:
+            on_batch(list(range(len(prompts))), results)
+        return results

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from wmss.config import EvalConfig, RunConfig
+from wmss.errors import ConfigError
 from wmss.evaluation.evaluate import evaluate_task
+from wmss.evaluation.generation import VLLMGenerator, vllm_usable
 from wmss.evaluation.prompting import build_prompts
 from wmss.evaluation.report import write_report
 from wmss.evaluation.tasks import Task, TaskData, generic_task, load_task, resolve_task
@@ -61,6 +63,19 @@ def evaluate_one(
     )
 
 
+def backend_model(path: str, tokenizer: Any, cfg: RunConfig) -> Any:
+    """The model to generate with: a vLLM engine (``eval.backend``) or the transformers model."""
+    from wmss.models import load_model
+
+    backend = cfg.eval.backend
+    if backend == "vllm" and not vllm_usable():
+        raise ConfigError("eval.backend=vllm needs the vllm package and a CUDA GPU; use eval.backend=hf.")
+    if backend == "vllm" or (backend == "auto" and vllm_usable()):
+        log.info("eval: generating with vLLM")
+        return VLLMGenerator(path, tokenizer, cfg.seed)
+    return load_model(path)
+
+
 def evaluate_models(
     models: dict[str, str],
     task_specs: list[str | None],
@@ -69,7 +84,7 @@ def evaluate_models(
     baseline: str | None = None,
 ) -> dict:
     """Evaluate every model on every task; write per-pair predictions and ``summary.{json,md,png}``."""
-    from wmss.models import load_model, load_tokenizer, resolve_model
+    from wmss.models import load_tokenizer, resolve_model
 
     out = Path(out_dir)
     tasks = [parse_task_spec(spec, cfg.eval) for spec in task_specs]
@@ -77,7 +92,7 @@ def evaluate_models(
     for name, source in models.items():
         path = resolve_model(source)
         tokenizer = load_tokenizer(path)
-        model = load_model(path)
+        model = backend_model(path, tokenizer, cfg)
         results[name] = {}
         for task, task_path in tasks:
             data = load_problems(task, task_path, cfg.eval)
