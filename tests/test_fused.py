@@ -165,6 +165,14 @@ def test_frozen_weak_branch_gets_no_gradient_work():
     assert all(g is not None for g in strong_grads) and weak_grads == [None, None, None]
 
 
+def test_a_second_backward_is_refused_not_silently_wrong():
+    strong, weak, ids, labels = _case(3, tie=False, bias=False)
+    loss = fused_mixed_logit_cross_entropy(strong(ids), strong.head, weak(ids), weak.head, labels, 0.5)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="ran twice"):
+        loss.backward()
+
+
 @pytest.mark.parametrize("tie,bias", [(True, False), (False, True)])
 def test_sft_loss_equals_naive(tie, bias):
     strong, _, ids, labels = _case(4, tie, bias)

@@ -180,8 +180,10 @@ class MixedLinearCrossEntropy(torch.autograd.Function):
     projection of every chunk (8 instead of 6 token×vocab×hidden matmuls per branch, a third more
     loss-head time), while keeping the gradients costs one weight-sized float32 buffer per trained
     head (the size of the ``.grad`` it becomes anyway) and one ``(N, hidden)`` buffer per trained
-    branch; neither grows with the vocabulary. Only inputs that need a gradient get one computed:
-    a frozen weak branch costs its forward projection alone. Not twice differentiable.
+    branch; neither grows with the vocabulary. The backward scales them in place and hands them
+    over, so it can run once per forward (``retain_graph`` does not allow a second backward). Only
+    inputs that need a gradient get one computed: a frozen weak branch costs its forward projection
+    alone. Not twice differentiable.
     """
 
     @staticmethod
@@ -203,20 +205,24 @@ class MixedLinearCrossEntropy(torch.autograd.Function):
             branches.append(_Branch(weak_hidden, weak_weight, weak_bias, 1.0 - mix_lambda, needs[3:]))
         total, grads = _linear_cross_entropy_chunks(branches, targets, chunk_size)
         inputs = (strong_hidden, strong_weight, strong_bias, weak_hidden, weak_weight, weak_bias)
-        ctx.dtypes = [None if t is None else t.dtype for t in inputs]
-        flat = [g for branch in grads for g in branch]
-        ctx.present = [g is not None for g in flat]
-        ctx.save_for_backward(*(g for g in flat if g is not None))
+        ctx.dtypes = [None if t is None else t.dtype for t in inputs[: 3 * len(branches)]]
+        ctx.grads = [g for branch in grads for g in branch]  # not inputs: plain attributes, freed by backward
         return total
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        saved = iter(ctx.saved_tensors)
-        out: list[torch.Tensor | None] = [None, None, None]
-        for present, dtype in zip(ctx.present, ctx.dtypes, strict=False):
-            out.append((next(saved) * grad_output).to(dtype) if present else None)
-        return tuple(out + [None] * (9 - len(out)))
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:
+            raise RuntimeError(
+                "backward through the fused loss ran twice: its gradients are computed in the forward and "
+                "handed over (scaled in place) by the first backward. Compute the loss again instead."
+            )
+        out = [
+            None if g is None else g.mul_(grad_output).to(dtype)
+            for g, dtype in zip(grads, ctx.dtypes, strict=True)
+        ]
+        return (None, None, None, *out, *[None] * (6 - len(out)))
 
 
 def mixed_linear_cross_entropy(
