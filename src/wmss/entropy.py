@@ -36,6 +36,7 @@ def sequence_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))
 
 
+@torch.no_grad()
 def chunked_sequence_entropy(
     hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor, chunk_size: int | None = None
 ) -> torch.Tensor:
@@ -45,7 +46,7 @@ def chunked_sequence_entropy(
     ``wmss.heads.final_hidden_states``). Only the positions that predict a completion token are
     projected, ``chunk_size`` of them at a time (default: ``default_chunk_size(vocab)``), each chunk's
     logits upcast to float32. Per example: the mean entropy over those positions, NaN if it has none.
-    Meant for inference mode; it builds no autograd graph worth keeping.
+    Computed without gradient.
     """
     keep = labels[:, 1:] != IGNORE_INDEX
     rows, _ = completion_positions(hidden, labels)
@@ -53,9 +54,13 @@ def chunked_sequence_entropy(
     chunk = chunk_size or default_chunk_size(head.weight.shape[0])
     entropy = torch.empty(rows.shape[0], dtype=torch.float32, device=hidden.device)
     for start in range(0, rows.shape[0], chunk):
-        logp = head(rows[start : start + chunk]).float()
-        logp = logp.sub_(torch.logsumexp(logp, dim=-1, keepdim=True))  # log-softmax, in place
-        entropy[start : start + chunk] = -(logp.exp() * logp).sum(dim=-1)
+        # H = log Σ_v e_v − Σ_v e_v·z_v / Σ_v e_v with z = logits − max and e = exp(z): one exp per
+        # logit, and every term is small where the distribution is peaked, so nothing cancels badly.
+        z = head(rows[start : start + chunk]).float()
+        z = z.sub_(z.amax(dim=-1, keepdim=True))
+        e = torch.exp(z)
+        mass = e.sum(dim=-1)
+        entropy[start : start + chunk] = mass.log() - torch.bmm(e[:, None], z[:, :, None]).view(-1) / mass
     count = keep.sum(dim=1)
     total = torch.zeros(labels.shape[0], dtype=torch.float32, device=hidden.device).index_add_(
         0, example, entropy
