@@ -119,14 +119,13 @@ class CompletionTrainer(Trainer):
     through the (possibly wrapped) model. Checkpoints are Trainer's usual ones.
     """
 
-    def __init__(self, *args: Any, fused_loss: bool = True, **kwargs: Any):
-        model = kwargs["model"]
+    def __init__(self, model: nn.Module, *args: Any, fused_loss: bool = True, **kwargs: Any):
         fused = use_fused_head([model], fused_loss, "SFT")
         if fused and getattr(model.config, "output_router_logits", False):
             log.warning("SFT: naive loss head for %s (its loss adds a router loss).", type(model).__name__)
             fused = False
         self._captured: list[torch.Tensor] = []
-        super().__init__(*args, compute_loss_func=self._fused_loss if fused else None, **kwargs)
+        super().__init__(model, *args, compute_loss_func=self._fused_loss if fused else None, **kwargs)
 
     def compute_loss(
         self,
@@ -143,7 +142,8 @@ class CompletionTrainer(Trainer):
     def _fused_loss(
         self, outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
-        (hidden,) = self._captured
+        (hidden,) = self._captured  # exactly one head call per forward
+        self._captured.clear()
         head = output_head(self.accelerator.unwrap_model(self.model))
         return fused_completion_cross_entropy(hidden, head, labels, num_items_in_batch)
 
