@@ -24,12 +24,12 @@ from torch import nn
 
 log = logging.getLogger("wmss")
 
-# Config fields with which transformers' CausalLM forwards change the logits after the head
-# (Gemma 2/3 and nanochat soft-cap, Cohere and Granite scale, RecurrentGemma caps, Muse multiplies).
+# Config fields with which transformers' (5.x) CausalLM forwards change the logits after the head
+# (Gemma 2/3/4, Inkling and nanochat soft-cap, RecurrentGemma caps, Cohere and Granite scale, Muse
+# multiplies).
 LOGIT_POST_PROCESSING = {
     "final_logit_softcapping": None,
     "logits_soft_cap": None,
-    "logit_softcapping": None,
     "logit_scale": 1.0,
     "logits_scaling": 1.0,
     "output_multiplier": 1.0,
