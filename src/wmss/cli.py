@@ -76,7 +76,11 @@ def cmd_entropy(args: argparse.Namespace) -> None:
     tokenizer = load_tokenizer(source)
     dataset, _ = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
     values = dataset_entropies(
-        load_model(source), dataset, tokenizer.pad_token_id, cfg.wmss.entropy_batch_size
+        load_model(source),
+        dataset,
+        tokenizer.pad_token_id,
+        cfg.wmss.entropy_batch_size,
+        fused=cfg.train.fused_loss,
     )
     write_entropy_file(args.output, dataset["idx"], values)
     print(f"Eq. 7 entropy of {len(values)} examples (mean {np.nanmean(values):.4f}) written to {args.output}")

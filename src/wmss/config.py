@@ -63,6 +63,11 @@ class TrainConfig:
     bf16: bool = False
     activation_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% more time)."""
+    fused_loss: bool = True
+    """Fused loss head for SFT, WD-JT and the entropy pass: only completion-predicting positions are
+    projected, a chunk of tokens at a time, so no tokens×vocabulary logits tensor is ever held.
+    ``false``: the naive path on full logits (also used, with a log line, for models whose logits
+    are post-processed, e.g. soft-capped)."""
     logging_steps: int = 10
     save_steps: int = 200
     save_total_limit: int = 2

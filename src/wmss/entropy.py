@@ -16,7 +16,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from wmss.data import IGNORE_INDEX, CompletionCollator
+from wmss.heads import final_hidden_states, output_head, use_fused_head
 from wmss.io import atomic_write_jsonl, read_jsonl
+from wmss.losses import completion_positions, default_chunk_size
 
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -34,13 +36,56 @@ def sequence_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
     return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))
 
 
+@torch.no_grad()
+def chunked_sequence_entropy(
+    hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor, chunk_size: int | None = None
+) -> torch.Tensor:
+    """``sequence_entropy(head(hidden), labels)`` without the tokens×vocabulary logits tensor.
+
+    ``hidden`` is ``(batch, seq, hidden)``, what goes into the model's output ``head`` (see
+    ``wmss.heads.final_hidden_states``). Only the positions that predict a completion token are
+    projected, ``chunk_size`` of them at a time (default: ``default_chunk_size(vocab)``), each chunk's
+    logits upcast to float32. Per example: the mean entropy over those positions, NaN if it has none.
+    Computed without gradient.
+    """
+    keep = labels[:, 1:] != IGNORE_INDEX
+    rows, _ = completion_positions(hidden, labels)
+    example = keep.nonzero()[:, 0]  # the example each row belongs to
+    chunk = chunk_size or default_chunk_size(head.weight.shape[0])
+    entropy = torch.empty(rows.shape[0], dtype=torch.float32, device=hidden.device)
+    for start in range(0, rows.shape[0], chunk):
+        # H = log Σ_v e_v − Σ_v e_v·z_v / Σ_v e_v with z = logits − max and e = exp(z): one exp per
+        # logit, and every term is small where the distribution is peaked, so nothing cancels badly.
+        z = head(rows[start : start + chunk]).float()
+        z = z.sub_(z.amax(dim=-1, keepdim=True))
+        e = torch.exp(z)
+        mass = e.sum(dim=-1)
+        entropy[start : start + chunk] = mass.log() - torch.bmm(e[:, None], z[:, :, None]).view(-1) / mass
+    count = keep.sum(dim=1)
+    total = torch.zeros(labels.shape[0], dtype=torch.float32, device=hidden.device).index_add_(
+        0, example, entropy
+    )
+    return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))
+
+
 @torch.inference_mode()
 def dataset_entropies(
-    model: torch.nn.Module, dataset: Dataset, pad_token_id: int, batch_size: int = 8, desc: str = "entropy"
+    model: torch.nn.Module,
+    dataset: Dataset,
+    pad_token_id: int,
+    batch_size: int = 8,
+    desc: str = "entropy",
+    fused: bool = True,
 ) -> np.ndarray:
-    """Eq. 7 for every row of ``dataset`` (in row order), as float64."""
+    """Eq. 7 for every row of ``dataset`` (in row order), as float64.
+
+    ``fused`` (the default) runs the model without its output head and projects only the
+    completion-predicting positions, a chunk at a time (``chunked_sequence_entropy``); models whose
+    logits the fused head cannot reproduce fall back to full logits (``wmss.heads``).
+    """
     was_training = model.training
     model.eval()
+    fused = use_fused_head([model], fused, desc)
     device = next(model.parameters()).device
     # Sort by length so batches carry little padding; results go back to row order.
     lengths = np.array([len(ids) for ids in dataset["input_ids"]])
@@ -50,8 +95,13 @@ def dataset_entropies(
     values = []
     for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
         batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        values.append(sequence_entropy(logits, batch["labels"]).double().cpu())
+        if fused:
+            hidden = final_hidden_states(model, batch["input_ids"], batch["attention_mask"])
+            entropy = chunked_sequence_entropy(hidden, output_head(model), batch["labels"])
+        else:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            entropy = sequence_entropy(logits, batch["labels"])
+        values.append(entropy.double().cpu())
     model.train(was_training)
     out = np.empty(len(dataset), dtype=np.float64)
     out[order] = torch.cat(values).numpy() if values else np.empty(0)

@@ -55,6 +55,7 @@ NON_RESULT_KEYS = (
     "train.report_to",
     "train.save_steps",
     "train.save_total_limit",
+    "train.fused_loss",
     "wmss.entropy_batch_size",
 )
 
@@ -198,7 +199,12 @@ def entropies(run: RunDir, name: str, model_path: str, dataset: Dataset, tokeniz
     def work() -> dict[str, Any]:
         model = load_model(model_path)
         values = dataset_entropies(
-            model, dataset, tokenizer.pad_token_id, run.cfg.wmss.entropy_batch_size, desc=f"entropy {name}"
+            model,
+            dataset,
+            tokenizer.pad_token_id,
+            run.cfg.wmss.entropy_batch_size,
+            desc=f"entropy {name}",
+            fused=run.cfg.train.fused_loss,
         )
         del model
         _free_memory()

@@ -3,10 +3,14 @@
 Optimiser, learning-rate schedule with warm-up, gradient clipping, gradient accumulation, mixed
 precision, logging (``report_to``) and checkpoint/resume all come from ``Trainer``. WD-JT trains a
 ``WeakStrongPair`` module, so one optimiser covers both parameter sets (Algorithm 1).
+
+Both phases use the fused loss head by default (``train.fused_loss``): the models run without
+their output heads and the loss projects only completion-predicting positions, a chunk at a time.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -19,7 +23,14 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 
 from wmss.config import TrainConfig
 from wmss.data import CompletionCollator
-from wmss.losses import mixed_logit_cross_entropy
+from wmss.heads import capture_head_input, final_hidden_states, output_head, use_fused_head
+from wmss.losses import (
+    fused_completion_cross_entropy,
+    fused_mixed_logit_cross_entropy,
+    mixed_logit_cross_entropy,
+)
+
+log = logging.getLogger("wmss")
 
 
 def training_arguments(
@@ -84,7 +95,57 @@ def train_sft(
     callbacks: list[TrainerCallback] | None = None,
 ) -> dict[str, Any]:
     """Completion-only SFT in place on ``model`` (resumes from the last checkpoint in ``checkpoint_dir``)."""
-    return _fit(Trainer, model, tokenizer, dataset, train, epochs, checkpoint_dir, seed, callbacks)
+    return _fit(
+        CompletionTrainer,
+        model,
+        tokenizer,
+        dataset,
+        train,
+        epochs,
+        checkpoint_dir,
+        seed,
+        callbacks,
+        fused_loss=train.fused_loss,
+    )
+
+
+class CompletionTrainer(Trainer):
+    """``Trainer`` for completion-only SFT, with the fused loss head unless ``fused_loss=False``.
+
+    The fused loss is passed to Trainer as its ``compute_loss_func``, so Trainer's own semantics
+    hold unchanged: it pops the labels, counts ``num_items_in_batch`` over the whole accumulated
+    batch, and the loss is the sum over completion tokens divided by that count. During the model's
+    forward the output head is skipped and its input captured (``wmss.heads``); the call still goes
+    through the (possibly wrapped) model. Checkpoints are Trainer's usual ones.
+    """
+
+    def __init__(self, model: nn.Module, *args: Any, fused_loss: bool = True, **kwargs: Any):
+        fused = use_fused_head([model], fused_loss, "SFT")
+        if fused and getattr(model.config, "output_router_logits", False):
+            log.warning("SFT: naive loss head for %s (its loss adds a router loss).", type(model).__name__)
+            fused = False
+        self._captured: list[torch.Tensor] = []
+        super().__init__(model, *args, compute_loss_func=self._fused_loss if fused else None, **kwargs)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        if self.compute_loss_func is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        with capture_head_input(self.accelerator.unwrap_model(model)) as self._captured:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def _fused_loss(
+        self, outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        (hidden,) = self._captured  # exactly one head call per forward
+        self._captured.clear()
+        head = output_head(self.accelerator.unwrap_model(self.model))
+        return fused_completion_cross_entropy(hidden, head, labels, num_items_in_batch)
 
 
 def _fit(
@@ -97,6 +158,7 @@ def _fit(
     checkpoint_dir: str | Path,
     seed: int,
     callbacks: list[TrainerCallback] | None,
+    **trainer_kwargs: Any,
 ) -> dict[str, Any]:
     trainer = trainer_class(
         model=model,
@@ -105,6 +167,7 @@ def _fit(
         data_collator=CompletionCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=callbacks,
+        **trainer_kwargs,
     )
     result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(checkpoint_dir))
     return {"steps": trainer.state.global_step, **result.metrics, "log_history": trainer.state.log_history}
@@ -113,15 +176,22 @@ def _fit(
 class WeakStrongPair(nn.Module):
     """The two branches of WD-JT. Its forward returns the mixed-logit loss of Eq. 5-6.
 
-    Any ``AutoModelForCausalLM`` works: the pair only calls each model's forward for logits.
-    With ``freeze_weak`` the weak model gets no gradient and stays in eval mode (an ablation).
+    Any ``AutoModelForCausalLM`` works: the pair only calls each model's forward. With
+    ``fused_loss`` (the default) the forwards skip the output heads and the loss is computed from
+    the final hidden states and heads (``fused_mixed_logit_cross_entropy``); otherwise from full
+    logits. With ``freeze_weak`` the weak model gets no gradient and stays in eval mode (an ablation).
     """
 
     accepts_loss_kwargs = True  # the loss is divided by the token count of the accumulated batch
     loss_type = "ForCausalLM"  # labels are shifted inside: Trainer counts tokens on labels[..., 1:]
 
     def __init__(
-        self, weak: PreTrainedModel, strong: PreTrainedModel, mix_lambda: float, freeze_weak: bool = False
+        self,
+        weak: PreTrainedModel,
+        strong: PreTrainedModel,
+        mix_lambda: float,
+        freeze_weak: bool = False,
+        fused_loss: bool = True,
     ):
         super().__init__()
         self.weak, self.strong = weak, strong
@@ -130,6 +200,7 @@ class WeakStrongPair(nn.Module):
         if freeze_weak:
             weak.requires_grad_(False)
             weak.eval()
+        self.fused_loss = use_fused_head([strong, weak], fused_loss, "WD-JT")
 
     def train(self, mode: bool = True) -> WeakStrongPair:
         super().train(mode)
@@ -149,6 +220,20 @@ class WeakStrongPair(nn.Module):
         labels: torch.Tensor,
         num_items_in_batch: int | torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        if self.fused_loss:
+            strong_hidden = final_hidden_states(self.strong, input_ids, attention_mask)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_weak):
+                weak_hidden = final_hidden_states(self.weak, input_ids, attention_mask)
+            loss = fused_mixed_logit_cross_entropy(
+                strong_hidden,
+                output_head(self.strong),
+                weak_hidden,
+                output_head(self.weak),
+                labels,
+                self.mix_lambda,
+                num_items_in_batch,
+            )
+            return {"loss": loss}
         strong_logits = self.strong(input_ids=input_ids, attention_mask=attention_mask).logits
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_weak):
             weak_logits = self.weak(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -205,5 +290,5 @@ def train_joint(
     callbacks: list[TrainerCallback] | None = None,
 ) -> dict[str, Any]:
     """WD-JT (Eq. 5-6): train weak and strong together on the mixed-logit loss; both updated in place."""
-    pair = WeakStrongPair(weak, strong, mix_lambda, freeze_weak)
+    pair = WeakStrongPair(weak, strong, mix_lambda, freeze_weak, train.fused_loss)
     return _fit(JointTrainer, pair, tokenizer, dataset, train, epochs, checkpoint_dir, seed, callbacks)
