@@ -57,23 +57,10 @@ def evaluate_generations(
     records = []
     num_unparsable_gold = 0
     for problem_id, prompt, generation, gold in zip(ids, prompts, generations, golds, strict=True):
-        extracted = extract_answer(generation)
-        try:
-            outcome = grade(extracted, gold)
-            correct, error = outcome.correct, outcome.error
-        except ValueError as unparsable:
-            num_unparsable_gold += 1
-            correct, error = False, str(unparsable)
+        verdict = score(generation, gold, "math")
+        num_unparsable_gold += bool(verdict.pop("unparsable_gold", False))
         records.append(
-            {
-                "id": problem_id,
-                "prompt": prompt,
-                "generation": generation,
-                "extracted": extracted,
-                "gold": gold,
-                "correct": correct,
-                "error": error,
-            }
+            {"id": problem_id, "prompt": prompt, "generation": generation, "gold": gold, **verdict}
         )
     num_correct = sum(record["correct"] for record in records)
     if predictions_path is not None:
