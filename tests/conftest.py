@@ -43,30 +43,22 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 def build_model(vocab_size: int, seed: int = 0, arch: str = "llama", tie: bool = True):
     torch.manual_seed(seed)
+    decoder = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=tie,
+    )
     if arch == "llama":
-        config = LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            tie_word_embeddings=tie,
-        )
+        config = LlamaConfig(**decoder)
     elif arch == "qwen2":
         from transformers import Qwen2Config
 
-        config = Qwen2Config(
-            vocab_size=vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            tie_word_embeddings=tie,
-        )
+        config = Qwen2Config(**decoder)
     elif arch == "gpt2":
         from transformers import GPT2Config
 
