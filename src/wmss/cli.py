@@ -176,6 +176,22 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.output_dir, quick=args.quick)
 
 
+def cmd_study(args: argparse.Namespace) -> None:
+    from wmss.study.spec import load_study
+
+    study = load_study(args.study, args.overrides)
+    if args.action == "run":
+        from wmss.study.runner import run_study
+
+        run_study(study, args.stage, args.arm)
+        print(f"done: runs under {study.output_dir}; tables with `wmss study report {args.study}`")
+    else:
+        from wmss.study.report import write_study_report
+
+        out = write_study_report(study, args.into)
+        print(f"report: {out}")
+
+
 def cmd_config(args: argparse.Namespace) -> None:
     import yaml
 
@@ -281,6 +297,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--quick", action="store_true", help="a much smaller demo (about 3 minutes), for a smoke test"
+    )
+
+    p = add(
+        "study",
+        cmd_study,
+        "A comparison study from a study YAML (configs/study/): `run` tunes SFT on the validation "
+        "split, then trains and evaluates every arm and seed (resumable); `report` writes the tables "
+        "and plots.",
+    )
+    p.add_argument("action", choices=("run", "report"))
+    p.add_argument("study", help="study YAML, e.g. configs/study/mawps-smollm2.yaml")
+    p.add_argument(
+        "overrides", nargs="*", help="key=value for top-level study keys, or run.<config key>=value"
+    )
+    p.add_argument("--stage", choices=("tune", "arms", "all"), default="all", help="(run) what to run")
+    p.add_argument("--arm", action="append", help="(run) only this arm (repeat); default: all arms")
+    p.add_argument(
+        "--into", help="(report) also replace the study's section of this Markdown file (e.g. docs/RESULTS.md)"
     )
 
     p = add("config", cmd_config, "Print the resolved configuration (defaults + file + overrides).")

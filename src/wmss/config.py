@@ -80,6 +80,9 @@ class SFTConfig:
     """Phase 1 of Algorithm 1: M1 = SFT(M0, D)."""
 
     epochs: float = 1.0
+    checkpoint: str | None = None
+    """An existing SFT checkpoint of ``model`` to use as M1; phase 1 is then skipped (lets several
+    WD-DS/WD-JT variants share one M1, or start WMSS from an SFT model trained elsewhere)."""
 
 
 @dataclass
@@ -91,13 +94,16 @@ class WMSSConfig:
     epochs: float = 1.0
     """Passes of WD-JT over the active set, per iteration."""
     mix_lambda: float = 0.5
-    """λ in Eq. 5: z_mix = λ·z_strong + (1−λ)·z_weak."""
+    """λ in Eq. 5: z_mix = λ·z_strong + (1−λ)·z_weak. At 1.0 the weak model gets no gradient and
+    WD-JT is plain SFT of the strong model on the active set (the WD-DS-only ablation), so it is run
+    as exactly that, without loading the weak model."""
     alpha: float = 0.1
     beta: float = 0.8
     gamma: float = 0.1
     selection: str = "paper"
     """Form of Eq. 9: ``paper``, ``normalized`` (each term divided by its sum over D), or
-    ``released_code`` (the authors' released code; see ``wmss.selection``)."""
+    ``released_code`` (the authors' released code; see ``wmss.selection``), or ``all`` (no selection:
+    WD-JT on every example, the WD-JT-only ablation; no entropy pass)."""
     dedup: bool | None = None
     """Remove duplicate draws from the active set. Unset: on, except for ``selection: released_code``."""
     sample_multiplier: float = 1.0
@@ -226,7 +232,7 @@ class RunConfig:
         return self.wmss.dedup
 
 
-SELECTION_FORMS = ("paper", "normalized", "released_code")
+SELECTION_FORMS = ("paper", "normalized", "released_code", "all")
 
 
 def all_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
@@ -334,7 +340,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return cfg.validate()
 
 
-def config_from_dict(values: dict[str, Any], source: str = "config") -> RunConfig:
+def config_from_dict(
+    values: dict[str, Any], source: str = "config", overrides: list[str] | tuple[str, ...] = ()
+) -> RunConfig:
+    """Like ``load_config`` with the file's contents given as a mapping (``source`` names it in errors)."""
     cfg = RunConfig()
     _apply(cfg, values, source)
+    if overrides:
+        _apply(cfg, nest(dict(parse_override(o) for o in overrides)), "overrides")
     return cfg.validate()

@@ -263,6 +263,31 @@ def phase_joint_training(
 ) -> dict[str, Any]:
     """WD-JT of iteration t (Eq. 5-6): weak and strong trained together; only strong is kept."""
     cfg = run.cfg
+    if cfg.wmss.mix_lambda == 1.0:
+        # z_mix = z_strong: the weak model gets no gradient, so this is SFT of the strong model.
+        strong = load_model(strong_path)
+        result = train_sft(
+            strong,
+            tokenizer,
+            active,
+            cfg.train,
+            cfg.wmss.epochs,
+            run.root / "checkpoints" / f"wdjt-{t}",
+            cfg.seed,
+            callbacks,
+        )
+        save_model(strong, tokenizer, out)
+        del strong
+        _free_memory()
+        return {
+            "model": run.rel(out),
+            "weak": None,
+            "strong": strong_path,
+            "mix_lambda": 1.0,
+            "trained_as": "sft (lambda = 1)",
+            "examples": len(active),
+            **_training_record(result, run, f"wdjt-{t}"),
+        }
     check_compatible(weak_path, strong_path, load_tokenizer(weak_path), load_tokenizer(strong_path))
     weak, strong = load_model(weak_path), load_model(strong_path)
     result = train_joint(
@@ -338,17 +363,27 @@ def run_pipeline(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None)
     run.phase("M0", lambda: {"model": base, "source": cfg.model})
     chain = [base]  # chain[k] is the path of M_k
 
-    # Phase 1 (initialisation): M1 <- SFT(M0, D)
-    run.phase("sft", lambda: phase_sft(run, base, tokenizer, dataset, models_dir / "M1", callbacks))
-    chain.append(str(models_dir / "M1"))
+    # Phase 1 (initialisation): M1 <- SFT(M0, D), or a given SFT checkpoint
+    if cfg.sft.checkpoint:
+        m1 = resolve_model(cfg.sft.checkpoint)
+        check_compatible(base, m1, tokenizer, load_tokenizer(m1))
+        run.phase("sft", lambda: {"model": m1, "reused": True, "steps": 0})
+        chain.append(m1)
+    else:
+        run.phase("sft", lambda: phase_sft(run, base, tokenizer, dataset, models_dir / "M1", callbacks))
+        chain.append(str(models_dir / "M1"))
 
     for t in range(1, cfg.wmss.iterations + 1):
         weak, strong = chain[t - 1], chain[t]  # (M_{t-1}, M_t)
         # WD-DS: entropies under weak and strong, Eq. 9 weights, draw |D| with replacement, de-duplicate
-        h_weak = entropies(run, f"M{t - 1}", weak, dataset, tokenizer)
-        h_strong = entropies(run, f"M{t}", strong, dataset, tokenizer)
-        selection = phase_selection(run, t, dataset, h_weak, h_strong)
-        active = dataset.select(selection.active_rows)
+        if cfg.wmss.selection == "all":  # ablation: WD-JT on all of D, no entropy pass
+            run.phase(f"selection-{t}", lambda: {"active_examples": len(dataset), "active_fraction": 1.0})
+            active = dataset
+        else:
+            h_weak = entropies(run, f"M{t - 1}", weak, dataset, tokenizer)
+            h_strong = entropies(run, f"M{t}", strong, dataset, tokenizer)
+            selection = phase_selection(run, t, dataset, h_weak, h_strong)
+            active = dataset.select(selection.active_rows)
         # WD-JT: train weak and strong jointly on the mixed logits; keep the strong model as M_{t+1}
         out = models_dir / f"M{t + 1}"
         run.phase(

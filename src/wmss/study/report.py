@@ -1,0 +1,256 @@
+"""Tables and plots of a study, from its run directories (nothing is re-computed or typed in by hand).
+
+Per arm: test accuracy per seed, mean ± std over seeds, the difference to SFT on the same seeds with
+a paired bootstrap 95% interval (problems resampled; each problem's score is its mean correctness
+over those seeds), optimizer steps and training wall time (an arm that starts from another arm's M1
+is charged for that M1's steps and time), the WD-DS active fraction and the mean entropy gap
+H_strong − H_weak. Only finished runs (evaluated) are reported; missing ones are listed.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from wmss.errors import WmssError
+from wmss.evaluation.metrics import paired_bootstrap
+from wmss.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from wmss.study.runner import arm_dir, setting_name
+from wmss.study.spec import Arm, Study
+
+TRAIN_PHASES = ("sft", "entropy-", "selection-", "wdjt-")
+
+
+def _finished(run: Path) -> dict | None:
+    path = run / "manifest.json"
+    if not path.is_file():
+        return None
+    phases = read_json(path)["phases"]
+    return phases if phases.get("eval", {}).get("status") == "done" else None
+
+
+def _scores(run: Path, phases: dict) -> np.ndarray:
+    records = read_jsonl(phases["eval"]["predictions_path"])
+    return np.array([float(r["correct"]) for r in sorted(records, key=lambda r: str(r["id"]))])
+
+
+def _cost(phases: dict) -> tuple[int, float]:
+    steps = sum(p.get("steps", 0) for k, p in phases.items() if k == "sft" or k.startswith("wdjt-"))
+    wall = sum(p.get("wall_time_s", 0.0) for k, p in phases.items() if k.startswith(TRAIN_PHASES))
+    return steps, wall
+
+
+def _run_row(study: Study, arm: Arm, seed: int) -> dict | None:
+    run = arm_dir(study, arm, seed)
+    phases = _finished(run)
+    if phases is None:
+        return None
+    steps, wall = _cost(phases)
+    gap_source = phases
+    if arm.m1_from is not None:  # charged for the M1 it starts from
+        source = _finished(arm_dir(study, study.arm(arm.m1_from), seed)) or {}
+        m1 = source.get("sft", {})
+        steps, wall = steps + m1.get("steps", 0), wall + m1.get("wall_time_s", 0.0)
+        if "selection-1" not in phases or "mean_entropy_gap" not in phases["selection-1"]:
+            gap_source = source
+    selection = phases.get("selection-1", {})
+    machine = run / "machine.json"
+    return {
+        "seed": seed,
+        "accuracy": phases["eval"]["accuracy"],
+        "num_correct": phases["eval"]["num_correct"],
+        "num_problems": phases["eval"]["num_problems"],
+        "scores": _scores(run, phases),
+        "steps": steps,
+        "wall_time_s": wall,
+        "active_fraction": selection.get("active_fraction"),
+        "mean_entropy_gap": gap_source.get("selection-1", {}).get("mean_entropy_gap"),
+        "machine": read_json(machine)["machine"] if machine.is_file() else "unrecorded",
+        "run_dir": str(run),
+    }
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def collect(study: Study) -> dict[str, Any]:
+    """Every finished run of the study, grouped by arm, with the comparisons to SFT."""
+    tuning_path = study.output_dir / "tuning.json"
+    tuning = read_json(tuning_path) if tuning_path.is_file() else None
+    runs = {arm.name: {s: _run_row(study, arm, s) for s in arm.seeds} for arm in study.arms}
+    baseline = study.arms[0].name
+    rows, missing = [], []
+    for arm in study.arms:
+        done = {s: r for s, r in runs[arm.name].items() if r is not None}
+        missing += [f"{arm.name} (seed {s})" for s, r in runs[arm.name].items() if r is None]
+        if not done:
+            continue
+        accuracies = [done[s]["accuracy"] for s in sorted(done)]
+        row = {
+            "arm": arm.name,
+            "overrides": arm.overrides,
+            "m1_from": arm.m1_from,
+            "seeds": sorted(done),
+            "accuracies": accuracies,
+            "mean": float(np.mean(accuracies)),
+            "std": float(np.std(accuracies, ddof=1)) if len(accuracies) > 1 else None,
+            "num_problems": done[min(done)]["num_problems"],
+            "steps": _mean([r["steps"] for r in done.values()]),
+            "wall_time_s": _mean([r["wall_time_s"] for r in done.values()]),
+            "active_fraction": _mean([r["active_fraction"] for r in done.values()]),
+            "mean_entropy_gap": _mean([r["mean_entropy_gap"] for r in done.values()]),
+            "machines": sorted({r["machine"] for r in done.values()}),
+        }
+        base = {s: r for s, r in runs[baseline].items() if r is not None}
+        shared = sorted(set(done) & set(base))
+        if arm.name != baseline and shared:
+            mine = np.mean([done[s]["scores"] for s in shared], axis=0)
+            theirs = np.mean([base[s]["scores"] for s in shared], axis=0)
+            delta, low, high = paired_bootstrap(mine, theirs, seed=0)
+            row["vs_baseline"] = {"seeds": shared, "delta": delta, "low": low, "high": high}
+        rows.append(row)
+    return {"study": study.name, "baseline": baseline, "tuning": tuning, "arms": rows, "missing": missing}
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _lambda(arm: dict) -> float | None:
+    for item in arm["overrides"]:
+        if item.startswith("wmss.mix_lambda="):
+            return float(item.split("=", 1)[1])
+    plain = not any(o.startswith(("wmss.", "sft.")) for o in arm["overrides"])
+    return 0.5 if plain and arm["m1_from"] is None else None
+
+
+def plots(results: dict, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    arms = results["arms"]
+    made = []
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(arms) + 1.5), 3.8), dpi=120)
+    x = np.arange(len(arms))
+    means = [100 * a["mean"] for a in arms]
+    errors = [100 * (a["std"] or 0.0) for a in arms]
+    ax.bar(x, means, 0.6, yerr=errors, capsize=3, color=["#888888"] + ["#3b75af"] * (len(arms) - 1))
+    for i, arm in enumerate(arms):
+        ax.scatter([i] * len(arm["accuracies"]), [100 * a for a in arm["accuracies"]], color="black", s=8, zorder=3)
+    ax.set_xticks(x, [a["arm"] for a in arms], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{results['study']}: mean over seeds (bars), each seed (dots), ±1 std", fontsize=9)
+    fig.tight_layout()
+    made.append(out_dir / "accuracy_by_arm.png")
+    fig.savefig(made[-1])
+    plt.close(fig)
+
+    sweep = sorted((lam, a) for a in arms if (lam := _lambda(a)) is not None)
+    if len(sweep) >= 2:
+        fig, ax = plt.subplots(figsize=(5.0, 3.4), dpi=120)
+        lams = [lam for lam, _ in sweep]
+        ax.errorbar(lams, [100 * a["mean"] for _, a in sweep], yerr=[100 * (a["std"] or 0) for _, a in sweep],
+                    marker="o", capsize=3)  # fmt: skip
+        sft = next((a for a in arms if a["arm"] == results["baseline"]), None)
+        if sft:
+            ax.axhline(100 * sft["mean"], color="#888888", linestyle="--", label=f"{sft['arm']} (mean)")
+            ax.legend(fontsize=8)
+        ax.set_xlabel("λ (weight of the strong logits; 1 = plain SFT on the selected set)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{results['study']}: λ sweep (same M1 and selection)", fontsize=9)
+        fig.tight_layout()
+        made.append(out_dir / "lambda_sweep.png")
+        fig.savefig(made[-1])
+        plt.close(fig)
+    return made
+
+
+def markdown(study: Study, results: dict, figures: list[str]) -> str:
+    cmd_run = f"wmss study run {study.path}"
+    cmd_report = f"wmss study report {study.path} --into docs/RESULTS.md"
+    lines = [f"Produced by `{cmd_run}` then `{cmd_report}`.", ""]
+    tuning = results["tuning"]
+    if tuning:
+        lines += [
+            "**Tuning** (SFT, 2 epochs, seed "
+            f"{study.seeds[0]}, scored on `validset.json`; one key at a time, ties keep the earlier value):",
+            "",
+            "| setting | validation accuracy | optimizer steps | SFT wall time |",
+            "|---|---|---|---|",
+        ]
+        for c in tuning["candidates"]:
+            mark = " **(chosen)**" if c["setting"] == tuning["chosen"] else ""
+            lines.append(
+                f"| {setting_name(c['setting'])}{mark} | {c['num_correct']}/{c['num_problems']} "
+                f"({_pct(c['accuracy'])}%) | {c['steps']} | {c['wall_time_s']:.0f} s |"
+            )
+        lines.append("")
+    base = results["baseline"]
+    lines += [
+        f"**Test** (`testset.json`): accuracy in %; Δ vs {base} on the same seeds with a paired bootstrap "
+        "95% interval over problems; steps and wall time include the shared M1 where an arm starts from it.",
+        "",
+        "| arm | seeds | accuracy per seed | mean ± std | Δ vs SFT [95% CI] | optimizer steps | train wall time "
+        "| active fraction | mean ΔH |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for a in results["arms"]:
+        vs = a.get("vs_baseline")
+        delta = f"{100 * vs['delta']:+.1f} [{100 * vs['low']:+.1f}, {100 * vs['high']:+.1f}]" if vs else "–"
+        std = f" ± {100 * a['std']:.1f}" if a["std"] is not None else ""
+        gap = "–" if a["mean_entropy_gap"] is None else f"{a['mean_entropy_gap']:+.3f}"
+        lines.append(
+            f"| {a['arm']} | {','.join(map(str, a['seeds']))} | {' / '.join(_pct(x) for x in a['accuracies'])} "
+            f"| {_pct(a['mean'])}{std} | {delta} | {a['steps']:.0f} | {a['wall_time_s']:.0f} s "
+            f"| {_pct(a['active_fraction'])}{'%' if a['active_fraction'] is not None else ''} | {gap} |"
+        )
+    if results["missing"]:
+        lines += ["", "Not run yet: " + ", ".join(results["missing"]) + "."]
+    machines = sorted({m for a in results["arms"] for m in a["machines"]})
+    lines += ["", "Machine(s): " + "; ".join(machines) + "."]
+    for fig in figures:
+        lines += ["", f"![{Path(fig).stem}]({fig})"]
+    return "\n".join(lines)
+
+
+def write_study_report(study: Study, into: str | Path | None = None) -> Path:
+    """``report/results.json``, ``report/report.md`` and the figures under the study's output_dir;
+    with ``into``, also the study's section of that Markdown file (between its markers) and the
+    figures in ``figures/`` beside it."""
+    results = collect(study)
+    if not results["arms"]:
+        raise WmssError(f"{study.output_dir} has no finished arm yet; run `wmss study run {study.path}` first.")
+    out = study.output_dir / "report"
+    made = plots(results, out)
+    serialisable = {**results, "arms": [{k: v for k, v in a.items()} for a in results["arms"]]}
+    atomic_write_json(out / "results.json", serialisable)
+    atomic_write_text(out / "report.md", markdown(study, results, [p.name for p in made]) + "\n")
+    if into is None:
+        return out / "report.md"
+    into = Path(into)
+    figures = into.parent / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    names = []
+    for path in made:
+        target = figures / f"{study.name}-{path.name}"
+        shutil.copyfile(path, target)
+        names.append(f"figures/{target.name}")
+    begin, end = f"<!-- study:{study.name}:begin -->", f"<!-- study:{study.name}:end -->"
+    section = f"{begin}\n{markdown(study, results, names)}\n{end}"
+    text = into.read_text() if into.is_file() else ""
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + section + "\n"
+    atomic_write_text(into, text)
+    return into

@@ -1,0 +1,172 @@
+"""Run a study: tune SFT on the validation split, then every arm for its seeds on the test split.
+
+Layout under the study's ``output_dir``::
+
+    data/<format>/train.jsonl      the training subset with derived solutions (and data.json)
+    tune/<setting>/                one `wmss run` directory per tuning candidate (SFT, scored on validset)
+    tuning.json                    every candidate's validation accuracy and the chosen setting
+    arms/<arm>/seed-<s>/           one `wmss run` directory per arm and seed (scored on testset)
+
+Every run is a resumable `wmss run` directory, so re-running the same command after an
+interruption skips what is finished. Nothing here reads the test file until tuning is done.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from wmss.config import config_from_dict
+from wmss.errors import WmssError
+from wmss.io import atomic_write_json, read_json
+from wmss.pipeline import run_pipeline
+from wmss.study.mawps import prepare
+from wmss.study.spec import Arm, Study
+
+log = logging.getLogger("wmss")
+
+SHORT = {"train.learning_rate": "lr", "train.per_device_batch_size": "bs", "train.gradient_accumulation_steps": "ga"}
+
+
+def setting_name(setting: dict[str, Any]) -> str:
+    parts = [str(setting["format"])]
+    for key in sorted(k for k in setting if k != "format"):
+        parts.append(f"{SHORT.get(key, key.split('.')[-1])}{setting[key]}")
+    return "-".join(parts)
+
+
+def setting_overrides(setting: dict[str, Any]) -> list[str]:
+    return [f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items() if k != "format"]
+
+
+def training_file(study: Study, fmt: str) -> Path:
+    out = study.output_dir / "data" / fmt
+    info = out / "data.json"
+    expected = {"format": fmt, "train_size": study.train_size, "subset_seed": study.subset_seed}
+    if info.is_file():
+        old = read_json(info)
+        if all(old.get(k) == v for k, v in expected.items() if v is not None):
+            return out / "train.jsonl"
+    made = prepare(study.data_dir, out, fmt, study.train_size, study.subset_seed)
+    log.info(
+        "study data: %d training rows (%s format, %d without working) in %s",
+        made["train_size"], fmt, made["rows_without_working"], out,
+    )  # fmt: skip
+    return out / "train.jsonl"
+
+
+def run_one(
+    study: Study, out: Path, seed: int, fmt: str, overrides: list[str], split: str
+) -> dict[str, Any]:
+    """One `wmss run` of the study (``split``: validset or testset is evaluated)."""
+    eval_path = study.data_dir / f"{split}.json"
+    if not eval_path.is_file():
+        raise WmssError(f"{eval_path} does not exist; check the study's data_dir ({study.data_dir}).")
+    cfg = config_from_dict(
+        study.run,
+        f"{study.path}: run",
+        [
+            f"output_dir={out}",
+            f"seed={seed}",
+            f"data.path={training_file(study, fmt)}",
+            "eval.task=mawps",
+            f"eval.path={eval_path}",
+            *overrides,
+        ],
+    )
+    log.info("study: %s (seed %d)", out, seed)
+    manifest = run_pipeline(cfg)
+    if not (out / "machine.json").is_file():
+        atomic_write_json(out / "machine.json", {"machine": machine()})
+    return manifest
+
+
+def machine() -> str:
+    """The hardware a run used, in words (recorded beside each run; the report lists it per row)."""
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        device = f"CPU {platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    return f"{device}, torch {torch.__version__}"
+
+
+def tune(study: Study) -> dict[str, Any]:
+    """Coordinate search for SFT (2 epochs, first seed) on the validation split; writes tuning.json."""
+    best = dict(study.tuning_start)
+    scores: dict[str, dict] = {}
+
+    def score(setting: dict[str, Any]) -> float:
+        name = setting_name(setting)
+        if name not in scores:
+            manifest = run_one(
+                study,
+                study.output_dir / "tune" / name,
+                study.seeds[0],
+                setting["format"],
+                ["sft.epochs=2", "wmss.iterations=0", *setting_overrides(setting)],
+                "validset",
+            )
+            result = manifest["phases"]["eval"]
+            scores[name] = {
+                "setting": dict(setting),
+                "accuracy": result["accuracy"],
+                "num_correct": result["num_correct"],
+                "num_problems": result["num_problems"],
+                "steps": manifest["phases"]["sft"]["steps"],
+                "wall_time_s": manifest["phases"]["sft"]["wall_time_s"],
+            }
+        return scores[name]["accuracy"]
+
+    best_score = score(best)
+    for key, values in study.tuning_search.items():
+        for value in values:
+            candidate = {**best, key: value}
+            value_score = score(candidate)
+            if value_score > best_score:  # ties keep the earlier setting
+                best, best_score = candidate, value_score
+    result = {"split": "validset", "candidates": list(scores.values()), "chosen": best, "accuracy": best_score}
+    atomic_write_json(study.output_dir / "tuning.json", result)
+    log.info("study: tuning chose %s (validation accuracy %.1f%%)", setting_name(best), 100 * best_score)
+    return result
+
+
+def chosen_setting(study: Study) -> dict[str, Any]:
+    path = study.output_dir / "tuning.json"
+    if not path.is_file():
+        raise WmssError(f"{path} does not exist: run the tuning stage first (`wmss study run {study.path}`).")
+    return read_json(path)["chosen"]
+
+
+def arm_dir(study: Study, arm: Arm, seed: int) -> Path:
+    return study.output_dir / "arms" / arm.slug / f"seed-{seed}"
+
+
+def run_arm(study: Study, arm: Arm, seed: int, setting: dict[str, Any]) -> dict[str, Any]:
+    overrides = setting_overrides(setting) + arm.overrides
+    if arm.m1_from is not None:
+        source = arm_dir(study, study.arm(arm.m1_from), seed)
+        m1 = source / "models" / "M1"
+        if not (m1 / "config.json").is_file():
+            raise WmssError(f"arm {arm.name!r} needs {m1}; run arm {arm.m1_from!r} for seed {seed} first.")
+        overrides.append(f"sft.checkpoint={m1.resolve()}")
+    return run_one(study, arm_dir(study, arm, seed), seed, setting["format"], overrides, "testset")
+
+
+def run_study(study: Study, stage: str = "all", arms: list[str] | None = None) -> None:
+    """``stage``: ``tune``, ``arms`` or ``all``. Arms run seed by seed, so every arm has its first seed
+    before any arm gets a second."""
+    if stage in ("tune", "all"):
+        tune(study)
+    if stage in ("arms", "all"):
+        setting = chosen_setting(study)
+        selected = [study.arm(name) for name in arms] if arms else study.arms
+        for seed in study.seeds:
+            for arm in selected:
+                if seed in arm.seeds:
+                    run_arm(study, arm, seed, setting)

@@ -1,0 +1,180 @@
+"""The study file: which data, which arms, which seeds, and how hyper-parameters are chosen.
+
+A study YAML (see ``configs/study/``) has these keys::
+
+    name: mawps-smollm2
+    output_dir: runs/study-mawps
+    data_dir: ../shared/data/mawps     # trainset.json, validset.json, testset.json
+    train_size: 256                    # seeded subset of trainset.json (null: all of it)
+    subset_seed: 0
+    seeds: [1, 2, 3]
+    run: {...}                         # a `wmss run` config shared by every run of the study
+    tuning:                            # SFT runs scored on validset.json, one key at a time
+      start: {format: worked, train.learning_rate: 1.0e-4, train.per_device_batch_size: 16}
+      search:
+        format: [worked, equation]
+        train.learning_rate: [5.0e-5, 1.0e-4, 2.0e-4]
+    arms:
+      - {name: SFT, overrides: [sft.epochs=2, wmss.iterations=0], seeds: all}
+      - {name: WMSS, seeds: all}
+      - {name: WD-DS only, overrides: [wmss.mix_lambda=1.0], m1_from: WMSS}
+
+``data_dir`` may be relative to the working directory; ``$WMSS_DATA`` (the folder holding
+``mawps/``) replaces a leading ``../shared/data``. An arm with ``m1_from`` starts from that arm's
+M1 (same seed) instead of training its own (``sft.checkpoint``), and runs the seeds of ``seeds``
+(default: the first study seed only).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wmss.config import config_from_dict, parse_override
+from wmss.errors import ConfigError
+from wmss.study.mawps import FORMATS
+
+SHARED_DATA = "../shared/data"
+
+
+@dataclass
+class Arm:
+    name: str
+    overrides: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    m1_from: str | None = None
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9.]+", "-", self.name.lower().replace("λ", "lambda")).strip("-")
+
+
+@dataclass
+class Study:
+    path: Path
+    name: str
+    output_dir: Path
+    data_dir: Path
+    train_size: int | None
+    subset_seed: int
+    seeds: list[int]
+    run: dict[str, Any]
+    tuning_start: dict[str, Any]
+    tuning_search: dict[str, list]
+    arms: list[Arm]
+
+    def arm(self, name: str) -> Arm:
+        for arm in self.arms:
+            if arm.name == name:
+                return arm
+        raise ConfigError(f"{self.path}: no arm named {name!r}; arms: {', '.join(a.name for a in self.arms)}.")
+
+
+KEYS = ("name", "output_dir", "data_dir", "train_size", "subset_seed", "seeds", "run", "tuning", "arms")
+
+
+def data_dir(raw: str) -> Path:
+    env = os.environ.get("WMSS_DATA")
+    if env and (raw == SHARED_DATA or raw.startswith(SHARED_DATA + "/")):
+        return Path(env) / raw[len(SHARED_DATA) :].lstrip("/")
+    return Path(raw)
+
+
+def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Study:
+    """Read and check a study file; ``overrides`` are ``key=value`` for top-level keys, or
+    ``run.<config key>=value`` for the shared run config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file {path} does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping.")
+    run_overrides = []
+    for item in overrides:
+        key, value = parse_override(item)
+        if key.startswith("run."):
+            run_overrides.append(item[len("run.") :])
+        elif key in KEYS and key not in ("run", "tuning", "arms"):
+            raw[key] = value
+        else:
+            raise ConfigError(f"override {item!r}: use one of {', '.join(KEYS[:6])} or run.<config key>.")
+    unknown = sorted(set(raw) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; a study has {', '.join(KEYS)}.")
+    for key in ("name", "output_dir", "data_dir", "seeds", "run", "arms"):
+        if key not in raw:
+            raise ConfigError(f"{path}: missing '{key}'.")
+    seeds = raw["seeds"]
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ConfigError(f"{path}: 'seeds' must be a non-empty list of integers; got {seeds!r}.")
+    run = dict(raw["run"] or {})
+    for item in run_overrides:
+        key, value = parse_override(item)
+        node = run
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    config_from_dict(run, f"{path}: run")  # fails early, naming the key, if the shared config is bad
+
+    tuning = raw.get("tuning") or {}
+    start = dict(tuning.get("start") or {})
+    search = dict(tuning.get("search") or {})
+    start.setdefault("format", "worked")
+    for key, values in search.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: tuning.search.{key} must be a non-empty list.")
+    for fmt in [start["format"], *search.get("format", [])]:
+        if fmt not in FORMATS:
+            raise ConfigError(f"{path}: tuning format {fmt!r} is not one of {', '.join(FORMATS)}.")
+
+    arms = []
+    for i, entry in enumerate(raw["arms"]):
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise ConfigError(f"{path}: arms[{i}] needs a 'name'.")
+        extra = sorted(set(entry) - {"name", "overrides", "seeds", "m1_from"})
+        if extra:
+            raise ConfigError(f"{path}: arms[{i}] ({entry['name']}): unknown key(s) {', '.join(extra)}.")
+        arm_seeds = entry.get("seeds", [seeds[0]])
+        arm_seeds = list(seeds) if arm_seeds == "all" else arm_seeds
+        if not isinstance(arm_seeds, list) or not set(arm_seeds) <= set(seeds):
+            raise ConfigError(f"{path}: arms[{i}] ({entry['name']}): seeds must be 'all' or a subset of {seeds}.")
+        arm = Arm(entry["name"], list(entry.get("overrides") or []), arm_seeds, entry.get("m1_from"))
+        config_from_dict(run, f"{path}: arms[{i}] ({arm.name})", arm.overrides)
+        arms.append(arm)
+    names = [a.name for a in arms]
+    if len(set(a.slug for a in arms)) != len(arms):
+        raise ConfigError(f"{path}: arm names must differ (after lower-casing): {names}.")
+    for arm in arms:
+        if arm.m1_from is not None:
+            source = next((a for a in arms if a.name == arm.m1_from), None)
+            if source is None or source.m1_from is not None or names.index(source.name) > names.index(arm.name):
+                raise ConfigError(
+                    f"{path}: arm {arm.name!r}: m1_from must name an earlier arm that trains its own M1."
+                )
+            if not set(arm.seeds) <= set(source.seeds):
+                raise ConfigError(f"{path}: arm {arm.name!r} runs seeds its m1_from arm does not.")
+    train_size = raw.get("train_size")
+    if train_size is not None and (not isinstance(train_size, int) or train_size < 1):
+        raise ConfigError(f"{path}: train_size must be a positive integer or null; got {train_size!r}.")
+    return Study(
+        path=path,
+        name=str(raw["name"]),
+        output_dir=Path(raw["output_dir"]),
+        data_dir=data_dir(str(raw["data_dir"])),
+        train_size=train_size,
+        subset_seed=int(raw.get("subset_seed", 0)),
+        seeds=seeds,
+        run=run,
+        tuning_start=start,
+        tuning_search=search,
+        arms=arms,
+    )

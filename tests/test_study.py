@@ -1,0 +1,172 @@
+"""The comparison study: MAWPS solutions, the study file, and a whole study on a tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from wmss.errors import ConfigError, DataError
+from wmss.io import read_json, read_jsonl
+from wmss.study.mawps import convert, number, prepare, solution
+from wmss.study.spec import load_study
+
+
+def test_number_formatting():
+    assert number(12.0) == "12"
+    assert number(1.8333333333333335) == "1.833333"
+    assert number(-0.5) == "-0.5"
+    assert number(0.1 + 0.2) == "0.3"
+
+
+def test_worked_solution_one_operation_per_line_innermost_first():
+    text, worked = solution("x=(22.0-14.0)/4.0+1", 3.0)
+    assert worked
+    assert text.splitlines() == ["22 - 14 = 8", "8 / 4 = 2", "2 + 1 = 3", "The answer is 3."]
+
+
+def test_equation_format_writes_the_expression_at_once():
+    text, worked = solution("X=((2.0*6.0)+3)", 15.0, "equation")
+    assert worked and text == "x = (2 * 6) + 3 = 15\nThe answer is 15."
+
+
+def test_rows_that_cannot_be_worked_get_the_answer_line_only():
+    assert solution("X-6=52", 58.0) == ("The answer is 58.", False)  # an equation to solve
+    assert solution("x=3+4", 8.0) == ("The answer is 8.", False)  # does not evaluate to ans
+    assert solution("x=3/0", 1.0) == ("The answer is 1.", False)
+    with pytest.raises(ValueError, match="unknown solution format"):
+        solution("x=1+1", 2.0, "latex")
+
+
+def mawps_rows(n: int, start: int = 0) -> list[dict]:
+    rows = []
+    for i in range(start, start + n):
+        a, b = 2 + i % 7, 3 + (i * 5) % 9
+        rows.append(
+            {
+                "id": i,
+                "original_text": f"Tom has {a} apples and buys {b} more . How many apples does he have ?",
+                "equation": f"x={a}.0+{b}.0",
+                "ans": float(a + b),
+            }
+        )
+    return rows
+
+
+@pytest.fixture()
+def mawps_dir(tmp_path) -> Path:
+    d = tmp_path / "mawps"
+    d.mkdir()
+    for name, rows in (("trainset", mawps_rows(16)), ("validset", mawps_rows(4, 100)), ("testset", mawps_rows(4, 200))):
+        (d / f"{name}.json").write_text(json.dumps(rows))
+    return d
+
+
+def test_prepare_takes_a_seeded_subset_in_file_order(mawps_dir, tmp_path):
+    info = prepare(mawps_dir, tmp_path / "a", "worked", 8, seed=0)
+    again = prepare(mawps_dir, tmp_path / "b", "worked", 8, seed=0)
+    other = prepare(mawps_dir, tmp_path / "c", "worked", 8, seed=1)
+    assert info["ids"] == again["ids"] == sorted(info["ids"]) and len(info["ids"]) == 8
+    assert other["ids"] != info["ids"]
+    rows = read_jsonl(tmp_path / "a" / "train.jsonl")
+    assert [r["id"] for r in rows] == info["ids"]
+    assert rows[0]["solution"].endswith(f"The answer is {rows[0]['answer']}.")
+
+
+def test_bad_mawps_files_are_named(tmp_path):
+    (tmp_path / "trainset.json").write_text('[{"original_text": "q"}]')
+    with pytest.raises(DataError, match=r"trainset.json: row 0 lacks equation, ans"):
+        prepare(tmp_path, tmp_path / "out", "worked", None, 0)
+    with pytest.raises(DataError, match="does not exist"):
+        prepare(tmp_path / "nowhere", tmp_path / "out", "worked", None, 0)
+    rows, bare = convert([{"original_text": "q", "equation": "x=1+1", "ans": 2}], "worked")
+    assert bare == 0 and rows[0]["answer"] == "2"
+
+
+def write_study(tmp_path: Path, model: Path, data: Path, **changes) -> Path:
+    study = {
+        "name": "tiny",
+        "output_dir": str(tmp_path / "study"),
+        "data_dir": str(data),
+        "train_size": 12,
+        "seeds": [1, 2],
+        "run": {
+            "model": str(model),
+            "data": {"prompt_template": "{question}", "completion_template": "{solution}"},
+            "train": {"per_device_batch_size": 4, "max_length": 96, "learning_rate": 1e-3, "save_steps": 100},
+            "wmss": {"entropy_batch_size": 4},
+            "eval": {"instruction": "", "max_new_tokens": 8, "batch_size": 4},
+        },
+        "tuning": {
+            "start": {"format": "worked", "train.learning_rate": 1e-3},
+            "search": {"train.learning_rate": [1e-3, 1e-2]},
+        },
+        "arms": [
+            {"name": "SFT", "overrides": ["sft.epochs=2", "wmss.iterations=0"], "seeds": "all"},
+            {"name": "WMSS", "seeds": "all"},
+            {"name": "WD-DS only", "overrides": ["wmss.mix_lambda=1.0"], "m1_from": "WMSS"},
+            {"name": "WD-JT only", "overrides": ["wmss.selection=all"], "m1_from": "WMSS"},
+        ],
+    }
+    study.update(changes)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study, allow_unicode=True))
+    return path
+
+
+def test_study_file_errors_name_the_problem(tmp_path, tiny_model_dir, mawps_dir):
+    bad_arm = [{"name": "A", "m1_from": "B"}, {"name": "B"}]
+    cases = [
+        ({"colour": "red"}, "unknown key"),
+        ({"seeds": []}, "non-empty list"),
+        ({"arms": bad_arm}, "earlier arm"),
+        ({"arms": [{"name": "A", "seeds": [7]}]}, "subset of"),
+        ({"arms": [{"name": "A", "overrides": ["wmss.mix_lamda=0.3"]}]}, "Did you mean 'wmss.mix_lambda'"),
+        ({"tuning": {"search": {"format": ["latex"]}}}, "not one of worked, equation"),
+    ]
+    for changes, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, **changes))
+    with pytest.raises(ConfigError, match="use one of"):
+        load_study(write_study(tmp_path, tiny_model_dir, mawps_dir), ["colour=red"])
+
+
+def test_a_whole_study_on_a_tiny_model(tmp_path, tiny_model_dir, mawps_dir):
+    from wmss.study.report import collect, write_study_report
+    from wmss.study.runner import run_study
+
+    study = load_study(write_study(tmp_path, tiny_model_dir, mawps_dir))
+    run_study(study)
+    root = study.output_dir
+    tuning = read_json(root / "tuning.json")
+    assert len(tuning["candidates"]) == 2  # the start setting is not run twice
+    assert all(c["num_problems"] == 4 for c in tuning["candidates"])  # scored on validset
+    assert tuning["chosen"]["train.learning_rate"] in (1e-3, 1e-2)
+
+    wmss = read_json(root / "arms" / "wmss" / "seed-1" / "manifest.json")["phases"]
+    assert wmss["sft"]["steps"] == 3 and wmss["eval"]["num_problems"] == 4
+    shared = read_json(root / "arms" / "wd-ds-only" / "seed-1" / "manifest.json")["phases"]
+    assert shared["sft"]["reused"] and shared["sft"]["model"].endswith("arms/wmss/seed-1/models/M1")
+    assert shared["wdjt-1"]["trained_as"] == "sft (lambda = 1)"
+    assert shared["wdjt-1"]["examples"] == wmss["wdjt-1"]["examples"]  # same M1, seed: same active set
+    jt_only = read_json(root / "arms" / "wd-jt-only" / "seed-1" / "manifest.json")["phases"]
+    assert jt_only["wdjt-1"]["examples"] == 12 and "entropy-M0" not in jt_only
+    assert not (root / "arms" / "wd-ds-only" / "seed-2").exists()  # shared-M1 arms: first seed only
+    assert (root / "arms" / "sft" / "seed-2" / "manifest.json").is_file()
+
+    results = collect(study)
+    rows = {r["arm"]: r for r in results["arms"]}
+    assert rows["SFT"]["seeds"] == [1, 2] and len(rows["SFT"]["accuracies"]) == 2
+    # shared-M1 arms are charged for the M1 they start from
+    assert rows["WD-DS only"]["steps"] == wmss["sft"]["steps"] + shared["wdjt-1"]["steps"]
+    assert rows["WD-JT only"]["active_fraction"] == 1.0
+
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text("# Results\n\nkept above\n\n<!-- study:tiny:begin -->\nold\n<!-- study:tiny:end -->\n\nkept below\n")
+    write_study_report(study, doc)
+    text = doc.read_text()
+    assert "kept above" in text and "kept below" in text and "\nold\n" not in text
+    assert "| WMSS |" in text and "wmss study run" in text
+    assert (root / "report" / "accuracy_by_arm.png").is_file()
