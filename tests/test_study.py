@@ -59,7 +59,11 @@ def mawps_rows(n: int, start: int = 0) -> list[dict]:
 def mawps_dir(tmp_path) -> Path:
     d = tmp_path / "mawps"
     d.mkdir()
-    for name, rows in (("trainset", mawps_rows(16)), ("validset", mawps_rows(4, 100)), ("testset", mawps_rows(4, 200))):
+    for name, rows in (
+        ("trainset", mawps_rows(16)),
+        ("validset", mawps_rows(4, 100)),
+        ("testset", mawps_rows(4, 200)),
+    ):
         (d / f"{name}.json").write_text(json.dumps(rows))
     return d
 
@@ -164,7 +168,9 @@ def test_a_whole_study_on_a_tiny_model(tmp_path, tiny_model_dir, mawps_dir):
     assert rows["WD-JT only"]["active_fraction"] == 1.0
 
     doc = tmp_path / "RESULTS.md"
-    doc.write_text("# Results\n\nkept above\n\n<!-- study:tiny:begin -->\nold\n<!-- study:tiny:end -->\n\nkept below\n")
+    doc.write_text(
+        "# Results\n\nkept above\n\n<!-- study:tiny:begin -->\nold\n<!-- study:tiny:end -->\n\nkept below\n"
+    )
     write_study_report(study, doc)
     text = doc.read_text()
     assert "kept above" in text and "kept below" in text and "\nold\n" not in text

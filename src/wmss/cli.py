@@ -314,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage", choices=("tune", "arms", "all"), default="all", help="(run) what to run")
     p.add_argument("--arm", action="append", help="(run) only this arm (repeat); default: all arms")
     p.add_argument(
-        "--into", help="(report) also replace the study's section of this Markdown file (e.g. docs/RESULTS.md)"
+        "--into",
+        help="(report) also replace the study's section of this Markdown file (e.g. docs/RESULTS.md)",
     )
 
     p = add("config", cmd_config, "Print the resolved configuration (defaults + file + overrides).")

@@ -89,7 +89,11 @@ def _infix(node: ast.expr, top: bool = True) -> str:
     if isinstance(node, ast.Constant):
         return number(node.value)
     if isinstance(node, ast.UnaryOp):
-        return number(-node.operand.value) if isinstance(node.operand, ast.Constant) else "-" + _infix(node.operand, False)
+        return (
+            number(-node.operand.value)
+            if isinstance(node.operand, ast.Constant)
+            else "-" + _infix(node.operand, False)
+        )
     text = f"{_infix(node.left, False)} {_OPS[type(node.op)][0]} {_infix(node.right, False)}"
     return text if top else f"({text})"
 
@@ -142,7 +146,12 @@ def convert(rows: list[dict], fmt: str) -> tuple[list[dict], int]:
         text, worked = solution(str(row["equation"]), float(row["ans"]), fmt)
         bare += not worked
         out.append(
-            {"id": row.get("id"), "question": row["original_text"], "solution": text, "answer": number(row["ans"])}
+            {
+                "id": row.get("id"),
+                "question": row["original_text"],
+                "solution": text,
+                "answer": number(row["ans"]),
+            }
         )
     return out, bare
 

@@ -145,7 +145,9 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
     errors = [100 * (a["std"] or 0.0) for a in arms]
     ax.bar(x, means, 0.6, yerr=errors, capsize=3, color=["#888888"] + ["#3b75af"] * (len(arms) - 1))
     for i, arm in enumerate(arms):
-        ax.scatter([i] * len(arm["accuracies"]), [100 * a for a in arm["accuracies"]], color="black", s=8, zorder=3)
+        ax.scatter(
+            [i] * len(arm["accuracies"]), [100 * a for a in arm["accuracies"]], color="black", s=8, zorder=3
+        )
     ax.set_xticks(x, [a["arm"] for a in arms], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{results['study']}: mean over seeds (bars), each seed (dots), ±1 std", fontsize=9)
@@ -199,8 +201,8 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
         f"**Test** (`testset.json`): accuracy in %; Δ vs {base} on the same seeds with a paired bootstrap "
         "95% interval over problems; steps and wall time include the shared M1 where an arm starts from it.",
         "",
-        "| arm | seeds | accuracy per seed | mean ± std | Δ vs SFT [95% CI] | optimizer steps | train wall time "
-        "| active fraction | mean ΔH |",
+        f"| arm | seeds | accuracy per seed | mean ± std | Δ vs {base} [95% CI] | optimizer steps "
+        "| train wall time | active fraction | mean ΔH |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for a in results["arms"]:
@@ -208,8 +210,9 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
         delta = f"{100 * vs['delta']:+.1f} [{100 * vs['low']:+.1f}, {100 * vs['high']:+.1f}]" if vs else "–"
         std = f" ± {100 * a['std']:.1f}" if a["std"] is not None else ""
         gap = "–" if a["mean_entropy_gap"] is None else f"{a['mean_entropy_gap']:+.3f}"
+        per_seed = " / ".join(_pct(x) for x in a["accuracies"])
         lines.append(
-            f"| {a['arm']} | {','.join(map(str, a['seeds']))} | {' / '.join(_pct(x) for x in a['accuracies'])} "
+            f"| {a['arm']} | {','.join(map(str, a['seeds']))} | {per_seed} "
             f"| {_pct(a['mean'])}{std} | {delta} | {a['steps']:.0f} | {a['wall_time_s']:.0f} s "
             f"| {_pct(a['active_fraction'])}{'%' if a['active_fraction'] is not None else ''} | {gap} |"
         )
@@ -228,7 +231,9 @@ def write_study_report(study: Study, into: str | Path | None = None) -> Path:
     figures in ``figures/`` beside it."""
     results = collect(study)
     if not results["arms"]:
-        raise WmssError(f"{study.output_dir} has no finished arm yet; run `wmss study run {study.path}` first.")
+        raise WmssError(
+            f"{study.output_dir} has no finished arm yet; run `wmss study run {study.path}` first."
+        )
     out = study.output_dir / "report"
     made = plots(results, out)
     serialisable = {**results, "arms": [{k: v for k, v in a.items()} for a in results["arms"]]}

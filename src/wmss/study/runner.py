@@ -27,7 +27,11 @@ from wmss.study.spec import Arm, Study
 
 log = logging.getLogger("wmss")
 
-SHORT = {"train.learning_rate": "lr", "train.per_device_batch_size": "bs", "train.gradient_accumulation_steps": "ga"}
+SHORT = {
+    "train.learning_rate": "lr",
+    "train.per_device_batch_size": "bs",
+    "train.gradient_accumulation_steps": "ga",
+}
 
 
 def setting_name(setting: dict[str, Any]) -> str:
@@ -57,9 +61,7 @@ def training_file(study: Study, fmt: str) -> Path:
     return out / "train.jsonl"
 
 
-def run_one(
-    study: Study, out: Path, seed: int, fmt: str, overrides: list[str], split: str
-) -> dict[str, Any]:
+def run_one(study: Study, out: Path, seed: int, fmt: str, overrides: list[str], split: str) -> dict[str, Any]:
     """One `wmss run` of the study (``split``: validset or testset is evaluated)."""
     eval_path = study.data_dir / f"{split}.json"
     if not eval_path.is_file():
@@ -130,7 +132,12 @@ def tune(study: Study) -> dict[str, Any]:
             value_score = score(candidate)
             if value_score > best_score:  # ties keep the earlier setting
                 best, best_score = candidate, value_score
-    result = {"split": "validset", "candidates": list(scores.values()), "chosen": best, "accuracy": best_score}
+    result = {
+        "split": "validset",
+        "candidates": list(scores.values()),
+        "chosen": best,
+        "accuracy": best_score,
+    }
     atomic_write_json(study.output_dir / "tuning.json", result)
     log.info("study: tuning chose %s (validation accuracy %.1f%%)", setting_name(best), 100 * best_score)
     return result

@@ -72,7 +72,9 @@ class Study:
         for arm in self.arms:
             if arm.name == name:
                 return arm
-        raise ConfigError(f"{self.path}: no arm named {name!r}; arms: {', '.join(a.name for a in self.arms)}.")
+        raise ConfigError(
+            f"{self.path}: no arm named {name!r}; arms: {', '.join(a.name for a in self.arms)}."
+        )
 
 
 KEYS = ("name", "output_dir", "data_dir", "train_size", "subset_seed", "seeds", "run", "tuning", "arms")
@@ -146,7 +148,9 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         arm_seeds = entry.get("seeds", [seeds[0]])
         arm_seeds = list(seeds) if arm_seeds == "all" else arm_seeds
         if not isinstance(arm_seeds, list) or not set(arm_seeds) <= set(seeds):
-            raise ConfigError(f"{path}: arms[{i}] ({entry['name']}): seeds must be 'all' or a subset of {seeds}.")
+            raise ConfigError(
+                f"{path}: arms[{i}] ({entry['name']}): seeds must be 'all' or a subset of {seeds}."
+            )
         arm = Arm(entry["name"], list(entry.get("overrides") or []), arm_seeds, entry.get("m1_from"))
         config_from_dict(run, f"{path}: arms[{i}] ({arm.name})", arm.overrides)
         arms.append(arm)
@@ -156,7 +160,11 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     for arm in arms:
         if arm.m1_from is not None:
             source = next((a for a in arms if a.name == arm.m1_from), None)
-            if source is None or source.m1_from is not None or names.index(source.name) > names.index(arm.name):
+            if (
+                source is None
+                or source.m1_from is not None
+                or names.index(source.name) > names.index(arm.name)
+            ):
                 raise ConfigError(
                     f"{path}: arm {arm.name!r}: m1_from must name an earlier arm that trains its own M1."
                 )
