@@ -12,9 +12,7 @@ from wmss.config import DataConfig
 from wmss.data import IGNORE_INDEX, CompletionCollator, load_training_data, read_rows, tokenize_examples
 from wmss.errors import DataError
 
-SHARED_DATA = Path(
-    os.environ.get("WMSS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
+SHARED_DATA = Path(os.environ.get("WMSS_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def test_prompt_completion_layout_masks_the_prompt(tokenizer):

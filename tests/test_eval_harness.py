@@ -18,7 +18,7 @@ from wmss.evaluation.prompting import build_prompts
 from wmss.evaluation.report import compare, markdown
 from wmss.evaluation.tasks import TASKS, TaskData, load_task, task_from_yaml
 
-SHARED = Path(os.environ.get("WMSS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SHARED = Path(os.environ.get("WMSS_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def test_builtin_layouts(tmp_path):

@@ -123,7 +123,7 @@ def load_rows(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise DataError(
             f"{path} does not exist. The MAWPS study reads trainset.json, validset.json and testset.json "
-            "from the study's data_dir (set data_dir in the study config, or WMSS_DATA to the folder "
+            "from the study's data_dir (set data_dir in the study config, or WMSS_DATA_DIR to the folder "
             "that holds mawps/)."
         )
     try:

@@ -19,7 +19,7 @@ A study YAML (see ``configs/study/``) has these keys::
       - {name: WMSS, seeds: all}
       - {name: WD-DS only, overrides: [wmss.mix_lambda=1.0], m1_from: WMSS}
 
-``data_dir`` may be relative to the working directory; ``$WMSS_DATA`` (the folder holding
+``data_dir`` may be relative to the working directory; ``$WMSS_DATA_DIR`` (the folder holding
 ``mawps/``) replaces a leading ``../shared/data``. An arm with ``m1_from`` starts from that arm's
 M1 (same seed) instead of training its own (``sft.checkpoint``), and runs the seeds of ``seeds``
 (default: the first study seed only).
@@ -81,7 +81,7 @@ KEYS = ("name", "output_dir", "data_dir", "train_size", "subset_seed", "seeds", 
 
 
 def data_dir(raw: str) -> Path:
-    env = os.environ.get("WMSS_DATA")
+    env = os.environ.get("WMSS_DATA_DIR")
     if env and (raw == SHARED_DATA or raw.startswith(SHARED_DATA + "/")):
         return Path(env) / raw[len(SHARED_DATA) :].lstrip("/")
     return Path(raw)
