@@ -166,14 +166,16 @@ def run_arm(study: Study, arm: Arm, seed: int, setting: dict[str, Any]) -> dict[
 
 
 def run_study(study: Study, stage: str = "all", arms: list[str] | None = None) -> None:
-    """``stage``: ``tune``, ``arms`` or ``all``. Arms run seed by seed, so every arm has its first seed
-    before any arm gets a second."""
+    """``stage``: ``tune``, ``arms`` or ``all``. The arms with several seeds (the main comparison) run
+    first, seed by seed; then the single-seed arms. An interrupted study resumes where it stopped."""
     if stage in ("tune", "all"):
         tune(study)
     if stage in ("arms", "all"):
         setting = chosen_setting(study)
         selected = [study.arm(name) for name in arms] if arms else study.arms
-        for seed in study.seeds:
-            for arm in selected:
-                if seed in arm.seeds:
-                    run_arm(study, arm, seed, setting)
+        main = [a for a in selected if len(a.seeds) > 1]
+        for group in (main, [a for a in selected if a not in main]):
+            for seed in study.seeds:
+                for arm in group:
+                    if seed in arm.seeds:
+                        run_arm(study, arm, seed, setting)
