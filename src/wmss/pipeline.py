@@ -10,6 +10,9 @@ Run directory layout::
     selection-<t>.jsonl      WD-DS of iteration t: idx, entropy_weak, entropy_strong, weight, draws, active
     checkpoints/<phase>/     Trainer checkpoints of an unfinished training phase (removed when it ends)
     logs/<phase>.json        Trainer log history of a finished training phase
+    tensorboard/<phase>/     TensorBoard event files, with ``train.report_to: tensorboard``
+    diagnostics/             ``wmss diagnose logits --run``: logits.json, logits.md
+    report/                  ``wmss report``: report.html (self-contained) and its PNG figures
     eval/                    predictions and accuracy of the final model, when an eval task is set
 
 Re-running the same command skips finished phases and resumes an unfinished training phase from
@@ -93,9 +96,8 @@ class RunDir:
             old = self.manifest.get("result_config", {})
             # A key added to the config since the run was made counts as its default value.
             default = _result_config(RunConfig())
-            changed = sorted(
-                k for k in set(old) | set(result_cfg) if old.get(k, default.get(k)) != result_cfg.get(k)
-            )
+            old = {**default, **old}
+            changed = sorted(k for k in set(old) | set(result_cfg) if old.get(k) != result_cfg.get(k))
             if changed:
                 details = "; ".join(f"{k}: {old.get(k)!r} -> {result_cfg.get(k)!r}" for k in changed[:6])
                 raise ConfigError(
@@ -191,6 +193,7 @@ def phase_sft(
         run.root / "checkpoints" / "sft",
         cfg.seed,
         callbacks,
+        run.root / "tensorboard" / "sft",
     )
     save_model(model, tokenizer, out)
     del model
@@ -296,6 +299,7 @@ def phase_joint_training(
             run.root / "checkpoints" / f"wdjt-{t}",
             cfg.seed,
             callbacks,
+            run.root / "tensorboard" / f"wdjt-{t}",
         )
         save_model(strong, tokenizer, out)
         del strong
@@ -341,6 +345,7 @@ def phase_joint_training(
         run.root / "checkpoints" / f"wdjt-{t}",
         cfg.seed,
         callbacks,
+        run.root / "tensorboard" / f"wdjt-{t}",
     )
     save_model(strong, tokenizer, out)
     del weak, strong

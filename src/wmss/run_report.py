@@ -279,7 +279,13 @@ def _configuration(cfg: RunConfig) -> str:
             node = node[part]
         return node
 
-    rows = [[f"<code>{_e(k)}</code>", _e(get(k))] for k in KEY_SETTINGS]
+    def show(key: str) -> str:
+        value = get(key)
+        if key == "wmss.dedup" and value is None:
+            return f"null (default: {'on' if cfg.dedup else 'off'} for this selection form)"
+        return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+    rows = [[f"<code>{_e(k)}</code>", _e(show(k))] for k in KEY_SETTINGS]
     full = _e(yaml.safe_dump(values, sort_keys=False))
     body = (
         _table(["key", "value"], rows, "kv")
@@ -313,21 +319,23 @@ def _timings(manifest: dict, figures: _Figures) -> str:
             names.append(name)
             walls.append(wall)
     total = sum(walls)
-    body = _table(["phase", "status", "attempts", "wall time (s)", ""], rows)
+    body = _table(["phase", "status", "attempts", "wall time (s)", "work"], rows)
     body += f"<p>Total wall time of the phases: {total:.1f} s.</p>"
+    chart = ""
     if walls:
-        fig, ax = figures.plt.subplots(figsize=(8, 0.35 * len(walls) + 1.0))
+        fig, ax = figures.plt.subplots(figsize=(5.0, 0.22 * len(walls) + 0.9))
         y = np.arange(len(walls))[::-1]
         ax.barh(y, walls, color="#3b75af")
-        ax.set_yticks(y, names, fontsize=8)
-        ax.set_xlabel("wall time (s)")
+        ax.set_yticks(y, names, fontsize=7)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_xlabel("wall time (s)", fontsize=8)
         for yi, w in zip(y, walls, strict=True):
             ax.text(w, yi, f" {w:.1f}", va="center", fontsize=7)
         ax.set_xlim(0, max(walls) * 1.15 or 1)
         ax.set_title("wall time per phase", fontsize=9)
         fig.tight_layout()
-        body += figures.embed(fig, "timings", "wall time per phase")
-    return _section("timings", "Phase timings", body)
+        chart = figures.embed(fig, "timings", "wall time per phase")
+    return _section("timings", "Phase timings", f'<div class="row"><div>{body}</div><div>{chart}</div></div>')
 
 
 def _losses(root: Path, manifest: dict, figures: _Figures) -> str:
@@ -381,6 +389,8 @@ def _histograms(rows: list[dict], t: int, figures: _Figures) -> str:
 
     h_weak, h_strong = column("entropy_weak"), column("entropy_strong")
     active = np.array([r["active"] for r in rows])
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = figures.plt.subplots(1, 3, figsize=(12, 3.3))
     panels = (
         ("H_weak (Eq. 7, nats)", h_weak),
@@ -402,7 +412,10 @@ def _histograms(rows: list[dict], t: int, figures: _Figures) -> str:
         )
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("examples")
-        if title.startswith("ΔH"):
+        ax.ticklabel_format(axis="x", useOffset=False)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        ax.tick_params(labelsize=8)
+        if title.startswith("ΔH") and values[valid].min() < 0 < values[valid].max():
             ax.axvline(0, color="black", linewidth=0.8)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"WD-DS iteration {t}: entropies of every training example", fontsize=10)
@@ -414,7 +427,9 @@ def _separation_table(separation: dict) -> str:
     if not separation or separation.get("mean") is None:
         return ""
     q = separation["quantiles"]
-    header = ["mean ΔH", "std", *[k.replace("q", "") + "%" for k in q], "share ΔH < 0", "share ΔH > 0"]
+    names = {"q00": "min", "q100": "max"}
+    header = ["mean ΔH", "std", *[names.get(k, k[1:].lstrip("0") + "%") for k in q]]
+    header += ["share ΔH < 0", "share ΔH > 0"]
     row = [
         _num(separation["mean"]),
         _num(separation["std"]),
@@ -586,6 +601,7 @@ def _logits(root: Path, figures: _Figures) -> str:
         ax.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=7)
         ax.set_title(MODEL_STATISTICS[key], fontsize=8)
         ax.axhline(0, color="black", linewidth=0.6)
+        ax.margins(y=0.18)
     fig.suptitle("logit statistics at completion positions", fontsize=10)
     fig.tight_layout()
     body += figures.embed(fig, "logits", "logit statistics")
@@ -618,7 +634,8 @@ def _evaluation(root: Path, manifest: dict) -> str:
         "wall_time_s",
     ):
         if key in summary:
-            items.append((key.replace("_", " "), _num(summary[key])))
+            label = key.replace("_", " ").replace("wall time s", "wall time (s)")
+            items.append((label, _num(summary[key])))
     if summary.get("pass_at_k"):
         items.append(("pass@k", _e(", ".join(f"@{k}: {v:.1%}" for k, v in summary["pass_at_k"].items()))))
     if entry and entry.get("status") == "stale":
@@ -646,6 +663,7 @@ table.examples th:nth-child(-n+7), table.examples td:nth-child(-n+7) { width: 5.
 div.text { white-space: pre-wrap; word-break: break-word; font-family: ui-monospace, monospace;
            font-size: 12px; }
 img { max-width: 100%; display: block; margin: 10px 0; }
+div.row { display: flex; gap: 28px; align-items: flex-start; flex-wrap: wrap; }
 p.note { color: #57606a; }
 p.warning { background: #fff8c5; border: 1px solid #d4a72c; padding: 6px 10px; }
 pre { background: #f6f8fa; padding: 8px; font-size: 12px; overflow-x: auto; }
