@@ -173,10 +173,9 @@ def cmd_joint(args: argparse.Namespace) -> None:
 
 
 def cmd_diagnose_logits(args: argparse.Namespace) -> None:
-    from wmss.data import load_training_data
-    from wmss.diagnostics import diagnose_logits, logit_statistics_markdown
-    from wmss.models import load_tokenizer, resolve_model
-    from wmss.run_report import load_run, run_models, write_logit_statistics
+    from wmss.diagnostics import logit_statistics_markdown
+    from wmss.models import resolve_model
+    from wmss.run_report import diagnose_to_files, load_run, run_models
 
     given = {"weak": args.weak, "strong_before": args.strong_before, "strong_after": args.strong_after}
     given = {k: v for k, v in given.items() if v}
@@ -192,13 +191,9 @@ def cmd_diagnose_logits(args: argparse.Namespace) -> None:
                 "(or --run RUN_DIR to take the models and data of a run)."
             )
         cfg, paths, out = _config(args.config), given, Path(args.output)
-    paths = {k: resolve_model(v) for k, v in paths.items()}
-    tokenizer = load_tokenizer(paths["weak"])
-    dataset, _ = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
-    result = diagnose_logits(paths, dataset, cfg)
-    path = write_logit_statistics(result, out)
+    result = diagnose_to_files(cfg, {k: resolve_model(v) for k, v in paths.items()}, out)
     print("\n" + logit_statistics_markdown(result))
-    print(f"written to {path} and {path.with_suffix('.md')}")
+    print(f"written to {out / 'logits.json'} and {out / 'logits.md'}")
 
 
 def cmd_pick_weak(args: argparse.Namespace) -> None:

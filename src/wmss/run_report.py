@@ -100,18 +100,15 @@ def run_models(root: Path, manifest: dict[str, Any]) -> dict[str, str]:
     return {"weak": chain[-3], "strong_before": chain[-2], "strong_after": chain[-1]}
 
 
-def diagnose_run(
-    root: Path, cfg: RunConfig, paths: dict[str, str], out_dir: str | Path | None = None
-) -> dict[str, Any]:
-    """``diagnose_logits`` on the run's training data; writes ``logits.json`` and ``logits.md`` to
-    ``out_dir`` (default ``RUN_DIR/diagnostics``)."""
+def diagnose_to_files(cfg: RunConfig, paths: dict[str, str], out_dir: str | Path) -> dict[str, Any]:
+    """``diagnose_logits`` of the models at ``paths`` on ``cfg``'s training data; writes ``logits.json``
+    and ``logits.md`` to ``out_dir``."""
     from wmss.data import load_training_data
     from wmss.models import load_tokenizer
 
-    tokenizer = load_tokenizer(paths["strong_before"] if "strong_before" in paths else paths["weak"])
-    dataset, _ = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
+    dataset, _ = load_training_data(cfg.data, load_tokenizer(paths["weak"]), cfg.train.max_length)
     result = diagnose_logits(paths, dataset, cfg)
-    write_logit_statistics(result, out_dir or root / "diagnostics")
+    write_logit_statistics(result, out_dir)
     return result
 
 
@@ -678,7 +675,7 @@ def write_run_report(
     root, manifest, cfg = load_run(run_dir)
     out = Path(output) if output else root / "report"
     if compute_logits:
-        diagnose_run(root, cfg, run_models(root, manifest))
+        diagnose_to_files(cfg, run_models(root, manifest), root / "diagnostics")
     figures = _Figures(out)
     phases = manifest["phases"]
     sections = [
