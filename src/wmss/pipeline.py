@@ -67,9 +67,10 @@ NON_RESULT_KEYS = (
 
 def _result_config(cfg: RunConfig) -> dict[str, Any]:
     flat = _flatten(cfg.to_dict())
-    return {
-        k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NON_RESULT_KEYS)
-    }
+    ignored = NON_RESULT_KEYS
+    if cfg.wmss.mix_lambda != "auto":  # the diagnostic sample changes a run only by measuring λ
+        ignored += ("wmss.diagnostic_examples",)
+    return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in ignored)}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -95,11 +96,11 @@ class RunDir:
             self.manifest = json.loads(self.manifest_path.read_text())
             old = self.manifest.get("result_config", {})
             # A key added to the config since the run was made counts as its default value.
-            default = _result_config(RunConfig())
-            old = {**default, **old}
-            changed = sorted(k for k in set(old) | set(result_cfg) if old.get(k) != result_cfg.get(k))
+            default = _flatten(RunConfig().to_dict())
+            before = {k: old.get(k, default.get(k)) for k in set(old) | set(result_cfg)}
+            changed = sorted(k for k, v in before.items() if v != result_cfg.get(k))
             if changed:
-                details = "; ".join(f"{k}: {old.get(k)!r} -> {result_cfg.get(k)!r}" for k in changed[:6])
+                details = "; ".join(f"{k}: {before[k]!r} -> {result_cfg.get(k)!r}" for k in changed[:6])
                 raise ConfigError(
                     f"{self.root} holds a run made with a different configuration ({details}). "
                     "Resuming would mix two experiments: use a new output_dir, or restore those "
