@@ -10,9 +10,31 @@ from wmss.cli import main
 
 def test_help_lists_every_phase():
     out = subprocess.run([sys.executable, "-m", "wmss", "--help"], capture_output=True, text=True, check=True)
-    for command in ("run", "sft", "entropy", "select", "joint", "eval", "demo", "config"):
+    for command in (
+        "run",
+        "sft",
+        "entropy",
+        "select",
+        "joint",
+        "eval",
+        "demo",
+        "config",
+        "diagnose",
+        "pick-weak",
+    ):
         assert command in out.stdout
-    for command in ("run", "sft", "entropy", "select", "joint", "eval", "demo"):
+    for command in (
+        "run",
+        "sft",
+        "entropy",
+        "select",
+        "joint",
+        "eval",
+        "demo",
+        "diagnose",
+        "pick-weak",
+        "report",
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0
@@ -52,6 +74,7 @@ def test_phase_commands_chain_like_run(tmp_path, tiny_model_dir, train_file, cap
             [
                 "joint",
                 *common,
+                "wmss.mix_lambda=auto",
                 "--weak",
                 str(tiny_model_dir),
                 "--strong",
@@ -85,7 +108,8 @@ def test_phase_commands_chain_like_run(tmp_path, tiny_model_dir, train_file, cap
         )
         == 0
     )
-    assert "active set:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "active set:" in printed and "mix_lambda auto: centred logit norms" in printed
     assert (tmp_path / "eval" / "summary.json").is_file() and (tmp_path / "eval" / "summary.png").is_file()
 
 

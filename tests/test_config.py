@@ -34,6 +34,10 @@ def test_file_then_overrides(tmp_path):
         ("wmss.mix_lamda=0.3", "Did you mean 'wmss.mix_lambda'"),
         ("wmss.mix_lambda=1.5", r"mix_lambda must lie in \[0, 1\]"),
         ("wmss.mix_lambda=-0.1", r"mix_lambda must lie in \[0, 1\]"),
+        ("wmss.mix_lambda=Auto", r"mix_lambda must be a number in \[0, 1\] or 'auto'.*got 'Auto'"),
+        ("wmss.mix_lambda=true", "'wmss.mix_lambda' must be float or str"),
+        ("wmss.diagnostic_examples=0", "wmss.diagnostic_examples must be >= 1"),
+        ("wmss.min_entropy_gap=-1", "wmss.min_entropy_gap must be >= 0"),
         ("wmss.alpha=-1", "wmss.alpha must be >= 0"),
         ("wmss.selection=magic", "wmss.selection must be one of"),
         ("train.per_device_batch_size=two", "must be int"),
@@ -43,6 +47,12 @@ def test_file_then_overrides(tmp_path):
 def test_bad_overrides(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, [override])
+
+
+def test_mix_lambda_auto_or_a_number():
+    assert load_config(None, ["wmss.mix_lambda=auto"]).wmss.mix_lambda == "auto"
+    assert load_config(None, ["wmss.mix_lambda=0.42"]).wmss.mix_lambda == 0.42
+    assert load_config(None, ["wmss.mix_lambda=1"]).wmss.mix_lambda == 1.0
 
 
 def test_all_coefficients_zero():

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from wmss.config import RunConfig, all_keys, load_config
+from wmss.config import RunConfig, all_keys, config_from_dict, load_config
 from wmss.errors import ConfigError, WmssError
 
 log = logging.getLogger("wmss")
@@ -22,7 +22,8 @@ CONFIG_HELP = (
 )
 
 
-def _config(items: list[str]) -> RunConfig:
+def _config(items: list[str], base: RunConfig | None = None) -> RunConfig:
+    """The config of ``[FILE] key=value …``; with ``base`` (e.g. a run's), overrides apply to it instead."""
     path = None
     if items and "=" not in items[0]:
         path, items = items[0], items[1:]
@@ -31,6 +32,12 @@ def _config(items: list[str]) -> RunConfig:
         raise ConfigError(
             f"'{bad[0]}' is neither a config file (it must come first) nor a key=value override."
         )
+    if base is not None:
+        if path is not None:
+            raise ConfigError(
+                f"'{path}': with --run the run's own config is used; give only key=value overrides."
+            )
+        return config_from_dict(base.to_dict(), "run config", items)
     return load_config(path, items)
 
 
@@ -119,6 +126,24 @@ def cmd_joint(args: argparse.Namespace) -> None:
     tokenizer = load_tokenizer(strong_src)
     check_compatible(weak_src, strong_src, load_tokenizer(weak_src), tokenizer)
     dataset, _ = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
+    weak, strong = load_model(weak_src), load_model(strong_src)
+    mix_lambda = cfg.wmss.mix_lambda
+    if mix_lambda == "auto":
+        from wmss.diagnostics import diagnostic_sample, measure_auto_lambda
+
+        auto = measure_auto_lambda(
+            weak,
+            strong,
+            diagnostic_sample(dataset, cfg),
+            tokenizer.pad_token_id,
+            cfg.wmss.entropy_batch_size,
+            cfg.train.fused_loss,
+        )
+        mix_lambda = auto["mix_lambda"]
+        print(
+            f"mix_lambda auto: centred logit norms {auto['strong_centred_norm']:.4f} (strong), "
+            f"{auto['weak_centred_norm']:.4f} (weak) -> a = {auto['a']:.4f}, λ = {mix_lambda:.4f}"
+        )
     if args.selection:
         draws = {r["idx"]: r["draws"] for r in read_jsonl(args.selection)}
         rows = [
@@ -128,15 +153,14 @@ def cmd_joint(args: argparse.Namespace) -> None:
             if draws.get(idx, 0) > 0
         ]
         dataset = dataset.select(rows)
-    strong = load_model(strong_src)
     result = train_joint(
-        load_model(weak_src),
+        weak,
         strong,
         tokenizer,
         dataset,
         cfg.train,
         cfg.wmss.epochs,
-        cfg.wmss.mix_lambda,
+        mix_lambda,
         cfg.wmss.freeze_weak,
         Path(args.output) / "checkpoints",
         cfg.seed,
@@ -146,6 +170,53 @@ def cmd_joint(args: argparse.Namespace) -> None:
         f"WD-JT done in {result['steps']} steps on {len(dataset)} examples: strong model at "
         f"{Path(args.output) / 'model'}"
     )
+
+
+def cmd_diagnose_logits(args: argparse.Namespace) -> None:
+    from wmss.diagnostics import logit_statistics_markdown
+    from wmss.models import resolve_model
+    from wmss.run_report import diagnose_to_files, load_run, run_models
+
+    given = {"weak": args.weak, "strong_before": args.strong_before, "strong_after": args.strong_after}
+    given = {k: v for k, v in given.items() if v}
+    if args.run:
+        root, manifest, run_cfg = load_run(args.run)
+        cfg = _config(args.config, base=run_cfg)
+        paths = {**run_models(root, manifest), **given}
+        out = Path(args.output) if args.output else root / "diagnostics"
+    else:
+        if not args.output or "weak" not in given or len(given) < 2:
+            raise ConfigError(
+                "without --run, give --weak, --strong-before and/or --strong-after, and --output "
+                "(or --run RUN_DIR to take the models and data of a run)."
+            )
+        cfg, paths, out = _config(args.config), given, Path(args.output)
+    result = diagnose_to_files(cfg, {k: resolve_model(v) for k, v in paths.items()}, out)
+    print("\n" + logit_statistics_markdown(result))
+    print(f"written to {out / 'logits.json'} and {out / 'logits.md'}")
+
+
+def cmd_pick_weak(args: argparse.Namespace) -> None:
+    from wmss.data import load_training_data
+    from wmss.diagnostics import pick_weak, pick_weak_markdown
+    from wmss.io import atomic_write_json
+    from wmss.models import load_tokenizer, resolve_model
+
+    cfg = _config(args.config)
+    strong = resolve_model(args.strong)
+    weak = [resolve_model(w) for w in args.weak]
+    dataset, _ = load_training_data(cfg.data, load_tokenizer(strong), cfg.train.max_length)
+    result = pick_weak(strong, weak, dataset, cfg)
+    atomic_write_json(args.output, result)
+    print("\n" + pick_weak_markdown(result))
+    print(f"written to {args.output}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from wmss.run_report import write_run_report
+
+    path = write_run_report(args.run_dir, args.output, compute_logits=args.logits)
+    print(f"report: {path} (open it in a browser; figures also saved as PNG beside it)")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -211,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(func=func)
+        if func is not None:
+            p.set_defaults(func=func)
         return p
 
     p = add(
@@ -284,6 +356,61 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline", metavar="NAME", help="model the others are compared with (Δ and 95%% interval)"
     )
     p.add_argument("--output", required=True, help="directory for predictions and the summary")
+
+    p = add(
+        "diagnose",
+        None,
+        "Diagnostics of a weak-strong pair. `wmss diagnose logits`: logit statistics (target and "
+        "background logits, norms, entropy, hard negatives, Theorem 1's condition) of the weak model and "
+        "the strong model before and after WD-JT, on a seeded sample of the training data.",
+    )
+    what = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    q = what.add_parser(
+        "logits",
+        help="logit statistics at completion positions (JSON and Markdown)",
+        description="Logit statistics at completion positions of wmss.diagnostic_examples training "
+        "examples (seeded) for the weak model, the strong model before WD-JT and after it; writes "
+        "logits.json and logits.md.",
+    )
+    q.set_defaults(func=cmd_diagnose_logits)
+    q.add_argument("config", nargs="*", help=CONFIG_HELP + "; with --run, only overrides of the run's config")
+    q.add_argument(
+        "--run",
+        metavar="RUN_DIR",
+        help="take the models (last iteration: M_{K-1}, M_K, M_{K+1}) and data of this run; output "
+        "defaults to RUN_DIR/diagnostics",
+    )
+    q.add_argument("--weak", help="weak checkpoint")
+    q.add_argument("--strong-before", help="strong checkpoint before WD-JT")
+    q.add_argument("--strong-after", help="strong checkpoint after WD-JT")
+    q.add_argument("--output", help="directory for logits.json and logits.md")
+
+    p = add(
+        "pick-weak",
+        cmd_pick_weak,
+        "Rank candidate weak checkpoints against a strong one by their entropy separation "
+        "ΔH = H_strong − H_weak (Eq. 7) on a seeded sample of the config's training data; "
+        "candidates with |mean ΔH| < wmss.min_entropy_gap are flagged too close.",
+    )
+    p.add_argument("config", nargs="*", help=CONFIG_HELP)
+    p.add_argument("--strong", required=True, help="strong checkpoint")
+    p.add_argument("--weak", action="append", required=True, help="candidate weak checkpoint (repeat)")
+    p.add_argument("--output", required=True, help="JSON file to write")
+
+    p = add(
+        "report",
+        cmd_report,
+        "One self-contained HTML page about a run (configuration, timings, loss curves, WD-DS "
+        "histograms and top examples, λ, logit statistics, evaluation), with its PNG figures, in "
+        "RUN_DIR/report/.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory made by `wmss run`")
+    p.add_argument("--output", help="directory for report.html and its figures (default RUN_DIR/report)")
+    p.add_argument(
+        "--logits",
+        action="store_true",
+        help="first compute the logit statistics (`wmss diagnose logits --run RUN_DIR`)",
+    )
 
     p = add(
         "demo",

@@ -93,10 +93,13 @@ class WMSSConfig:
     """K in Algorithm 1. 0 runs Phase 1 only (plain SFT)."""
     epochs: float = 1.0
     """Passes of WD-JT over the active set, per iteration."""
-    mix_lambda: float = 0.5
-    """λ in Eq. 5: z_mix = λ·z_strong + (1−λ)·z_weak. At 1.0 the weak model gets no gradient and
-    WD-JT is plain SFT of the strong model on the active set (the WD-DS-only ablation), so it is run
-    as exactly that, without loading the weak model."""
+    mix_lambda: float | str = 0.5
+    """λ in Eq. 5: z_mix = λ·z_strong + (1−λ)·z_weak, a number in [0, 1]. At 1.0 the weak model gets no
+    gradient and WD-JT is plain SFT of the strong model on the active set (the WD-DS-only ablation),
+    so it is run as exactly that, without loading the weak model. ``auto``: before each WD-JT, the
+    gradient-share crossover λ = 1/(1+√a), a = (‖z̃_strong‖/‖z̃_weak‖)², with the norms of the centred
+    logits measured on ``wmss.diagnostic_examples`` training examples (Appendix D;
+    ``wmss.diagnostics.crossover_lambda``)."""
     alpha: float = 0.1
     beta: float = 0.8
     gamma: float = 0.1
@@ -111,6 +114,14 @@ class WMSSConfig:
     freeze_weak: bool = False
     """Ablation: keep the weak model fixed (no gradient, eval mode) during WD-JT."""
     entropy_batch_size: int = 8
+    diagnostic_examples: int = 200
+    """Size of the seeded sample of training examples on which ``mix_lambda: auto``, ``wmss diagnose
+    logits`` and ``wmss pick-weak`` measure."""
+    min_entropy_gap: float = 0.05
+    """Weak–strong separation check before WD-JT: warn when |mean ΔH| (ΔH = H_strong − H_weak, Eq. 7,
+    in nats) is below this, i.e. when the weak model is too close to the strong one for mixing to
+    add much signal. A heuristic (the paper shows a threshold exists but gives no number); 0 disables
+    the warning."""
 
 
 @dataclass
@@ -173,11 +184,20 @@ class RunConfig:
     def validate(self) -> RunConfig:
         """Check values that types alone cannot; raise ConfigError naming the key."""
         w, t = self.wmss, self.train
-        if not 0.0 <= w.mix_lambda <= 1.0:
+        if isinstance(w.mix_lambda, str) and w.mix_lambda != "auto":
+            raise ConfigError(
+                f"wmss.mix_lambda must be a number in [0, 1] or 'auto' (λ from the gradient-share "
+                f"crossover, measured before WD-JT); got {w.mix_lambda!r}."
+            )
+        if not isinstance(w.mix_lambda, str) and not 0.0 <= w.mix_lambda <= 1.0:
             raise ConfigError(
                 f"wmss.mix_lambda must lie in [0, 1] (Eq. 5 mixes the two models' logits); "
                 f"got {w.mix_lambda}."
             )
+        if w.diagnostic_examples < 1:
+            raise ConfigError(f"wmss.diagnostic_examples must be >= 1; got {w.diagnostic_examples}.")
+        if w.min_entropy_gap < 0:
+            raise ConfigError(f"wmss.min_entropy_gap must be >= 0 (nats); got {w.min_entropy_gap}.")
         for name in ("alpha", "beta", "gamma"):
             if getattr(w, name) < 0:
                 raise ConfigError(

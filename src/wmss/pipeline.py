@@ -10,6 +10,9 @@ Run directory layout::
     selection-<t>.jsonl      WD-DS of iteration t: idx, entropy_weak, entropy_strong, weight, draws, active
     checkpoints/<phase>/     Trainer checkpoints of an unfinished training phase (removed when it ends)
     logs/<phase>.json        Trainer log history of a finished training phase
+    tensorboard/<phase>/     TensorBoard event files, with ``train.report_to: tensorboard``
+    diagnostics/             ``wmss diagnose logits --run``: logits.json, logits.md
+    report/                  ``wmss report``: report.html (self-contained) and its PNG figures
     eval/                    predictions and accuracy of the final model, when an eval task is set
 
 Re-running the same command skips finished phases and resumes an unfinished training phase from
@@ -38,6 +41,7 @@ from transformers import TrainerCallback
 from wmss import __version__
 from wmss.config import RunConfig
 from wmss.data import DataReport, load_training_data
+from wmss.diagnostics import diagnostic_sample, entropy_separation, measure_auto_lambda, separation_warning
 from wmss.entropy import dataset_entropies, read_entropy_file, write_entropy_file
 from wmss.errors import ConfigError, WmssError
 from wmss.io import atomic_directory, atomic_write_json, atomic_write_jsonl, atomic_write_text
@@ -57,14 +61,16 @@ NON_RESULT_KEYS = (
     "train.save_total_limit",
     "train.fused_loss",
     "wmss.entropy_batch_size",
+    "wmss.min_entropy_gap",
 )
 
 
 def _result_config(cfg: RunConfig) -> dict[str, Any]:
     flat = _flatten(cfg.to_dict())
-    return {
-        k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in NON_RESULT_KEYS)
-    }
+    ignored = NON_RESULT_KEYS
+    if cfg.wmss.mix_lambda != "auto":  # the diagnostic sample changes a run only by measuring λ
+        ignored += ("wmss.diagnostic_examples",)
+    return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in ignored)}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -89,9 +95,12 @@ class RunDir:
         if self.manifest_path.is_file():
             self.manifest = json.loads(self.manifest_path.read_text())
             old = self.manifest.get("result_config", {})
-            changed = sorted(k for k in set(old) | set(result_cfg) if old.get(k) != result_cfg.get(k))
+            # A key added to the config since the run was made counts as its default value.
+            default = _flatten(RunConfig().to_dict())
+            before = {k: old.get(k, default.get(k)) for k in set(old) | set(result_cfg)}
+            changed = sorted(k for k, v in before.items() if v != result_cfg.get(k))
             if changed:
-                details = "; ".join(f"{k}: {old.get(k)!r} -> {result_cfg.get(k)!r}" for k in changed[:6])
+                details = "; ".join(f"{k}: {before[k]!r} -> {result_cfg.get(k)!r}" for k in changed[:6])
                 raise ConfigError(
                     f"{self.root} holds a run made with a different configuration ({details}). "
                     "Resuming would mix two experiments: use a new output_dir, or restore those "
@@ -185,6 +194,7 @@ def phase_sft(
         run.root / "checkpoints" / "sft",
         cfg.seed,
         callbacks,
+        run.root / "tensorboard" / "sft",
     )
     save_model(model, tokenizer, out)
     del model
@@ -226,7 +236,11 @@ def entropies(run: RunDir, name: str, model_path: str, dataset: Dataset, tokeniz
 def phase_selection(
     run: RunDir, t: int, dataset: Dataset, h_weak: np.ndarray, h_strong: np.ndarray
 ) -> Selection:
-    """WD-DS of iteration t (Eq. 9), written to ``selection-<t>.jsonl``."""
+    """WD-DS of iteration t (Eq. 9), written to ``selection-<t>.jsonl``.
+
+    Also records the weak–strong separation (the distribution of ΔH = H_strong − H_weak) and warns
+    when |mean ΔH| < ``wmss.min_entropy_gap``; the selection itself does not depend on it.
+    """
     selection = select_for_config(h_weak, h_strong, run.cfg, seed=run.cfg.seed + t)
     path = run.root / f"selection-{t}.jsonl"
 
@@ -235,6 +249,10 @@ def phase_selection(
         for note in selection.notes:
             log.warning("selection-%d: %s", t, note)
         delta = h_strong - h_weak
+        separation = entropy_separation(h_weak, h_strong, run.cfg.wmss.min_entropy_gap)
+        warning = separation_warning(separation, f"iteration {t}'s weak and strong models")
+        if warning:
+            log.warning("selection-%d: %s", t, warning)
         return {
             "file": run.rel(path),
             "active_examples": len(selection.active_rows),
@@ -243,6 +261,8 @@ def phase_selection(
             "mean_entropy_weak": float(np.nanmean(h_weak)),
             "mean_entropy_strong": float(np.nanmean(h_strong)),
             "mean_entropy_gap": float(np.nanmean(delta)),
+            "entropy_gap": separation,
+            "separation_warning": warning,
             "term_mass": selection.term_mass,
             "notes": selection.notes,
         }
@@ -257,11 +277,16 @@ def phase_joint_training(
     weak_path: str,
     strong_path: str,
     tokenizer: Any,
+    dataset: Dataset,
     active: Dataset,
     out: Path,
     callbacks: list[TrainerCallback] | None,
 ) -> dict[str, Any]:
-    """WD-JT of iteration t (Eq. 5-6): weak and strong trained together; only strong is kept."""
+    """WD-JT of iteration t (Eq. 5-6): weak and strong trained together; only strong is kept.
+
+    With ``wmss.mix_lambda: auto``, λ is first set to the gradient-share crossover of the two models,
+    measured on the diagnostic sample of the training data ``dataset`` (``wmss.diagnostics``).
+    """
     cfg = run.cfg
     if cfg.wmss.mix_lambda == 1.0:
         # z_mix = z_strong: the weak model gets no gradient, so this is SFT of the strong model.
@@ -275,6 +300,7 @@ def phase_joint_training(
             run.root / "checkpoints" / f"wdjt-{t}",
             cfg.seed,
             callbacks,
+            run.root / "tensorboard" / f"wdjt-{t}",
         )
         save_model(strong, tokenizer, out)
         del strong
@@ -290,6 +316,24 @@ def phase_joint_training(
         }
     check_compatible(weak_path, strong_path, load_tokenizer(weak_path), load_tokenizer(strong_path))
     weak, strong = load_model(weak_path), load_model(strong_path)
+    mix_lambda, auto = cfg.wmss.mix_lambda, None
+    if mix_lambda == "auto":
+        sample = diagnostic_sample(dataset, cfg)
+        auto = measure_auto_lambda(
+            weak, strong, sample, tokenizer.pad_token_id, cfg.wmss.entropy_batch_size, cfg.train.fused_loss
+        )
+        mix_lambda = auto["mix_lambda"]
+        log.info(
+            "wdjt-%d: mix_lambda auto: mean centred logit norm %.4f (strong) vs %.4f (weak) on %d "
+            "positions of %d examples -> a = %.4f, λ = 1/(1+√a) = %.4f",
+            t,
+            auto["strong_centred_norm"],
+            auto["weak_centred_norm"],
+            auto["positions"],
+            auto["examples"],
+            auto["a"],
+            mix_lambda,
+        )
     result = train_joint(
         weak,
         strong,
@@ -297,11 +341,12 @@ def phase_joint_training(
         active,
         cfg.train,
         cfg.wmss.epochs,
-        cfg.wmss.mix_lambda,
+        mix_lambda,
         cfg.wmss.freeze_weak,
         run.root / "checkpoints" / f"wdjt-{t}",
         cfg.seed,
         callbacks,
+        run.root / "tensorboard" / f"wdjt-{t}",
     )
     save_model(strong, tokenizer, out)
     del weak, strong
@@ -310,7 +355,8 @@ def phase_joint_training(
         "model": run.rel(out),
         "weak": weak_path,
         "strong": strong_path,
-        "mix_lambda": cfg.wmss.mix_lambda,
+        "mix_lambda": mix_lambda,
+        **({"mix_lambda_auto": auto} if auto else {}),
         "freeze_weak": cfg.wmss.freeze_weak,
         "examples": len(active),
         **_training_record(result, run, f"wdjt-{t}"),
@@ -388,7 +434,7 @@ def run_pipeline(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None)
         out = models_dir / f"M{t + 1}"
         run.phase(
             f"wdjt-{t}",
-            partial(phase_joint_training, run, t, weak, strong, tokenizer, active, out, callbacks),
+            partial(phase_joint_training, run, t, weak, strong, tokenizer, dataset, active, out, callbacks),
         )
         chain.append(str(out))
 

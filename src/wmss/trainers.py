@@ -4,6 +4,10 @@ Optimiser, learning-rate schedule with warm-up, gradient clipping, gradient accu
 precision, logging (``report_to``) and checkpoint/resume all come from ``Trainer``. WD-JT trains a
 ``WeakStrongPair`` module, so one optimiser covers both parameter sets (Algorithm 1).
 
+With ``report_to: tensorboard``, Trainer's TensorBoard callback writes its event files to the
+phase's ``logging_dir`` when one is given (the pipeline gives ``RUN_DIR/tensorboard/<phase>``), else
+to Trainer's default under the checkpoint directory; ``$TENSORBOARD_LOGGING_DIR`` overrides both.
+
 Both phases use the fused loss head by default (``train.fused_loss``): the models run without
 their output heads and the loss projects only completion-predicting positions, a chunk at a time.
 """
@@ -20,9 +24,11 @@ import torch
 from datasets import Dataset
 from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations import TensorBoardCallback, is_tensorboard_available
 
 from wmss.config import TrainConfig
 from wmss.data import CompletionCollator
+from wmss.errors import ConfigError
 from wmss.heads import capture_head_input, final_hidden_states, output_head, use_fused_head
 from wmss.losses import (
     fused_completion_cross_entropy,
@@ -93,6 +99,7 @@ def train_sft(
     checkpoint_dir: str | Path,
     seed: int,
     callbacks: list[TrainerCallback] | None = None,
+    logging_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Completion-only SFT in place on ``model`` (resumes from the last checkpoint in ``checkpoint_dir``)."""
     return _fit(
@@ -105,6 +112,7 @@ def train_sft(
         checkpoint_dir,
         seed,
         callbacks,
+        logging_dir,
         fused_loss=train.fused_loss,
     )
 
@@ -158,8 +166,14 @@ def _fit(
     checkpoint_dir: str | Path,
     seed: int,
     callbacks: list[TrainerCallback] | None,
+    logging_dir: str | Path | None = None,
     **trainer_kwargs: Any,
 ) -> dict[str, Any]:
+    if "tensorboard" in train.report_to and not is_tensorboard_available():
+        raise ConfigError(
+            f"train.report_to={train.report_to} needs TensorBoard, which is not installed: "
+            "pip install tensorboard (or set train.report_to=none)."
+        )
     trainer = trainer_class(
         model=model,
         args=training_arguments(train, checkpoint_dir, epochs, seed),
@@ -169,6 +183,9 @@ def _fit(
         callbacks=callbacks,
         **trainer_kwargs,
     )
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and logging_dir and callback.logging_dir is None:
+            callback.logging_dir = str(logging_dir)  # None unless $TENSORBOARD_LOGGING_DIR is set
     result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(checkpoint_dir))
     return {"steps": trainer.state.global_step, **result.metrics, "log_history": trainer.state.log_history}
 
@@ -288,7 +305,10 @@ def train_joint(
     checkpoint_dir: str | Path,
     seed: int,
     callbacks: list[TrainerCallback] | None = None,
+    logging_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """WD-JT (Eq. 5-6): train weak and strong together on the mixed-logit loss; both updated in place."""
     pair = WeakStrongPair(weak, strong, mix_lambda, freeze_weak, train.fused_loss)
-    return _fit(JointTrainer, pair, tokenizer, dataset, train, epochs, checkpoint_dir, seed, callbacks)
+    return _fit(
+        JointTrainer, pair, tokenizer, dataset, train, epochs, checkpoint_dir, seed, callbacks, logging_dir
+    )

@@ -125,7 +125,8 @@ def _pct(x: float | None) -> str:
 def _lambda(arm: dict) -> float | None:
     for item in arm["overrides"]:
         if item.startswith("wmss.mix_lambda="):
-            return float(item.split("=", 1)[1])
+            value = item.split("=", 1)[1]
+            return None if value.strip() == "auto" else float(value)
     plain = not any(o.startswith(("wmss.", "sft.")) for o in arm["overrides"])
     return 0.5 if plain and arm["m1_from"] is None else None
 
