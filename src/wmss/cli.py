@@ -58,7 +58,7 @@ def cmd_sft(args: argparse.Namespace) -> None:
     log.info("data: %s", report.summary())
     model = load_model(base)
     result = train_sft(
-        model, tokenizer, dataset, cfg.train, cfg.sft.epochs, Path(args.output) / "checkpoints", cfg.seed
+        model, tokenizer, dataset, cfg.train, cfg.sft_epochs, Path(args.output) / "checkpoints", cfg.seed
     )
     save_model(model, tokenizer, Path(args.output) / "model")
     print(f"SFT done in {result['steps']} steps: model at {Path(args.output) / 'model'}")
