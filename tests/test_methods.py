@@ -26,7 +26,7 @@ from wmss.losses import (
     undial_loss,
     undial_targets,
 )
-from wmss.pipeline import run_pipeline
+from wmss.pipeline import RunDir, run_pipeline
 from wmss.preference import dpo_pairs, pair_dataset, spin_pairs
 from wmss.trainers import train_sft
 
@@ -411,3 +411,19 @@ def test_method_defaults():
     assert load_config(None, ["method=neftune"]).sft_epochs == 2.0
     assert load_config(None, ["method=sft", "sft.epochs=3"]).sft_epochs == 3.0
     assert (cfg.neftune.alpha, cfg.undial.strength, cfg.dpo.beta, cfg.dpo.num_samples) == (5.0, 1.0, 0.1, 4)
+
+
+def test_a_run_made_before_the_method_keys_existed_still_resumes(tmp_path, train_file):
+    cfg = load_config(None, [f"output_dir={tmp_path}", f"data.path={train_file}"])
+    run = RunDir(cfg)
+    old = {k: v for k, v in run.manifest["result_config"].items() if k.split(".")[0] not in NEW_SECTIONS}
+    old["sft.epochs"] = 1.0  # what such a run recorded for the then-default
+    old.pop("data.answer_field")
+    run.manifest["result_config"] = old
+    run.save()
+    RunDir(cfg)  # the keys added since are at their defaults: the same run
+    with pytest.raises(ConfigError, match=r"method: 'wmss' -> 'undial'"):
+        RunDir(load_config(None, [f"output_dir={tmp_path}", f"data.path={train_file}", "method=undial"]))
+
+
+NEW_SECTIONS = ("method", "neftune", "undial", "dpo")

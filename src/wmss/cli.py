@@ -217,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "run",
         cmd_run,
-        "Run the whole pipeline: SFT (M0 -> M1), then K iterations of WD-DS + WD-JT; "
-        "resumable: re-run the same command after an interruption.",
+        "Run the whole pipeline: SFT (M0 -> M1), then K iterations of WD-DS + WD-JT, or a baseline "
+        "with method=sft|neftune|undial|dpo|spin; resumable: re-run the same command after an interruption.",
     )
     p.add_argument("config", nargs="*", help=CONFIG_HELP)
 

@@ -1,4 +1,5 @@
-"""Completion-only losses: SFT cross-entropy and the mixed-logit objective of WD-JT (Eq. 5-6).
+"""Completion-only losses: SFT cross-entropy and the mixed-logit objective of WD-JT (Eq. 5-6), and the
+baselines' UNDIAL loss, sequence log-probabilities and DPO loss (at the end of the file).
 
 Logits at position t-1 predict the token at position t, so every loss here compares
 ``logits[:, :-1]`` with ``labels[:, 1:]``; positions whose label is -100 (prompt, padding) are ignored.
