@@ -388,6 +388,14 @@ def test_neftune_from_a_given_m1_trains_the_rest_of_its_budget(tmp_path, tiny_mo
     assert list(manifest["phases"]) == ["M0", "sft", "neftune-continued", "final"]
     assert manifest["phases"]["sft"]["reused"] and manifest["phases"]["neftune-continued"]["epochs"] == 1.0
     assert manifest["budget"]["optimizer_steps"] == 6 and manifest["budget"]["passes_over_data"] == 1.0
+    # a one-epoch SFT arm from the shared M1 trains nothing: M1 is its result
+    one = run_pipeline(
+        _config(
+            tiny_model_dir, train_file, tmp_path / "one", "method=sft", "sft.epochs=1", f"sft.checkpoint={m1}"
+        )
+    )
+    assert list(one["phases"]) == ["M0", "sft", "final"] and one["budget"]["optimizer_steps"] == 0
+    assert not _changed(tmp_path / "one" / "final", m1)
 
 
 @pytest.mark.parametrize(

@@ -371,16 +371,13 @@ def sft_baseline(
     alpha = cfg.neftune.alpha if cfg.method == "neftune" else None
     models_dir = run.root / "models"
     if not cfg.sft.checkpoint:
-        name, out = (cfg.method, models_dir / ("M1" if cfg.method == "sft" else cfg.method))
-        start, epochs = base, cfg.sft_epochs
+        name, start, epochs = cfg.method, base, cfg.sft_epochs
+        out = models_dir / ("M1" if cfg.method == "sft" else cfg.method)
     else:
-        start, epochs = given_m1(run, base, tokenizer), cfg.sft_epochs - 1
+        name, start, epochs = f"{cfg.method}-continued", given_m1(run, base, tokenizer), cfg.sft_epochs - 1
         if epochs <= 0:
-            log.info(
-                "%s: sft.epochs=%s is all in sft.checkpoint; nothing left to train", cfg.method, epochs + 1
-            )
+            log.info("%s: sft.checkpoint is the whole budget (sft.epochs=%s)", cfg.method, cfg.sft_epochs)
             return start
-        name = f"{cfg.method}-continued"
         out = models_dir / name
     run.phase(
         name,
@@ -441,17 +438,7 @@ def phase_pairs(run: RunDir, m1: str, tokenizer: Any, dataset: Dataset, path: Pa
     log.info(
         "pairs: %d of %d prompts give a pair (%d skipped)", stats["pairs"], stats["prompts"], stats["skipped"]
     )
-    spin = cfg.method == "spin"
-    sampling = (
-        {"num_samples": 1, "temperature": 0.0}
-        if spin
-        else {
-            "num_samples": cfg.dpo.num_samples,
-            "temperature": cfg.dpo.temperature,
-            "top_p": cfg.dpo.top_p,
-        }
-    )
-    return {"file": run.rel(path), "model": m1, **sampling, "max_new_tokens": cfg.dpo.max_new_tokens, **stats}
+    return {"file": run.rel(path), "model": m1, **stats}
 
 
 def phase_preference(
@@ -471,14 +458,10 @@ def phase_preference(
     records = read_jsonl(pairs_path)
     pairs = pair_dataset(dataset, records, tokenizer, cfg.train.max_length, spin=cfg.method == "spin")
     if len(pairs) == 0:
+        why = "exactly like its completion" if cfg.method == "spin" else "right, or every one wrong"
         raise WmssError(
-            f"{cfg.method}: none of the {len(records)} training prompts gave a preference pair (see "
-            f"{pairs_path}: M1 answered every prompt "
-            + (
-                "exactly like its training completion)."
-                if cfg.method == "spin"
-                else "right, or every one wrong)."
-            )
+            f"{cfg.method}: none of the {len(records)} training prompts gave a preference pair: M1 answered "
+            f"every prompt {why} (see {pairs_path}). There is nothing to train on."
         )
     model = _on_device(m1)
     pairs = reference_log_probs(

@@ -111,22 +111,25 @@ def make_pairs(
 ) -> tuple[list[dict], dict[str, Any]]:
     """Generate M1's answers to every training prompt and pair them (``cfg.method``: ``dpo`` or ``spin``).
 
-    Records carry the example's ``idx`` and each generation's ``finish``; the statistics add the number of
-    generated tokens and answers that hit ``dpo.max_new_tokens``.
+    Records carry the example's ``idx`` and each generation's ``finish``; the statistics add the sampling
+    settings, the number of generated tokens and of answers that hit ``dpo.max_new_tokens``.
     """
     d = cfg.dpo
     spin = cfg.method == "spin"
+    sampling = (
+        {"num_samples": 1, "temperature": 0.0, "top_p": 1.0}  # SPIN: M1's greedy answer
+        if spin
+        else {"num_samples": d.num_samples, "temperature": d.temperature, "top_p": d.top_p}
+    )
     generations = generate(
         model,
         tokenizer,
         list(dataset["prompt"]),
         d.max_new_tokens,
         batch_size=d.generation_batch_size,
-        num_samples=1 if spin else d.num_samples,
-        temperature=0.0 if spin else d.temperature,
-        top_p=1.0 if spin else d.top_p,
         seed=cfg.seed,
         show_progress=False,
+        **sampling,
     )
     if spin:
         completions = [completion_text(example, tokenizer) for example in dataset]
@@ -137,6 +140,7 @@ def make_pairs(
         record["idx"] = idx
         record["finish"] = [g.finish for g in samples]
     flat = [g for samples in generations for g in samples]
+    stats.update(sampling, max_new_tokens=d.max_new_tokens)
     stats["generated_tokens"] = sum(g.num_tokens for g in flat)
     stats["hit_length_limit"] = sum(g.finish == "length" for g in flat)
     return records, stats
