@@ -87,6 +87,11 @@ def test_two_iterations_follow_algorithm_1(tmp_path, tiny_model_dir, train_file)
     )
     saved = json.loads((out / "manifest.json").read_text())
     assert saved["config"]["wmss"]["iterations"] == 2 and saved["data"]["num_examples"] == 24
+    # the budget: every optimizer step, and passes over D (WD-JT passes over the active set only)
+    budget = saved["budget"]
+    assert budget["optimizer_steps"] == sum(phases[k]["steps"] for k in ("sft", "wdjt-1", "wdjt-2"))
+    active = [phases[f"wdjt-{t}"]["examples"] / 24 for t in (1, 2)]
+    assert budget["passes_over_data"] == pytest.approx(1.0 + sum(active), abs=1e-3)
 
 
 class InterruptAfterSave(TrainerCallback):

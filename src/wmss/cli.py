@@ -65,7 +65,7 @@ def cmd_sft(args: argparse.Namespace) -> None:
     log.info("data: %s", report.summary())
     model = load_model(base)
     result = train_sft(
-        model, tokenizer, dataset, cfg.train, cfg.sft.epochs, Path(args.output) / "checkpoints", cfg.seed
+        model, tokenizer, dataset, cfg.train, cfg.sft_epochs, Path(args.output) / "checkpoints", cfg.seed
     )
     save_model(model, tokenizer, Path(args.output) / "model")
     print(f"SFT done in {result['steps']} steps: model at {Path(args.output) / 'model'}")
@@ -289,8 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "run",
         cmd_run,
-        "Run the whole pipeline: SFT (M0 -> M1), then K iterations of WD-DS + WD-JT; "
-        "resumable: re-run the same command after an interruption.",
+        "Run the whole pipeline: SFT (M0 -> M1), then K iterations of WD-DS + WD-JT, or a baseline "
+        "with method=sft|neftune|undial|dpo|spin; resumable: re-run the same command after an interruption.",
     )
     p.add_argument("config", nargs="*", help=CONFIG_HELP)
 

@@ -1,7 +1,8 @@
 """Run configuration: the one place where defaults live.
 
-A config is a YAML file whose keys mirror the dataclasses below (sections ``data``, ``train``,
-``sft``, ``wmss``, ``eval``); any key can be overridden on the command line as
+A config is a YAML file whose keys mirror the dataclasses below (top-level keys such as ``model`` and
+``method``, and sections ``data``, ``train``, ``sft``, ``wmss``, ``neftune``, ``undial``, ``dpo``,
+``eval``); any key can be overridden on the command line as
 ``section.key=value`` (the value is parsed as YAML, so ``wmss.dedup=false`` is a bool).
 """
 
@@ -46,6 +47,10 @@ class DataConfig:
     """Use only the first N rows (after loading, before tokenisation)."""
     id_field: str | None = None
     """Column holding a stable example id; unset: the row's position in the source."""
+    answer_field: str | None = None
+    """Column holding the gold final answer of each training row, for methods that grade the model's own
+    answers (``method: dpo``). Read like ``eval.answer_field`` of the ``generic`` task: a number, LaTeX,
+    or a GSM8K-style solution whose ``#### n`` gives n. Graded by the evaluation harness (math-verify)."""
 
 
 @dataclass
@@ -79,10 +84,14 @@ class TrainConfig:
 class SFTConfig:
     """Phase 1 of Algorithm 1: M1 = SFT(M0, D)."""
 
-    epochs: float = 1.0
+    epochs: float | None = None
+    """Epochs of SFT from M0. Unset: 2 for ``method: sft`` and ``neftune`` (their whole budget, the
+    paper's SFT baseline), 1 for the methods that continue from M1 (wmss, undial, dpo, spin)."""
     checkpoint: str | None = None
-    """An existing SFT checkpoint of ``model`` to use as M1; phase 1 is then skipped (lets several
-    WD-DS/WD-JT variants share one M1, or start WMSS from an SFT model trained elsewhere)."""
+    """An existing SFT checkpoint of ``model`` to use as M1 (one SFT epoch); phase 1 is then skipped
+    (lets several methods and variants share one M1, or start from an SFT model trained elsewhere).
+    Methods ``sft`` and ``neftune`` continue from it for the rest of their budget, ``sft.epochs`` − 1
+    epochs (a fresh learning-rate schedule; NEFTune's noise only in that part)."""
 
 
 @dataclass
@@ -122,6 +131,55 @@ class WMSSConfig:
     in nats) is below this, i.e. when the weak model is too close to the strong one for mixing to
     add much signal. A heuristic (the paper shows a threshold exists but gives no number); 0 disables
     the warning."""
+
+
+@dataclass
+class NEFTuneConfig:
+    """``method: neftune``: SFT with noise added to the input embeddings (Jain et al., 2023)."""
+
+    alpha: float = 5.0
+    """α: in training, uniform noise in ±α/√(L·d) is added to every input embedding (d the hidden size,
+    L the sequence length of the batch, i.e. its padded width: transformers' ``neftune_noise_alpha``
+    hook, the same form as the NEFTune authors' code). No noise in eval mode or after training."""
+
+
+@dataclass
+class UndialConfig:
+    """``method: undial``: self-distillation with adjusted logits (Dong et al., 2024), from M1.
+
+    The frozen M1 is the teacher; at every completion position its logit of the target token is
+    lowered by ``strength`` before the softmax, and the student (initialised from M1) is trained on the
+    cross-entropy against that distribution."""
+
+    strength: float = 1.0
+    """γ, the amount subtracted from the teacher's target-token logit (the WMSS paper used 1.0)."""
+    epochs: float = 1.0
+    """Passes over D after M1."""
+
+
+@dataclass
+class DPOConfig:
+    """The DPO loss, for ``method: dpo`` (preference pairs sampled from M1 and graded) and ``method: spin``
+    (one self-play iteration: the gold completion against M1's own greedy answer)."""
+
+    beta: float = 0.1
+    """β of the DPO loss ``−log σ(β·[(log π(c) − log π_ref(c)) − (log π(r) − log π_ref(r))])``."""
+    learning_rate: float | None = None
+    """Learning rate of the DPO/SPIN phase. Unset: ``train.learning_rate`` / 20, the paper's ratio
+    (DPO at 5e-7 against SFT at 1e-5)."""
+    epochs: float = 1.0
+    """Passes over the preference pairs."""
+    num_samples: int = 4
+    """``dpo``: answers sampled per training prompt from M1; the first correct one is chosen, the first
+    wrong one rejected, and prompts without both are skipped (counted in the manifest)."""
+    temperature: float = 0.8
+    """``dpo``: sampling temperature (SPIN decodes greedily)."""
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    """Generation budget of the sampled (dpo) or greedy (spin) answers; a pair is then cut to
+    ``train.max_length`` like the training data."""
+    generation_batch_size: int = 16
+    """Prompts per generation batch (sampling is seeded per batch from ``seed``)."""
 
 
 @dataclass
@@ -172,10 +230,18 @@ class RunConfig:
     """Tokenizer source when it differs from ``model``."""
     output_dir: str = "runs/wmss"
     seed: int = 42
+    method: str = "wmss"
+    """What to train: ``wmss`` (Algorithm 1), or a baseline the paper compares against in the same
+    harness: ``sft`` (SFT only), ``neftune`` (SFT with noisy embeddings), ``undial`` (M1, then
+    self-distillation with adjusted logits), ``dpo`` (M1, then DPO on pairs of its own graded samples),
+    ``spin`` (M1, then one SPIN iteration). See the README's method table."""
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     wmss: WMSSConfig = field(default_factory=WMSSConfig)
+    neftune: NEFTuneConfig = field(default_factory=NEFTuneConfig)
+    undial: UndialConfig = field(default_factory=UndialConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -240,9 +306,49 @@ class RunConfig:
             )
         if e.num_fewshot > 0 and not e.fewshot_path:
             raise ConfigError("eval.num_fewshot > 0 needs eval.fewshot_path (e.g. the task's training file).")
-        if self.sft.epochs <= 0 or w.epochs <= 0:
-            raise ConfigError("sft.epochs and wmss.epochs must be > 0.")
+        if (self.sft.epochs is not None and self.sft.epochs <= 0) or w.epochs <= 0 or self.undial.epochs <= 0:
+            raise ConfigError("sft.epochs, wmss.epochs and undial.epochs must be > 0.")
+        self._validate_methods()
         return self
+
+    def _validate_methods(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}.")
+        if self.neftune.alpha <= 0:
+            raise ConfigError(f"neftune.alpha must be > 0 (the noise scale); got {self.neftune.alpha}.")
+        if self.undial.strength < 0:
+            raise ConfigError(f"undial.strength must be >= 0; got {self.undial.strength}.")
+        d = self.dpo
+        if d.beta <= 0 or d.epochs <= 0 or (d.learning_rate is not None and d.learning_rate <= 0):
+            raise ConfigError("dpo.beta, dpo.epochs and dpo.learning_rate (when set) must be > 0.")
+        if d.max_new_tokens < 1 or d.generation_batch_size < 1:
+            raise ConfigError("dpo.max_new_tokens and dpo.generation_batch_size must be >= 1.")
+        if self.method == "dpo":
+            if d.num_samples < 2 or d.temperature <= 0:
+                raise ConfigError(
+                    f"method dpo samples dpo.num_samples answers per prompt at dpo.temperature to find a "
+                    f"correct and a wrong one: it needs num_samples >= 2 and temperature > 0; got "
+                    f"{d.num_samples} and {d.temperature}."
+                )
+            if not self.data.answer_field:
+                raise ConfigError(
+                    "method dpo grades M1's sampled answers against each training row's gold answer: set "
+                    "data.answer_field to the column holding it (e.g. data.answer_field=answer)."
+                )
+
+    @property
+    def sft_epochs(self) -> float:
+        """Epochs of SFT from M0 actually in force (resolves the ``sft.epochs: null`` default)."""
+        if self.sft.epochs is None:
+            return 2.0 if self.method in ("sft", "neftune") else 1.0
+        return self.sft.epochs
+
+    @property
+    def dpo_learning_rate(self) -> float:
+        """Learning rate of the DPO/SPIN phase (resolves the ``dpo.learning_rate: null`` default)."""
+        if self.dpo.learning_rate is None:
+            return self.train.learning_rate / DPO_LR_RATIO
+        return self.dpo.learning_rate
 
     @property
     def dedup(self) -> bool:
@@ -253,6 +359,9 @@ class RunConfig:
 
 
 SELECTION_FORMS = ("paper", "normalized", "released_code", "all")
+METHODS = ("wmss", "sft", "neftune", "undial", "dpo", "spin")
+DPO_LR_RATIO = 20.0
+"""Unset ``dpo.learning_rate`` is ``train.learning_rate`` divided by this (paper: DPO 5e-7, SFT 1e-5)."""
 
 
 def all_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:

@@ -208,7 +208,11 @@ class DataReport:
 def tokenize_examples(
     rows: list[dict], tokenizer: Any, cfg: DataConfig, max_length: int, source: str = "data"
 ) -> tuple[Dataset, DataReport]:
-    """Tokenise rows into ``idx``/``input_ids``/``labels`` (labels -100 outside the completion)."""
+    """Tokenise rows into ``idx``/``input_ids``/``labels`` (labels -100 outside the completion).
+
+    Each example also keeps its rendered ``prompt`` text (what generation continues) and, with
+    ``data.answer_field``, its ``gold`` answer as text.
+    """
     if cfg.limit is not None:
         rows = rows[: cfg.limit]
     if not rows:
@@ -217,16 +221,25 @@ def tokenize_examples(
         raise DataError(
             "the tokenizer has no EOS token, so a completion cannot end; set one on the tokenizer."
         )
-    prompts, completions, ids = [], [], []
+    prompts, completions, ids, golds = [], [], [], []
     for i, row in enumerate(rows):
         where = f"{source}, row {i + 1}"
         prompt, completion = row_to_text(row, cfg, where)
         prompts.append(render_prompt(tokenizer, prompt, cfg.chat_template, cfg.system_prompt))
         completions.append(completion)
         ids.append(row[cfg.id_field] if cfg.id_field and cfg.id_field in row else i)
+        if cfg.answer_field:
+            if row.get(cfg.answer_field) is None:
+                raise DataError(
+                    f"{where}: data.answer_field '{cfg.answer_field}' is missing or null in this row "
+                    f"(columns: {', '.join(sorted(row))})."
+                )
+            golds.append(str(row[cfg.answer_field]))
     prompt_ids = tokenizer(prompts, add_special_tokens=False).input_ids
     completion_ids = tokenizer(completions, add_special_tokens=False).input_ids
-    out: dict[str, list] = {"idx": [], "input_ids": [], "labels": []}
+    out: dict[str, list] = {"idx": [], "input_ids": [], "labels": [], "prompt": []}
+    if cfg.answer_field:
+        out["gold"] = []
     truncated = dropped = 0
     p_tokens = c_tokens = 0
     for i, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
@@ -247,6 +260,9 @@ def tokenize_examples(
         out["idx"].append(ids[i])
         out["input_ids"].append(p + c)
         out["labels"].append([IGNORE_INDEX] * len(p) + c)
+        out["prompt"].append(prompts[i])
+        if cfg.answer_field:
+            out["gold"].append(golds[i])
         p_tokens += len(p)
         c_tokens += len(c)
     n = len(out["idx"])

@@ -1,13 +1,21 @@
-"""Algorithm 1 of the paper, with a resumable run directory.
+"""Algorithm 1 of the paper, and the baselines it is compared with, with a resumable run directory.
+
+``method`` picks what runs after the base model M0 (see ``run_pipeline``): ``wmss`` (Algorithm 1),
+``sft`` and ``neftune`` (SFT from M0 for the whole budget), or ``undial``, ``dpo`` and ``spin`` (M1 from
+Phase 1 as for WMSS, then the baseline's own pass). Every method shares the data loading, the run
+directory, resume, the budget record and evaluation.
 
 Run directory layout::
 
-    manifest.json            status, config, timings and outputs of every phase
+    manifest.json            status, config, timings and outputs of every phase; ``budget``: optimizer
+                             steps, passes over the data and training wall time of the whole run
     config.yaml              the resolved configuration
-    models/M1, models/M2 …   every model of the chain (M0 is recorded as a reference to the base)
+    models/M1, models/M2 …   every model of the chain (M0 is recorded as a reference to the base);
+                             baselines: models/neftune, models/undial, models/dpo, models/spin
     final/                   the last strong model, a standard Hugging Face checkpoint
     entropy/M<k>.jsonl       Eq. 7 entropies per example for checkpoint M<k> (reused across iterations)
     selection-<t>.jsonl      WD-DS of iteration t: idx, entropy_weak, entropy_strong, weight, draws, active
+    pairs.jsonl              dpo/spin: M1's answers per training example, their verdicts and the pair
     checkpoints/<phase>/     Trainer checkpoints of an unfinished training phase (removed when it ends)
     logs/<phase>.json        Trainer log history of a finished training phase
     tensorboard/<phase>/     TensorBoard event files, with ``train.report_to: tensorboard``
@@ -44,7 +52,7 @@ from wmss.data import DataReport, load_training_data
 from wmss.diagnostics import diagnostic_sample, entropy_separation, measure_auto_lambda, separation_warning
 from wmss.entropy import dataset_entropies, read_entropy_file, write_entropy_file
 from wmss.errors import ConfigError, WmssError
-from wmss.io import atomic_directory, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from wmss.io import atomic_directory, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from wmss.models import check_compatible, load_model, load_tokenizer, resolve_model, save_model
 from wmss.selection import Selection, select_for_config, selection_rows
 from wmss.trainers import train_joint, train_sft
@@ -70,6 +78,7 @@ def _result_config(cfg: RunConfig) -> dict[str, Any]:
     ignored = NON_RESULT_KEYS
     if cfg.wmss.mix_lambda != "auto":  # the diagnostic sample changes a run only by measuring λ
         ignored += ("wmss.diagnostic_examples",)
+    flat["sft.epochs"] = cfg.sft_epochs  # as resolved: unset and its value are the same run
     return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in ignored)}
 
 
@@ -96,7 +105,7 @@ class RunDir:
             self.manifest = json.loads(self.manifest_path.read_text())
             old = self.manifest.get("result_config", {})
             # A key added to the config since the run was made counts as its default value.
-            default = _flatten(RunConfig().to_dict())
+            default = {**_flatten(RunConfig().to_dict()), **_result_config(RunConfig())}
             before = {k: old.get(k, default.get(k)) for k in set(old) | set(result_cfg)}
             changed = sorted(k for k, v in before.items() if v != result_cfg.get(k))
             if changed:
@@ -181,8 +190,12 @@ def phase_sft(
     dataset: Dataset,
     out: Path,
     callbacks: list[TrainerCallback] | None,
+    epochs: float,
+    name: str = "sft",
+    neftune_alpha: float | None = None,
 ) -> dict[str, Any]:
-    """Phase 1: M1 = SFT(M0, D), completion-only cross-entropy."""
+    """Phase 1: M1 = SFT(M0, D), completion-only cross-entropy (with NEFTune's noisy embeddings when
+    ``neftune_alpha`` is set). Also the training phase of methods ``sft`` and ``neftune``."""
     cfg = run.cfg
     model = load_model(base)
     result = train_sft(
@@ -190,16 +203,33 @@ def phase_sft(
         tokenizer,
         dataset,
         cfg.train,
-        cfg.sft.epochs,
-        run.root / "checkpoints" / "sft",
+        epochs,
+        run.root / "checkpoints" / name,
         cfg.seed,
         callbacks,
-        run.root / "tensorboard" / "sft",
+        run.root / "tensorboard" / name,
+        neftune_alpha=neftune_alpha,
     )
     save_model(model, tokenizer, out)
     del model
     _free_memory()
-    return {"model": run.rel(out), **_training_record(result, run, "sft")}
+    extra = {} if neftune_alpha is None else {"neftune_alpha": neftune_alpha}
+    return {
+        "model": run.rel(out),
+        "start": base,
+        "epochs": epochs,
+        "examples": len(dataset),
+        **extra,
+        **_training_record(result, run, name),
+    }
+
+
+def given_m1(run: RunDir, base: str, tokenizer: Any) -> str:
+    """``sft.checkpoint`` as M1 (Phase 1 skipped), after checking it shares the base's vocabulary."""
+    m1 = resolve_model(run.cfg.sft.checkpoint)
+    check_compatible(base, m1, tokenizer, load_tokenizer(m1))
+    run.phase("sft", lambda: {"model": m1, "reused": True, "steps": 0})
+    return m1
 
 
 def entropies(run: RunDir, name: str, model_path: str, dataset: Dataset, tokenizer: Any) -> np.ndarray:
@@ -311,6 +341,7 @@ def phase_joint_training(
             "strong": strong_path,
             "mix_lambda": 1.0,
             "trained_as": "sft (lambda = 1)",
+            "epochs": cfg.wmss.epochs,
             "examples": len(active),
             **_training_record(result, run, f"wdjt-{t}"),
         }
@@ -358,9 +389,201 @@ def phase_joint_training(
         "mix_lambda": mix_lambda,
         **({"mix_lambda_auto": auto} if auto else {}),
         "freeze_weak": cfg.wmss.freeze_weak,
+        "epochs": cfg.wmss.epochs,
         "examples": len(active),
         **_training_record(result, run, f"wdjt-{t}"),
     }
+
+
+# ---------------------------------------------------------------- baselines
+
+
+def _on_device(path: str) -> Any:
+    """A model to generate with or score before training: on the GPU when there is one."""
+    import torch
+
+    model = load_model(path)
+    return model.to("cuda") if torch.cuda.is_available() else model
+
+
+def sft_baseline(
+    run: RunDir, base: str, tokenizer: Any, dataset: Dataset, callbacks: list[TrainerCallback] | None
+) -> str:
+    """Methods ``sft`` and ``neftune``: SFT from M0 (NEFTune: with noisy input embeddings) for the whole
+    budget, ``sft.epochs``. From ``sft.checkpoint`` (M1, one epoch) they train the other
+    ``sft.epochs`` − 1 epochs. Returns the path of the trained model."""
+    cfg = run.cfg
+    alpha = cfg.neftune.alpha if cfg.method == "neftune" else None
+    models_dir = run.root / "models"
+    if not cfg.sft.checkpoint:
+        name, start, epochs = cfg.method, base, cfg.sft_epochs
+        out = models_dir / ("M1" if cfg.method == "sft" else cfg.method)
+    else:
+        name, start, epochs = f"{cfg.method}-continued", given_m1(run, base, tokenizer), cfg.sft_epochs - 1
+        if epochs <= 0:
+            log.info("%s: sft.checkpoint is the whole budget (sft.epochs=%s)", cfg.method, cfg.sft_epochs)
+            return start
+        out = models_dir / name
+    run.phase(
+        name,
+        lambda: phase_sft(run, start, tokenizer, dataset, out, callbacks, epochs, name, neftune_alpha=alpha),
+    )
+    return str(out)
+
+
+def phase_undial(
+    run: RunDir,
+    m1: str,
+    tokenizer: Any,
+    dataset: Dataset,
+    out: Path,
+    callbacks: list[TrainerCallback] | None,
+) -> dict[str, Any]:
+    """UNDIAL from M1: the student starts as M1 and learns the frozen M1's adjusted distribution."""
+    from wmss.baselines import train_undial
+
+    cfg = run.cfg
+    student, teacher = load_model(m1), load_model(m1)
+    result = train_undial(
+        student,
+        teacher,
+        tokenizer,
+        dataset,
+        cfg.train,
+        cfg.undial.epochs,
+        cfg.undial.strength,
+        run.root / "checkpoints" / "undial",
+        cfg.seed,
+        callbacks,
+        run.root / "tensorboard" / "undial",
+    )
+    save_model(student, tokenizer, out)
+    del student, teacher
+    _free_memory()
+    return {
+        "model": run.rel(out),
+        "start": m1,
+        "teacher": m1,
+        "strength": cfg.undial.strength,
+        "epochs": cfg.undial.epochs,
+        "examples": len(dataset),
+        **_training_record(result, run, "undial"),
+    }
+
+
+def phase_pairs(run: RunDir, m1: str, tokenizer: Any, dataset: Dataset, path: Path) -> dict[str, Any]:
+    """DPO / SPIN: M1 answers every training prompt; the answers become preference pairs (``pairs.jsonl``)."""
+    from wmss.preference import make_pairs
+
+    cfg = run.cfg
+    model = _on_device(m1)
+    records, stats = make_pairs(model, tokenizer, dataset, cfg)
+    del model
+    _free_memory()
+    atomic_write_jsonl(path, records)
+    log.info(
+        "pairs: %d of %d prompts give a pair (%d skipped)", stats["pairs"], stats["prompts"], stats["skipped"]
+    )
+    return {"file": run.rel(path), "model": m1, **stats}
+
+
+def phase_preference(
+    run: RunDir,
+    m1: str,
+    tokenizer: Any,
+    dataset: Dataset,
+    pairs_path: Path,
+    out: Path,
+    callbacks: list[TrainerCallback] | None,
+) -> dict[str, Any]:
+    """DPO / SPIN training from M1 on the pairs, with M1 as the reference model."""
+    from wmss.baselines import reference_log_probs, train_preference
+    from wmss.preference import pair_dataset
+
+    cfg = run.cfg
+    records = read_jsonl(pairs_path)
+    pairs = pair_dataset(dataset, records, tokenizer, cfg.train.max_length, spin=cfg.method == "spin")
+    if len(pairs) == 0:
+        why = "exactly like its completion" if cfg.method == "spin" else "right, or every one wrong"
+        raise WmssError(
+            f"{cfg.method}: none of the {len(records)} training prompts gave a preference pair: M1 answered "
+            f"every prompt {why} (see {pairs_path}). There is nothing to train on."
+        )
+    model = _on_device(m1)
+    pairs = reference_log_probs(
+        model, pairs, tokenizer.pad_token_id, cfg.train.per_device_batch_size, cfg.train.fused_loss
+    )
+    result = train_preference(
+        model,
+        tokenizer,
+        pairs,
+        cfg.train,
+        cfg.dpo.epochs,
+        cfg.dpo.beta,
+        cfg.dpo_learning_rate,
+        run.root / "checkpoints" / cfg.method,
+        cfg.seed,
+        callbacks,
+        run.root / "tensorboard" / cfg.method,
+    )
+    save_model(model, tokenizer, out)
+    del model
+    _free_memory()
+    return {
+        "model": run.rel(out),
+        "start": m1,
+        "reference": m1,
+        "beta": cfg.dpo.beta,
+        "learning_rate": cfg.dpo_learning_rate,
+        "epochs": cfg.dpo.epochs,
+        "examples": len(pairs),
+        **_training_record(result, run, cfg.method),
+    }
+
+
+def from_m1_baseline(
+    run: RunDir, m1: str, tokenizer: Any, dataset: Dataset, callbacks: list[TrainerCallback] | None
+) -> str:
+    """Methods ``undial``, ``dpo`` and ``spin``: their own pass from M1; returns the trained model's path."""
+    method = run.cfg.method
+    out = run.root / "models" / method
+    if method == "undial":
+        run.phase("undial", partial(phase_undial, run, m1, tokenizer, dataset, out, callbacks))
+    else:
+        pairs = run.root / "pairs.jsonl"
+        run.phase("pairs", partial(phase_pairs, run, m1, tokenizer, dataset, pairs))
+        run.phase(method, partial(phase_preference, run, m1, tokenizer, dataset, pairs, out, callbacks))
+    return str(out)
+
+
+def record_budget(run: RunDir, num_examples: int) -> dict[str, Any]:
+    """``manifest["budget"]``: optimizer steps and passes over D of every training phase and in all, and
+    the wall time of everything but evaluation. A pass is epochs × examples trained on / |D| (for DPO and
+    SPIN the examples are pairs, each two sequences); an M1 given by ``sft.checkpoint`` is not counted."""
+    phases = run.manifest["phases"]
+    rows = {}
+    for name, entry in phases.items():
+        if "steps" not in entry:
+            continue
+        passes = None
+        if entry.get("epochs") is not None and entry.get("examples") is not None:
+            passes = round(entry["epochs"] * entry["examples"] / num_examples, 4)
+        rows[name] = {"steps": entry["steps"], "passes": passes}
+    budget = {
+        "method": run.cfg.method,
+        "optimizer_steps": sum(r["steps"] for r in rows.values()),
+        "passes_over_data": round(sum(r["passes"] or 0.0 for r in rows.values()), 4),
+        "train_wall_time_s": round(
+            sum(e.get("wall_time_s", 0.0) for k, e in phases.items() if k not in ("M0", "final", "eval")), 2
+        ),
+        "m1_given": run.cfg.sft.checkpoint,
+        "phases": rows,
+    }
+    if "pairs" in phases:
+        budget["generated_tokens"] = phases["pairs"].get("generated_tokens")
+    run.manifest["budget"] = budget
+    run.save()
+    return budget
 
 
 def phase_eval(run: RunDir, model_path: str, tokenizer: Any) -> dict[str, Any]:
@@ -398,7 +621,9 @@ def phase_final(run: RunDir, src: Path, dst: Path) -> dict[str, Any]:
 def run_pipeline(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
     """Algorithm 1: SFT, then K iterations of WD-DS + WD-JT; returns the manifest.
 
-    ``callbacks`` go to every Trainer (for logging or tests).
+    Other ``method`` values run a baseline in its place: ``sft``/``neftune`` train from M0 for their whole
+    budget (``sft_baseline``); ``undial``/``dpo``/``spin`` take Phase 1's M1 and run their own pass
+    (``from_m1_baseline``). ``callbacks`` go to every Trainer (for logging or tests).
     """
     base = resolve_model(cfg.model)
     tokenizer = load_tokenizer(cfg.tokenizer or base)
@@ -407,17 +632,21 @@ def run_pipeline(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None)
     _record_data(run, report)
     models_dir = run.root / "models"
     run.phase("M0", lambda: {"model": base, "source": cfg.model})
+    if cfg.method in ("sft", "neftune"):  # baselines that are SFT from M0 for the whole budget
+        last = sft_baseline(run, base, tokenizer, dataset, callbacks)
+        return _finish(run, last, tokenizer, len(dataset))
     chain = [base]  # chain[k] is the path of M_k
 
     # Phase 1 (initialisation): M1 <- SFT(M0, D), or a given SFT checkpoint
     if cfg.sft.checkpoint:
-        m1 = resolve_model(cfg.sft.checkpoint)
-        check_compatible(base, m1, tokenizer, load_tokenizer(m1))
-        run.phase("sft", lambda: {"model": m1, "reused": True, "steps": 0})
-        chain.append(m1)
+        chain.append(given_m1(run, base, tokenizer))
     else:
-        run.phase("sft", lambda: phase_sft(run, base, tokenizer, dataset, models_dir / "M1", callbacks))
-        chain.append(str(models_dir / "M1"))
+        m1 = models_dir / "M1"
+        run.phase("sft", lambda: phase_sft(run, base, tokenizer, dataset, m1, callbacks, cfg.sft_epochs))
+        chain.append(str(m1))
+    if cfg.method != "wmss":  # baselines that continue from M1: undial, dpo, spin
+        last = from_m1_baseline(run, chain[1], tokenizer, dataset, callbacks)
+        return _finish(run, last, tokenizer, len(dataset))
 
     for t in range(1, cfg.wmss.iterations + 1):
         weak, strong = chain[t - 1], chain[t]  # (M_{t-1}, M_t)
@@ -437,9 +666,15 @@ def run_pipeline(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None)
             partial(phase_joint_training, run, t, weak, strong, tokenizer, dataset, active, out, callbacks),
         )
         chain.append(str(out))
+    return _finish(run, chain[-1], tokenizer, len(dataset))
 
+
+def _finish(run: RunDir, last: str, tokenizer: Any, num_examples: int) -> dict[str, Any]:
+    """Publish ``last`` as ``final/``, record the budget, evaluate when a task is set; the manifest."""
+    cfg = run.cfg
     final = run.root / "final"
-    run.phase("final", lambda: phase_final(run, Path(chain[-1]), final))
+    run.phase("final", lambda: phase_final(run, Path(last), final))
+    record_budget(run, num_examples)
     if cfg.eval.path or cfg.eval.task != "generic":
         evaluated = run.done("eval")
         if evaluated and evaluated.get("eval_config") != dataclasses.asdict(cfg.eval):

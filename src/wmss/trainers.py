@@ -40,10 +40,11 @@ log = logging.getLogger("wmss")
 
 
 def training_arguments(
-    train: TrainConfig, output_dir: str | Path, epochs: float, seed: int
+    train: TrainConfig, output_dir: str | Path, epochs: float, seed: int, **overrides: Any
 ) -> TrainingArguments:
-    """Map our ``train`` section onto ``TrainingArguments``."""
-    return TrainingArguments(
+    """Map our ``train`` section onto ``TrainingArguments``; ``overrides`` are further
+    ``TrainingArguments`` fields (e.g. DPO's own ``learning_rate``, NEFTune's ``neftune_noise_alpha``)."""
+    values = dict(
         output_dir=str(output_dir),
         num_train_epochs=epochs,
         per_device_train_batch_size=train.per_device_batch_size,
@@ -66,6 +67,7 @@ def training_arguments(
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
     )
+    return TrainingArguments(**{**values, **overrides})
 
 
 def last_complete_checkpoint(checkpoint_dir: str | Path) -> str | None:
@@ -100,8 +102,14 @@ def train_sft(
     seed: int,
     callbacks: list[TrainerCallback] | None = None,
     logging_dir: str | Path | None = None,
+    neftune_alpha: float | None = None,
 ) -> dict[str, Any]:
-    """Completion-only SFT in place on ``model`` (resumes from the last checkpoint in ``checkpoint_dir``)."""
+    """Completion-only SFT in place on ``model`` (resumes from the last checkpoint in ``checkpoint_dir``).
+
+    ``neftune_alpha``: NEFTune, through transformers' own hook (``TrainingArguments.neftune_noise_alpha``):
+    while training, uniform noise in ±α/√(L·d) is added to the input embeddings, L being the batch's
+    padded length and d the hidden size; the hook is inactive in eval mode and removed after training.
+    """
     return _fit(
         CompletionTrainer,
         model,
@@ -113,6 +121,7 @@ def train_sft(
         seed,
         callbacks,
         logging_dir,
+        args_overrides={"neftune_noise_alpha": neftune_alpha},
         fused_loss=train.fused_loss,
     )
 
@@ -133,6 +142,7 @@ class CompletionTrainer(Trainer):
             log.warning("SFT: naive loss head for %s (its loss adds a router loss).", type(model).__name__)
             fused = False
         self._captured: list[torch.Tensor] = []
+        self.fused_head = fused
         super().__init__(model, *args, compute_loss_func=self._fused_loss if fused else None, **kwargs)
 
     def compute_loss(
@@ -142,7 +152,7 @@ class CompletionTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        if self.compute_loss_func is None:
+        if not self.fused_head:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         with capture_head_input(self.accelerator.unwrap_model(model)) as self._captured:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -167,6 +177,8 @@ def _fit(
     seed: int,
     callbacks: list[TrainerCallback] | None,
     logging_dir: str | Path | None = None,
+    args_overrides: dict[str, Any] | None = None,
+    collator: Any = None,
     **trainer_kwargs: Any,
 ) -> dict[str, Any]:
     if "tensorboard" in train.report_to and not is_tensorboard_available():
@@ -176,9 +188,9 @@ def _fit(
         )
     trainer = trainer_class(
         model=model,
-        args=training_arguments(train, checkpoint_dir, epochs, seed),
+        args=training_arguments(train, checkpoint_dir, epochs, seed, **(args_overrides or {})),
         train_dataset=dataset,
-        data_collator=CompletionCollator(tokenizer.pad_token_id),
+        data_collator=collator or CompletionCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
         callbacks=callbacks,
         **trainer_kwargs,

@@ -200,6 +200,15 @@ for _task in (
     register_task(_task)
 
 
+def gold_answer(value: Any, answer_type: str = "math") -> str:
+    """A gold answer column as the grader wants it: a GSM8K-style ``#### n`` solution gives n, a number
+    is normalised (``12.0`` -> ``12``), anything else is kept (LaTeX, an option letter)."""
+    text = str(value).strip()
+    if "####" in text:
+        return gold_from_gsm8k(text)
+    return _number(value) if answer_type == "math" else text
+
+
 def generic_task(
     question_field: str = "question",
     answer_field: str = "answer",
@@ -215,12 +224,7 @@ def generic_task(
 
     def to_problem(row: dict) -> dict:
         question = question_template.format_map(row) if question_template else row[question_field]
-        gold = row[answer_field]
-        text = str(gold).strip()
-        answer = (
-            gold_from_gsm8k(text) if "####" in text else (_number(gold) if answer_type == "math" else text)
-        )
-        problem = {"question": str(question), "answer": answer}
+        problem = {"question": str(question), "answer": gold_answer(row[answer_field], answer_type)}
         if choices_field:
             problem["choices"] = [str(c) for c in row[choices_field]]
         return problem

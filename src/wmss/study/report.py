@@ -22,7 +22,7 @@ from wmss.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
 from wmss.study.runner import arm_dir, setting_name
 from wmss.study.spec import Arm, Study
 
-TRAIN_PHASES = ("sft", "entropy-", "selection-", "wdjt-")
+NOT_TRAINING = ("M0", "final", "eval")
 
 
 def _finished(run: Path) -> dict | None:
@@ -39,8 +39,9 @@ def _scores(run: Path, phases: dict) -> np.ndarray:
 
 
 def _cost(phases: dict) -> tuple[int, float]:
-    steps = sum(p.get("steps", 0) for k, p in phases.items() if k == "sft" or k.startswith("wdjt-"))
-    wall = sum(p.get("wall_time_s", 0.0) for k, p in phases.items() if k.startswith(TRAIN_PHASES))
+    """Optimizer steps and wall time of every phase but M0, final and eval (any method's phases)."""
+    steps = sum(p.get("steps", 0) for p in phases.values())
+    wall = sum(p.get("wall_time_s", 0.0) for k, p in phases.items() if k not in NOT_TRAINING)
     return steps, wall
 
 
@@ -127,7 +128,7 @@ def _lambda(arm: dict) -> float | None:
         if item.startswith("wmss.mix_lambda="):
             value = item.split("=", 1)[1]
             return None if value.strip() == "auto" else float(value)
-    plain = not any(o.startswith(("wmss.", "sft.")) for o in arm["overrides"])
+    plain = not any(o.startswith(("wmss.", "sft.", "method=")) for o in arm["overrides"])
     return 0.5 if plain and arm["m1_from"] is None else None
 
 
