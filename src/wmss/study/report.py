@@ -56,7 +56,8 @@ def _run_row(study: Study, arm: Arm, seed: int) -> dict | None:
         source = _finished(arm_dir(study, study.arm(arm.m1_from), seed)) or {}
         m1 = source.get("sft", {})
         steps, wall = steps + m1.get("steps", 0), wall + m1.get("wall_time_s", 0.0)
-        if "selection-1" not in phases or "mean_entropy_gap" not in phases["selection-1"]:
+        trains_pair = any(k.startswith("wdjt-") for k in phases)  # the (M0, M1) gap is its weak-strong gap
+        if trains_pair and "mean_entropy_gap" not in phases.get("selection-1", {}):
             gap_source = source
     selection = phases.get("selection-1", {})
     machine = run / "machine.json"
