@@ -82,6 +82,12 @@ def init(timeout_s: float = 1800) -> None:
     _check_launcher()
     if launched_world_size() <= 1 or (dist.is_available() and dist.is_initialized()):
         return
+    for name, what in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(name, "").lower() == "true" and device().type == "cpu":
+            raise WmssError(
+                f"the accelerate config asks for {what}, which accelerate runs on GPUs only: on the CPU "
+                "it would silently train plain DDP. Use configs/accelerate/cpu-2proc.yaml on the CPU."
+            )
     from accelerate import PartialState
 
     use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in (

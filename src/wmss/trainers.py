@@ -38,12 +38,12 @@ from wmss.config import TrainConfig
 from wmss.data import CompletionCollator
 from wmss.errors import ConfigError
 from wmss.heads import capture_head_input, final_hidden_states, output_head, use_fused_head
-from wmss.io import atomic_directory
 from wmss.losses import (
     fused_completion_cross_entropy,
     fused_mixed_logit_cross_entropy,
     mixed_logit_cross_entropy,
 )
+from wmss.models import save_model
 
 log = logging.getLogger("wmss")
 
@@ -156,7 +156,7 @@ def _zero3(trainer: Trainer) -> bool:
     return trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
 
 
-def _branch_state(state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+def branch_state(state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
     """The entries of a ``WeakStrongPair`` state dict that belong to its ``name`` branch, unprefixed."""
     return {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
 
@@ -168,17 +168,13 @@ def save_trained(trainer: Trainer, path: str | Path) -> None:
     Every process takes part in gathering the full state dict (FSDP shards, ZeRO-3 partitions; under
     DDP each process already holds it); the main process writes ``path`` atomically, the others wait.
     """
-    state = trainer.accelerator.get_state_dict(
-        trainer.deepspeed if trainer.is_deepspeed_enabled else trainer.model
-    )
+    wrapped = trainer.deepspeed if trainer.is_deepspeed_enabled else trainer.model
+    state = trainer.accelerator.get_state_dict(wrapped)
     if trainer.accelerator.is_main_process:
         model = trainer.accelerator.unwrap_model(trainer.model)
         if isinstance(model, WeakStrongPair):
-            model, state = model.strong, {k[7:]: v for k, v in state.items() if k.startswith("strong.")}
-        with atomic_directory(path) as tmp:
-            model.save_pretrained(tmp, state_dict=state)
-            if trainer.processing_class is not None:
-                trainer.processing_class.save_pretrained(tmp)
+            model, state = model.strong, branch_state(state, "strong")
+        save_model(model, trainer.processing_class, path, state_dict=state)
     trainer.accelerator.wait_for_everyone()
 
 
@@ -366,12 +362,9 @@ class JointTrainer(Trainer):
             return
         pair: WeakStrongPair = self.accelerator.unwrap_model(self.model)
         for name in ("strong", "weak"):
-            branch_state = None
-            if state_dict is not None:  # gathered by Trainer (FSDP, DeepSpeed)
-                branch_state = {
-                    k[len(name) + 1 :]: v for k, v in state_dict.items() if k.startswith(name + ".")
-                }
-            getattr(pair, name).save_pretrained(output_dir / name, state_dict=branch_state)
+            # state_dict: gathered by Trainer (FSDP, DeepSpeed); None: the branch's own weights
+            state = None if state_dict is None else branch_state(state_dict, name)
+            getattr(pair, name).save_pretrained(output_dir / name, state_dict=state)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, output_dir / "training_args.bin")
