@@ -59,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(f"done: final model at {root / 'final'}; manifest at {root / 'manifest.json'}")
     if "eval" in manifest["phases"]:
         e = manifest["phases"]["eval"]
-        print(f"eval: {e['num_correct']}/{e['num_problems']} correct ({e['accuracy']:.1%}) on {e['path']}")
+        print(f"eval: {e['num_correct']}/{e['num_problems']} correct ({e['accuracy']:.1%}) on {e['source']}")
 
 
 def cmd_sft(args: argparse.Namespace) -> None:

@@ -164,8 +164,12 @@ class RunDir:
         entry = self.manifest["phases"].get(phase)
         return entry if entry and entry.get("status") == "done" else None
 
-    def phase(self, name: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Run ``work`` unless ``name`` is already done; record status, timing and its outputs."""
+    def phase(self, name: str, work: Callable[[], dict[str, Any]], alone: bool = False) -> dict[str, Any]:
+        """Run ``work`` unless ``name`` is already done; record status, timing and its outputs.
+
+        Every process calls it, and waits for the others at the end, unless ``alone``: a phase the main
+        process runs after the others have finished (evaluation).
+        """
         finished = self.done(name)
         if finished:
             log.info("phase %s: already done, skipping", name)
@@ -180,7 +184,8 @@ class RunDir:
         entry.update(outputs)
         entry.update(status="done", finished=_now(), wall_time_s=round(time.perf_counter() - start, 2))
         self.save()
-        self.sync()
+        if not alone:
+            self.sync()
         log.info("phase %s: done in %.1f s", name, entry["wall_time_s"])
         return entry
 
@@ -727,7 +732,7 @@ def _finish(run: RunDir, last: str, tokenizer: Any, num_examples: int) -> dict[s
         evaluated = run.done("eval")
         if evaluated and evaluated.get("eval_config") != dataclasses.asdict(cfg.eval):
             evaluated["status"] = "stale"  # the eval section changed since: evaluate again
-        run.phase("eval", lambda: phase_eval(run, str(final), tokenizer))
+        run.phase("eval", lambda: phase_eval(run, str(final), tokenizer), alone=True)
     log.info("run finished: final model at %s", final)
     return run.manifest
 
