@@ -26,6 +26,8 @@ from wmss import distributed
 from wmss.config import DataConfig, TrainConfig
 from wmss.data import IGNORE_INDEX, CompletionCollator, tokenize_examples
 from wmss.entropy import dataset_entropies
+from wmss.heads import capture_head_input, output_head
+from wmss.losses import fused_completion_cross_entropy
 from wmss.models import load_model, load_tokenizer, save_model
 from wmss.trainers import WeakStrongPair, branch_state, train_joint, train_sft
 
@@ -100,34 +102,38 @@ def entropy(model_dir: str, out: Path) -> None:
         np.save(out / "entropy.npy", values)
 
 
-def fsdp_joint(weak_dir: str, strong_dir: str, out: Path, steps: int = 4) -> None:
-    """WD-JT steps with weak and strong sharded by FSDP2 (``fully_shard``, gloo, CPU), one AdamW over both.
+def fsdp(kind: str, weak_dir: str, strong_dir: str, out: Path, steps: int = 4) -> None:
+    """Training steps with the model(s) sharded by FSDP2 (``fully_shard``, gloo, CPU) and one AdamW.
 
-    Every decoder layer of both models is its own FSDP unit and the ``WeakStrongPair`` the root, which
-    holds the embeddings and output heads; the fused mixed loss (no logits tensor) runs inside the
-    pair's forward. Trainer's FSDP goes through accelerate, which enables FSDP on GPUs only, so this
-    loop does by hand what Trainer does: rows in order, each process its share of every global batch,
-    the loss divided by the global batch's completion-token count and multiplied by the number of
-    processes (FSDP averages gradients over them), gradients clipped to norm 1. The strong model is
-    saved at ``out/fsdp`` from the gathered full state dict.
+    ``joint``: WD-JT (λ = 0.5). Every decoder layer of both models is its own FSDP unit and the
+    ``WeakStrongPair`` the root, which holds the embeddings and output heads; the fused mixed loss (no
+    logits tensor) runs inside the pair's forward. ``sft``: the strong model alone, with the fused loss
+    computed after the model's forward from the captured head input, as ``CompletionTrainer`` does.
+
+    Trainer's FSDP goes through accelerate, which enables FSDP on GPUs only, so this loop does by hand
+    what Trainer does: rows in order, each process its share of every global batch, the loss divided by
+    the global batch's completion-token count and multiplied by the number of processes (FSDP averages
+    gradients over them), gradients clipped to norm 1. The strong model is saved at ``out/fsdp-<kind>``
+    from the gathered full state dict.
     """
     tokenizer = load_tokenizer(strong_dir)
     data = dataset(tokenizer, GLOBAL_BATCH * steps)
-    weak, strong = load_model(weak_dir), load_model(strong_dir)
-    pair = WeakStrongPair(weak, strong, 0.5)
+    strong = load_model(strong_dir)
+    models = [strong] if kind == "sft" else [load_model(weak_dir), strong]
+    module = strong if kind == "sft" else WeakStrongPair(models[0], strong, 0.5)
     world, rank = distributed.world_size(), distributed.rank()
     if world > 1:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
         mesh = init_device_mesh("cpu", (world,))
-        for model in (weak, strong):
+        for model in models:
             for layer in model.model.layers:
                 fully_shard(layer, mesh=mesh)
-        fully_shard(pair, mesh=mesh)
-        sharded = [p for p in pair.parameters() if isinstance(p, torch.distributed.tensor.DTensor)]
-        assert len(sharded) == len(list(pair.parameters())), "every parameter should be sharded"
-    optimizer = torch.optim.AdamW(pair.parameters(), lr=1e-2, weight_decay=0.0)
+        fully_shard(module, mesh=mesh)
+        sharded = [p for p in module.parameters() if isinstance(p, torch.distributed.tensor.DTensor)]
+        assert len(sharded) == len(list(module.parameters())), "every parameter should be sharded"
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-2, weight_decay=0.0)
     collate = CompletionCollator(tokenizer.pad_token_id)
     per_device = GLOBAL_BATCH // world
     log = []
@@ -135,9 +141,15 @@ def fsdp_joint(weak_dir: str, strong_dir: str, out: Path, steps: int = 4) -> Non
         rows = [data[i] for i in range(step * GLOBAL_BATCH, (step + 1) * GLOBAL_BATCH)]
         tokens = sum(sum(label != IGNORE_INDEX for label in row["labels"][1:]) for row in rows)
         batch = collate(rows[rank * per_device : (rank + 1) * per_device])
-        loss = pair(**batch, num_items_in_batch=tokens)["loss"] * world
+        if kind == "sft":
+            with capture_head_input(strong) as captured:
+                strong(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+            loss = fused_completion_cross_entropy(captured[0], output_head(strong), batch["labels"], tokens)
+        else:
+            loss = module(**batch, num_items_in_batch=tokens)["loss"]
+        loss = loss * world
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(pair.parameters(), 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         norm = norm.full_tensor() if isinstance(norm, torch.distributed.tensor.DTensor) else norm
         log.append({"loss": sum(distributed.gather(loss.item())) / world, "grad_norm": norm.item()})
         optimizer.step()
@@ -146,12 +158,14 @@ def fsdp_joint(weak_dir: str, strong_dir: str, out: Path, steps: int = 4) -> Non
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state = get_model_state_dict(pair, options=options)
+        state = get_model_state_dict(module, options=options)
     else:
-        state = pair.state_dict()
+        state = module.state_dict()
+    if kind == "joint":
+        state = branch_state(state, "strong")
     if distributed.is_main():
-        save_model(strong, tokenizer, out / "fsdp", state_dict=branch_state(state, "strong"))
-    write_steps(out, "fsdp", log)
+        save_model(strong, tokenizer, out / f"fsdp-{kind}", state_dict=state)
+    write_steps(out, f"fsdp-{kind}", log)
     distributed.barrier()
 
 
@@ -175,7 +189,8 @@ def phases(model_dir: str, weak_dir: str, out: str) -> None:
     joint(weak_dir, model_dir, out_dir, freeze_weak=False)
     joint(weak_dir, model_dir, out_dir, freeze_weak=True)
     entropy(model_dir, out_dir)
-    fsdp_joint(weak_dir, model_dir, out_dir)
+    fsdp("joint", weak_dir, model_dir, out_dir)
+    fsdp("sft", weak_dir, model_dir, out_dir)
     distributed.shutdown()
 
 
