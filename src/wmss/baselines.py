@@ -26,7 +26,7 @@ from wmss.config import TrainConfig
 from wmss.data import IGNORE_INDEX
 from wmss.heads import capture_head_input, final_hidden_states, output_head, use_fused_head
 from wmss.losses import dpo_loss, fused_sequence_log_probs, fused_undial_loss, sequence_log_probs, undial_loss
-from wmss.trainers import CompletionTrainer, _fit
+from wmss.trainers import CompletionTrainer, _fit, _zero3
 
 log = logging.getLogger("wmss")
 
@@ -108,8 +108,10 @@ def train_undial(
     seed: int,
     callbacks: list[TrainerCallback] | None = None,
     logging_dir: str | Path | None = None,
+    save_to: str | Path | None = None,
 ) -> dict[str, Any]:
-    """UNDIAL in place on ``student`` (a copy of ``teacher`` at the start); the teacher stays frozen."""
+    """UNDIAL in place on ``student`` (a copy of ``teacher`` at the start); the teacher stays frozen.
+    With ``save_to`` the student is saved there with ``tokenizer`` (``wmss.trainers.save_trained``)."""
     return _fit(
         UndialTrainer,
         student,
@@ -121,6 +123,7 @@ def train_undial(
         seed,
         callbacks,
         logging_dir,
+        save_to=save_to,
         teacher=teacher,
         strength=strength,
         fused_loss=train.fused_loss,
@@ -211,6 +214,9 @@ class PreferenceTrainer(Trainer):
         self.fused_head = use_fused_head([model], fused_loss, "DPO")
         self.beta = beta
         super().__init__(model, *args, **kwargs)
+        if self.fused_head and _zero3(self):
+            log.warning("DPO: naive loss head under DeepSpeed ZeRO-3 (weights gathered per module call).")
+            self.fused_head = False
 
     def compute_loss(
         self,
@@ -245,9 +251,11 @@ def train_preference(
     seed: int,
     callbacks: list[TrainerCallback] | None = None,
     logging_dir: str | Path | None = None,
+    save_to: str | Path | None = None,
 ) -> dict[str, Any]:
     """DPO in place on ``model`` over ``pairs`` (columns ``chosen_input_ids``, ``chosen_labels``,
-    ``rejected_input_ids``, ``rejected_labels``, ``reference_chosen``, ``reference_rejected``)."""
+    ``rejected_input_ids``, ``rejected_labels``, ``reference_chosen``, ``reference_rejected``); with
+    ``save_to`` the trained model is saved there with ``tokenizer`` (``wmss.trainers.save_trained``)."""
     return _fit(
         PreferenceTrainer,
         model,
@@ -261,6 +269,7 @@ def train_preference(
         logging_dir,
         args_overrides={"learning_rate": learning_rate},
         collator=PreferenceCollator(tokenizer.pad_token_id),
+        save_to=save_to,
         beta=beta,
         fused_loss=train.fused_loss,
     )

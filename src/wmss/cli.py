@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from wmss import distributed
 from wmss.config import RunConfig, all_keys, config_from_dict, load_config
 from wmss.errors import ConfigError, WmssError
 
@@ -41,34 +42,51 @@ def _config(items: list[str], base: RunConfig | None = None) -> RunConfig:
     return load_config(path, items)
 
 
+def _say(text: str) -> None:
+    """Print a result line, once: under several processes only the main one prints."""
+    if distributed.is_main():
+        print(text)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from wmss.pipeline import run_pipeline
 
     cfg = _config(args.config)
     manifest = run_pipeline(cfg)
+    if not distributed.is_main():
+        return
     root = Path(cfg.output_dir)
     print(f"done: final model at {root / 'final'}; manifest at {root / 'manifest.json'}")
     if "eval" in manifest["phases"]:
         e = manifest["phases"]["eval"]
-        print(f"eval: {e['num_correct']}/{e['num_problems']} correct ({e['accuracy']:.1%}) on {e['path']}")
+        print(f"eval: {e['num_correct']}/{e['num_problems']} correct ({e['accuracy']:.1%}) on {e['source']}")
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
     from wmss.data import load_training_data
-    from wmss.models import load_model, load_tokenizer, resolve_model, save_model
+    from wmss.models import load_model, load_tokenizer, resolve_model
     from wmss.trainers import train_sft
 
     cfg = _config(args.config)
-    base = resolve_model(cfg.model)
-    tokenizer = load_tokenizer(cfg.tokenizer or base)
-    dataset, report = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
+    distributed.init(cfg.train.ddp_timeout)
+    with distributed.main_process_first():
+        base = resolve_model(cfg.model)
+        tokenizer = load_tokenizer(cfg.tokenizer or base)
+        dataset, report = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
     log.info("data: %s", report.summary())
     model = load_model(base)
+    out = Path(args.output)
     result = train_sft(
-        model, tokenizer, dataset, cfg.train, cfg.sft_epochs, Path(args.output) / "checkpoints", cfg.seed
+        model,
+        tokenizer,
+        dataset,
+        cfg.train,
+        cfg.sft_epochs,
+        out / "checkpoints",
+        cfg.seed,
+        save_to=out / "model",
     )
-    save_model(model, tokenizer, Path(args.output) / "model")
-    print(f"SFT done in {result['steps']} steps: model at {Path(args.output) / 'model'}")
+    _say(f"SFT done in {result['steps']} steps: model at {out / 'model'}")
 
 
 def cmd_entropy(args: argparse.Namespace) -> None:
@@ -79,18 +97,21 @@ def cmd_entropy(args: argparse.Namespace) -> None:
     from wmss.models import load_model, load_tokenizer, resolve_model
 
     cfg = _config(args.config)
-    source = resolve_model(args.model or cfg.model)
-    tokenizer = load_tokenizer(source)
-    dataset, _ = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
-    values = dataset_entropies(
-        load_model(source),
+    distributed.init(cfg.train.ddp_timeout)
+    with distributed.main_process_first():
+        source = resolve_model(args.model or cfg.model)
+        tokenizer = load_tokenizer(source)
+        dataset, _ = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
+    values = dataset_entropies(  # sharded across processes, merged on every one
+        load_model(source).to(distributed.device()),
         dataset,
         tokenizer.pad_token_id,
         cfg.wmss.entropy_batch_size,
         fused=cfg.train.fused_loss,
     )
-    write_entropy_file(args.output, dataset["idx"], values)
-    print(f"Eq. 7 entropy of {len(values)} examples (mean {np.nanmean(values):.4f}) written to {args.output}")
+    if distributed.is_main():
+        write_entropy_file(args.output, dataset["idx"], values)
+    _say(f"Eq. 7 entropy of {len(values)} examples (mean {np.nanmean(values):.4f}) written to {args.output}")
 
 
 def cmd_select(args: argparse.Namespace) -> None:
@@ -106,10 +127,11 @@ def cmd_select(args: argparse.Namespace) -> None:
             "entropies on the same data."
         )
     sel = select_for_config(h_weak, h_strong, cfg, seed=cfg.seed)
-    atomic_write_jsonl(args.output, selection_rows(idx, h_weak, h_strong, sel))
+    if distributed.is_main():
+        atomic_write_jsonl(args.output, selection_rows(idx, h_weak, h_strong, sel))
     for note in sel.notes:
         log.warning("%s", note)
-    print(
+    _say(
         f"active set: {len(sel.active_rows)} of {len(sel.weights)} examples ({sel.active_fraction:.1%}); "
         f"written to {args.output}"
     )
@@ -118,29 +140,34 @@ def cmd_select(args: argparse.Namespace) -> None:
 def cmd_joint(args: argparse.Namespace) -> None:
     from wmss.data import load_training_data
     from wmss.io import read_jsonl
-    from wmss.models import check_compatible, load_model, load_tokenizer, resolve_model, save_model
+    from wmss.models import check_compatible, load_model, load_tokenizer, resolve_model
     from wmss.trainers import train_joint
 
     cfg = _config(args.config)
-    weak_src, strong_src = resolve_model(args.weak), resolve_model(args.strong)
-    tokenizer = load_tokenizer(strong_src)
-    check_compatible(weak_src, strong_src, load_tokenizer(weak_src), tokenizer)
-    dataset, _ = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
+    distributed.init(cfg.train.ddp_timeout)
+    with distributed.main_process_first():
+        weak_src, strong_src = resolve_model(args.weak), resolve_model(args.strong)
+        tokenizer = load_tokenizer(strong_src)
+        check_compatible(weak_src, strong_src, load_tokenizer(weak_src), tokenizer)
+        dataset, _ = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
     weak, strong = load_model(weak_src), load_model(strong_src)
     mix_lambda = cfg.wmss.mix_lambda
     if mix_lambda == "auto":
         from wmss.diagnostics import diagnostic_sample, measure_auto_lambda
 
-        auto = measure_auto_lambda(
-            weak,
-            strong,
-            diagnostic_sample(dataset, cfg),
-            tokenizer.pad_token_id,
-            cfg.wmss.entropy_batch_size,
-            cfg.train.fused_loss,
+        sample = diagnostic_sample(dataset, cfg)
+        auto = distributed.on_main(  # measured once: every process trains with the same λ
+            lambda: measure_auto_lambda(
+                weak,
+                strong,
+                sample,
+                tokenizer.pad_token_id,
+                cfg.wmss.entropy_batch_size,
+                cfg.train.fused_loss,
+            )
         )
         mix_lambda = auto["mix_lambda"]
-        print(
+        _say(
             f"mix_lambda auto: centred logit norms {auto['strong_centred_norm']:.4f} (strong), "
             f"{auto['weak_centred_norm']:.4f} (weak) -> a = {auto['a']:.4f}, λ = {mix_lambda:.4f}"
         )
@@ -164,9 +191,9 @@ def cmd_joint(args: argparse.Namespace) -> None:
         cfg.wmss.freeze_weak,
         Path(args.output) / "checkpoints",
         cfg.seed,
+        save_to=Path(args.output) / "model",
     )
-    save_model(strong, tokenizer, Path(args.output) / "model")
-    print(
+    _say(
         f"WD-JT done in {result['steps']} steps on {len(dataset)} examples: strong model at "
         f"{Path(args.output) / 'model'}"
     )
@@ -453,10 +480,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[wmss] %(message)s")
+    rank = distributed.launched_rank()  # under several processes only the main one logs progress
+    prefix = "[wmss]" if distributed.launched_world_size() == 1 else f"[wmss {rank}]"
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.ERROR, format=f"{prefix} %(message)s")
     import transformers
 
-    transformers.utils.logging.set_verbosity_warning()
+    if rank == 0:
+        transformers.utils.logging.set_verbosity_warning()
+    else:
+        transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     try:
         args.func(args)
@@ -466,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("wmss: interrupted. Re-run the same command to resume where it stopped.", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
     return 0
 
 

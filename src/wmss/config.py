@@ -78,6 +78,10 @@ class TrainConfig:
     save_total_limit: int = 2
     report_to: str = "none"
     """``none``, ``tensorboard``, ``wandb``, … exactly as in ``TrainingArguments``."""
+    ddp_timeout: int = 1800
+    """Under several processes: seconds a process waits at a barrier or collective before failing
+    (``TrainingArguments.ddp_timeout``). The others wait while the main process alone writes models or
+    generates DPO/SPIN pairs, so raise it for those on large data."""
 
 
 @dataclass
@@ -289,7 +293,7 @@ class RunConfig:
                 "data.prompt_template and data.completion_template must be set together "
                 "(or both left unset for prompt/completion or messages columns)."
             )
-        for key in ("per_device_batch_size", "gradient_accumulation_steps", "max_length"):
+        for key in ("per_device_batch_size", "gradient_accumulation_steps", "max_length", "ddp_timeout"):
             if getattr(t, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1; got {getattr(t, key)}.")
         if t.learning_rate <= 0:

@@ -15,6 +15,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from wmss import distributed
 from wmss.data import IGNORE_INDEX, CompletionCollator
 from wmss.heads import final_hidden_states, output_head, use_fused_head
 from wmss.io import atomic_write_jsonl, read_jsonl
@@ -77,23 +78,32 @@ def dataset_entropies(
     desc: str = "entropy",
     fused: bool = True,
 ) -> np.ndarray:
-    """Eq. 7 for every row of ``dataset`` (in row order), as float64.
+    """Eq. 7 for every row of ``dataset`` (in row order), as float64, on every process.
 
     ``fused`` (the default) runs the model without its output head and projects only the
     completion-predicting positions, a chunk at a time (``chunked_sequence_entropy``); models whose
     logits the fused head cannot reproduce fall back to full logits (``wmss.heads``).
+
+    Rows are sorted by length and cut into batches of ``batch_size`` (little padding). Under several
+    processes (``wmss.distributed``) process r takes batches r, r + N, r + 2N, …: every example is
+    computed exactly once, in the same padded batch as by one process, so the merged values equal a
+    one-process pass to the bit; they are then gathered to every process.
     """
     was_training = model.training
     model.eval()
     fused = use_fused_head([model], fused, desc)
     device = next(model.parameters()).device
-    # Sort by length so batches carry little padding; results go back to row order.
     lengths = np.array([len(ids) for ids in dataset["input_ids"]])
     order = np.argsort(-lengths, kind="stable")
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    # Only the globally last batch can be short, and it is the last of its process's share, so cutting
+    # the share into batch_size rows again gives back exactly these batches.
+    mine = batches[distributed.rank() :: distributed.world_size()]
+    rows = np.concatenate(mine) if mine else np.empty(0, dtype=np.int64)
     collate = CompletionCollator(pad_token_id)
-    loader = DataLoader(dataset.select(order.tolist()), batch_size=batch_size, collate_fn=collate)
+    loader = DataLoader(dataset.select(rows.tolist()), batch_size=batch_size, collate_fn=collate)
     values = []
-    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not distributed.is_main()):
         batch = {k: v.to(device) for k, v in batch.items()}
         if fused:
             hidden = final_hidden_states(model, batch["input_ids"], batch["attention_mask"])
@@ -103,8 +113,15 @@ def dataset_entropies(
             entropy = sequence_entropy(logits, batch["labels"])
         values.append(entropy.double().cpu())
     model.train(was_training)
+    mine_values = torch.cat(values).numpy() if values else np.empty(0)
+    shares = distributed.gather((rows, mine_values))
+    all_rows = np.concatenate([r for r, _ in shares]).astype(np.int64)
+    if not np.array_equal(np.sort(all_rows), np.arange(len(dataset))):  # each row exactly once
+        raise RuntimeError(
+            f"{desc}: the processes' shares do not cover the {len(dataset)} rows exactly once."
+        )
     out = np.empty(len(dataset), dtype=np.float64)
-    out[order] = torch.cat(values).numpy() if values else np.empty(0)
+    out[all_rows] = np.concatenate([v for _, v in shares])
     return out
 
 

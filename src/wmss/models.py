@@ -136,9 +136,19 @@ def check_compatible(
         )
 
 
-def save_model(model: PreTrainedModel, tokenizer: Any, path: str | Path) -> Path:
-    """Save a standard Hugging Face checkpoint (model + tokenizer), atomically."""
+def save_model(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    path: str | Path,
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Save a standard Hugging Face checkpoint (model + tokenizer), atomically.
+
+    ``state_dict``: the weights to write instead of the model's own, e.g. a full state dict gathered
+    from a model sharded across processes (FSDP, ZeRO-3; see ``wmss.trainers.save_trained``).
+    """
     with atomic_directory(path) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
     return Path(path)

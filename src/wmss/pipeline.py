@@ -25,6 +25,13 @@ Run directory layout::
 
 Re-running the same command skips finished phases and resumes an unfinished training phase from
 its last complete checkpoint. Every file is written atomically.
+
+Under several processes (``accelerate launch``, ``torchrun``; see ``wmss.distributed``) every process runs
+this same code: training phases are data-parallel, the entropy pass is sharded and merged, WD-DS is
+computed by every process from the same entropy files and checked to be identical, and only the main
+process writes files (manifest, entropies, selections, models, logs); the others wait for it after
+each phase and read the manifest back. DPO/SPIN pairs are generated, and the final model evaluated,
+by the main process alone.
 """
 
 from __future__ import annotations
@@ -46,14 +53,14 @@ import yaml
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from wmss import __version__
+from wmss import __version__, distributed
 from wmss.config import RunConfig
 from wmss.data import DataReport, load_training_data
 from wmss.diagnostics import diagnostic_sample, entropy_separation, measure_auto_lambda, separation_warning
 from wmss.entropy import dataset_entropies, read_entropy_file, write_entropy_file
 from wmss.errors import ConfigError, WmssError
 from wmss.io import atomic_directory, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
-from wmss.models import check_compatible, load_model, load_tokenizer, resolve_model, save_model
+from wmss.models import check_compatible, load_model, load_tokenizer, resolve_model
 from wmss.selection import Selection, select_for_config, selection_rows
 from wmss.trainers import train_joint, train_sft
 
@@ -68,6 +75,7 @@ NON_RESULT_KEYS = (
     "train.save_steps",
     "train.save_total_limit",
     "train.fused_loss",
+    "train.ddp_timeout",
     "wmss.entropy_batch_size",
     "wmss.min_entropy_gap",
 )
@@ -79,6 +87,8 @@ def _result_config(cfg: RunConfig) -> dict[str, Any]:
     if cfg.wmss.mix_lambda != "auto":  # the diagnostic sample changes a run only by measuring λ
         ignored += ("wmss.diagnostic_examples",)
     flat["sft.epochs"] = cfg.sft_epochs  # as resolved: unset and its value are the same run
+    # The global batch is per_device_batch_size × gradient_accumulation_steps × processes.
+    flat["num_processes"] = distributed.world_size()
     return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in ignored)}
 
 
@@ -93,7 +103,11 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 class RunDir:
-    """The run directory and its ``manifest.json``."""
+    """The run directory and its ``manifest.json``.
+
+    Under several processes each holds the manifest and only the main process writes it (and every
+    other file of the run); after each phase the others wait for it and read the manifest back.
+    """
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
@@ -105,15 +119,21 @@ class RunDir:
             self.manifest = json.loads(self.manifest_path.read_text())
             old = self.manifest.get("result_config", {})
             # A key added to the config since the run was made counts as its default value.
-            default = {**_flatten(RunConfig().to_dict()), **_result_config(RunConfig())}
+            default = {**_flatten(RunConfig().to_dict()), **_result_config(RunConfig()), "num_processes": 1}
             before = {k: old.get(k, default.get(k)) for k in set(old) | set(result_cfg)}
             changed = sorted(k for k, v in before.items() if v != result_cfg.get(k))
             if changed:
                 details = "; ".join(f"{k}: {before[k]!r} -> {result_cfg.get(k)!r}" for k in changed[:6])
+                processes = (
+                    " The number of processes is part of it: the global batch is per_device_batch_size × "
+                    "gradient_accumulation_steps × processes."
+                    if "num_processes" in changed
+                    else ""
+                )
                 raise ConfigError(
                     f"{self.root} holds a run made with a different configuration ({details}). "
                     "Resuming would mix two experiments: use a new output_dir, or restore those "
-                    "values to resume the run."
+                    f"values to resume the run.{processes}"
                 )
         else:
             self.manifest = {
@@ -123,18 +143,33 @@ class RunDir:
                 "phases": {},
             }
         self.manifest["config"] = cfg.to_dict()
-        atomic_write_text(self.root / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        distributed.barrier()  # every process has read the old manifest before the main one rewrites it
+        if distributed.is_main():
+            atomic_write_text(self.root / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.save()
+        self.sync()
 
     def save(self) -> None:
-        atomic_write_json(self.manifest_path, self.manifest)
+        if distributed.is_main():
+            atomic_write_json(self.manifest_path, self.manifest)
+
+    def sync(self) -> None:
+        """Under several processes: wait until the main process has written, then read its manifest."""
+        if distributed.world_size() > 1:
+            distributed.barrier()
+            if not distributed.is_main():
+                self.manifest = json.loads(self.manifest_path.read_text())
 
     def done(self, phase: str) -> dict | None:
         entry = self.manifest["phases"].get(phase)
         return entry if entry and entry.get("status") == "done" else None
 
-    def phase(self, name: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """Run ``work`` unless ``name`` is already done; record status, timing and its outputs."""
+    def phase(self, name: str, work: Callable[[], dict[str, Any]], alone: bool = False) -> dict[str, Any]:
+        """Run ``work`` unless ``name`` is already done; record status, timing and its outputs.
+
+        Every process calls it, and waits for the others at the end, unless ``alone``: a phase the main
+        process runs after the others have finished (evaluation).
+        """
         finished = self.done(name)
         if finished:
             log.info("phase %s: already done, skipping", name)
@@ -149,6 +184,8 @@ class RunDir:
         entry.update(outputs)
         entry.update(status="done", finished=_now(), wall_time_s=round(time.perf_counter() - start, 2))
         self.save()
+        if not alone:
+            self.sync()
         log.info("phase %s: done in %.1f s", name, entry["wall_time_s"])
         return entry
 
@@ -172,10 +209,11 @@ def _free_memory() -> None:
 
 
 def _training_record(result: dict[str, Any], run: RunDir, phase: str) -> dict[str, Any]:
-    atomic_write_json(run.root / "logs" / f"{phase}.json", result["log_history"])
-    shutil.rmtree(run.root / "checkpoints" / phase, ignore_errors=True)
-    if (run.root / "checkpoints").is_dir() and not any((run.root / "checkpoints").iterdir()):
-        (run.root / "checkpoints").rmdir()
+    if distributed.is_main():
+        atomic_write_json(run.root / "logs" / f"{phase}.json", result["log_history"])
+        shutil.rmtree(run.root / "checkpoints" / phase, ignore_errors=True)
+        if (run.root / "checkpoints").is_dir() and not any((run.root / "checkpoints").iterdir()):
+            (run.root / "checkpoints").rmdir()
     keep = ("steps", "train_loss", "train_runtime", "train_samples_per_second")
     return {k: result[k] for k in keep if k in result}
 
@@ -209,8 +247,8 @@ def phase_sft(
         callbacks,
         run.root / "tensorboard" / name,
         neftune_alpha=neftune_alpha,
+        save_to=out,
     )
-    save_model(model, tokenizer, out)
     del model
     _free_memory()
     extra = {} if neftune_alpha is None else {"neftune_alpha": neftune_alpha}
@@ -237,8 +275,8 @@ def entropies(run: RunDir, name: str, model_path: str, dataset: Dataset, tokeniz
     path = run.root / "entropy" / f"{name}.jsonl"
 
     def work() -> dict[str, Any]:
-        model = load_model(model_path)
-        values = dataset_entropies(
+        model = load_model(model_path).to(distributed.device())
+        values = dataset_entropies(  # every process computes its share; all get every value
             model,
             dataset,
             tokenizer.pad_token_id,
@@ -248,7 +286,8 @@ def entropies(run: RunDir, name: str, model_path: str, dataset: Dataset, tokeniz
         )
         del model
         _free_memory()
-        write_entropy_file(path, dataset["idx"], values)
+        if distributed.is_main():
+            write_entropy_file(path, dataset["idx"], values)
         return {
             "file": run.rel(path),
             "mean_entropy": float(np.nanmean(values)) if np.isfinite(values).any() else None,
@@ -272,10 +311,15 @@ def phase_selection(
     when |mean ΔH| < ``wmss.min_entropy_gap``; the selection itself does not depend on it.
     """
     selection = select_for_config(h_weak, h_strong, run.cfg, seed=run.cfg.seed + t)
+    # Every process draws the active set itself, from the same entropy files and seed: prove it is the same.
+    distributed.check_same(
+        f"the WD-DS selection of iteration {t}", distributed.digest(selection.weights, selection.draws)
+    )
     path = run.root / f"selection-{t}.jsonl"
 
     def work() -> dict[str, Any]:
-        atomic_write_jsonl(path, selection_rows(dataset["idx"], h_weak, h_strong, selection))
+        if distributed.is_main():
+            atomic_write_jsonl(path, selection_rows(dataset["idx"], h_weak, h_strong, selection))
         for note in selection.notes:
             log.warning("selection-%d: %s", t, note)
         delta = h_strong - h_weak
@@ -331,8 +375,8 @@ def phase_joint_training(
             cfg.seed,
             callbacks,
             run.root / "tensorboard" / f"wdjt-{t}",
+            save_to=out,
         )
-        save_model(strong, tokenizer, out)
         del strong
         _free_memory()
         return {
@@ -350,9 +394,9 @@ def phase_joint_training(
     mix_lambda, auto = cfg.wmss.mix_lambda, None
     if mix_lambda == "auto":
         sample = diagnostic_sample(dataset, cfg)
-        auto = measure_auto_lambda(
-            weak, strong, sample, tokenizer.pad_token_id, cfg.wmss.entropy_batch_size, cfg.train.fused_loss
-        )
+        measure = partial(measure_auto_lambda, weak, strong, sample, tokenizer.pad_token_id)
+        # measured once, by the main process: every process must train with the same λ
+        auto = distributed.on_main(lambda: measure(cfg.wmss.entropy_batch_size, cfg.train.fused_loss))
         mix_lambda = auto["mix_lambda"]
         log.info(
             "wdjt-%d: mix_lambda auto: mean centred logit norm %.4f (strong) vs %.4f (weak) on %d "
@@ -378,8 +422,8 @@ def phase_joint_training(
         cfg.seed,
         callbacks,
         run.root / "tensorboard" / f"wdjt-{t}",
+        save_to=out,
     )
-    save_model(strong, tokenizer, out)
     del weak, strong
     _free_memory()
     return {
@@ -399,11 +443,8 @@ def phase_joint_training(
 
 
 def _on_device(path: str) -> Any:
-    """A model to generate with or score before training: on the GPU when there is one."""
-    import torch
-
-    model = load_model(path)
-    return model.to("cuda") if torch.cuda.is_available() else model
+    """A model to generate with or score before training: on this process's GPU when there is one."""
+    return load_model(path).to(distributed.device())
 
 
 def sft_baseline(
@@ -456,8 +497,8 @@ def phase_undial(
         cfg.seed,
         callbacks,
         run.root / "tensorboard" / "undial",
+        save_to=out,
     )
-    save_model(student, tokenizer, out)
     del student, teacher
     _free_memory()
     return {
@@ -472,9 +513,14 @@ def phase_undial(
 
 
 def phase_pairs(run: RunDir, m1: str, tokenizer: Any, dataset: Dataset, path: Path) -> dict[str, Any]:
-    """DPO / SPIN: M1 answers every training prompt; the answers become preference pairs (``pairs.jsonl``)."""
+    """DPO / SPIN: M1 answers every training prompt; the answers become preference pairs (``pairs.jsonl``).
+
+    Generated by the main process alone (the others wait, up to ``train.ddp_timeout``), so the pairs are
+    the same whatever the number of processes."""
     from wmss.preference import make_pairs
 
+    if not distributed.is_main():
+        return {}
     cfg = run.cfg
     model = _on_device(m1)
     records, stats = make_pairs(model, tokenizer, dataset, cfg)
@@ -525,8 +571,8 @@ def phase_preference(
         cfg.seed,
         callbacks,
         run.root / "tensorboard" / cfg.method,
+        save_to=out,
     )
-    save_model(model, tokenizer, out)
     del model
     _free_memory()
     return {
@@ -610,8 +656,9 @@ def phase_final(run: RunDir, src: Path, dst: Path) -> dict[str, Any]:
         except OSError:
             shutil.copy2(a, b)
 
-    with atomic_directory(dst) as tmp:
-        shutil.copytree(src, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
+    if distributed.is_main():
+        with atomic_directory(dst) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True, copy_function=link_or_copy)
     return {"model": run.rel(dst), "from": str(src)}
 
 
@@ -624,10 +671,14 @@ def run_pipeline(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None)
     Other ``method`` values run a baseline in its place: ``sft``/``neftune`` train from M0 for their whole
     budget (``sft_baseline``); ``undial``/``dpo``/``spin`` take Phase 1's M1 and run their own pass
     (``from_m1_baseline``). ``callbacks`` go to every Trainer (for logging or tests).
+
+    Launched as several processes, every process calls this; see the module docstring for who does what.
     """
-    base = resolve_model(cfg.model)
-    tokenizer = load_tokenizer(cfg.tokenizer or base)
-    dataset, report = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
+    distributed.init(cfg.train.ddp_timeout)
+    with distributed.main_process_first():  # the main process fills a download or GGUF cache first
+        base = resolve_model(cfg.model)
+        tokenizer = load_tokenizer(cfg.tokenizer or base)
+        dataset, report = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
     run = RunDir(cfg)  # created only once the inputs are known to be usable
     _record_data(run, report)
     models_dir = run.root / "models"
@@ -675,11 +726,13 @@ def _finish(run: RunDir, last: str, tokenizer: Any, num_examples: int) -> dict[s
     final = run.root / "final"
     run.phase("final", lambda: phase_final(run, Path(last), final))
     record_budget(run, num_examples)
+    if not distributed.is_main():  # the main process evaluates alone; the others are done
+        return run.manifest
     if cfg.eval.path or cfg.eval.task != "generic":
         evaluated = run.done("eval")
         if evaluated and evaluated.get("eval_config") != dataclasses.asdict(cfg.eval):
             evaluated["status"] = "stale"  # the eval section changed since: evaluate again
-        run.phase("eval", lambda: phase_eval(run, str(final), tokenizer))
+        run.phase("eval", lambda: phase_eval(run, str(final), tokenizer), alone=True)
     log.info("run finished: final model at %s", final)
     return run.manifest
 

@@ -10,6 +10,13 @@ to Trainer's default under the checkpoint directory; ``$TENSORBOARD_LOGGING_DIR`
 
 Both phases use the fused loss head by default (``train.fused_loss``): the models run without
 their output heads and the loss projects only completion-predicting positions, a chunk at a time.
+
+Under several processes (``accelerate launch``, ``torchrun``) Trainer trains data-parallel (DDP, or
+FSDP / DeepSpeed from an accelerate config): the loss of each process is its token sum divided by the
+token count of the whole global batch (``num_items_in_batch``, gathered across processes) times the
+number of processes, so after DDP's gradient average a step equals one process's step on the global
+batch. ``save_to`` gathers a full state dict from every process (FSDP, ZeRO-3) and the main process
+writes a standard checkpoint (``save_trained``).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback, is_tensorboard_available
 
+from wmss import distributed
 from wmss.config import TrainConfig
 from wmss.data import CompletionCollator
 from wmss.errors import ConfigError
@@ -35,6 +43,7 @@ from wmss.losses import (
     fused_mixed_logit_cross_entropy,
     mixed_logit_cross_entropy,
 )
+from wmss.models import save_model
 
 log = logging.getLogger("wmss")
 
@@ -66,6 +75,7 @@ def training_arguments(
         remove_unused_columns=False,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
+        ddp_timeout=train.ddp_timeout,
     )
     return TrainingArguments(**{**values, **overrides})
 
@@ -74,8 +84,16 @@ def last_complete_checkpoint(checkpoint_dir: str | Path) -> str | None:
     """The newest ``checkpoint-N`` that was fully written (``trainer_state.json`` is saved last).
 
     Partly written checkpoints (a kill during saving) are removed so that nothing resumes from them.
+    Under N processes each process also saves its RNG state (``rng_state_<rank>.pth``), possibly after
+    the main process wrote ``trainer_state.json``, so all N must be there too; the main process looks
+    (and removes) and tells the others.
     """
-    root = Path(checkpoint_dir)
+    return distributed.on_main(
+        lambda: _last_complete_checkpoint(Path(checkpoint_dir), distributed.world_size())
+    )
+
+
+def _last_complete_checkpoint(root: Path, processes: int) -> str | None:
     if not root.is_dir():
         return None
     found = sorted(
@@ -83,9 +101,12 @@ def last_complete_checkpoint(checkpoint_dir: str | Path) -> str | None:
         for p in root.iterdir()
         if p.is_dir() and (m := re.fullmatch(r"checkpoint-(\d+)", p.name))
     )
+    needed = ["trainer_state.json"]
+    if processes > 1:
+        needed += [f"rng_state_{r}.pth" for r in range(processes)]
     best = None
     for _, path in found:
-        if (path / "trainer_state.json").is_file():
+        if all((path / name).is_file() for name in needed):
             best = path
         else:
             shutil.rmtree(path, ignore_errors=True)
@@ -103,8 +124,10 @@ def train_sft(
     callbacks: list[TrainerCallback] | None = None,
     logging_dir: str | Path | None = None,
     neftune_alpha: float | None = None,
+    save_to: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Completion-only SFT in place on ``model`` (resumes from the last checkpoint in ``checkpoint_dir``).
+    """Completion-only SFT in place on ``model`` (resumes from the last checkpoint in ``checkpoint_dir``);
+    with ``save_to``, the trained model is saved there with ``tokenizer`` (``save_trained``).
 
     ``neftune_alpha``: NEFTune, through transformers' own hook (``TrainingArguments.neftune_noise_alpha``):
     while training, uniform noise in ±α/√(L·d) is added to the input embeddings, L being the batch's
@@ -122,8 +145,37 @@ def train_sft(
         callbacks,
         logging_dir,
         args_overrides={"neftune_noise_alpha": neftune_alpha},
+        save_to=save_to,
         fused_loss=train.fused_loss,
     )
+
+
+def _zero3(trainer: Trainer) -> bool:
+    """DeepSpeed ZeRO-3 gathers a module's weights only while that module runs, so the fused loss head,
+    which reads the output head's weight after the head's (skipped) forward, cannot run under it."""
+    return trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
+
+
+def branch_state(state: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """The entries of a ``WeakStrongPair`` state dict that belong to its ``name`` branch, unprefixed."""
+    return {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+
+
+def save_trained(trainer: Trainer, path: str | Path) -> None:
+    """Save the trained model at ``path`` as a standard checkpoint, with the tokenizer; for WD-JT the
+    strong model alone. Collective: call it on every process.
+
+    Every process takes part in gathering the full state dict (FSDP shards, ZeRO-3 partitions; under
+    DDP each process already holds it); the main process writes ``path`` atomically, the others wait.
+    """
+    wrapped = trainer.deepspeed if trainer.is_deepspeed_enabled else trainer.model
+    state = trainer.accelerator.get_state_dict(wrapped)
+    if trainer.accelerator.is_main_process:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if isinstance(model, WeakStrongPair):
+            model, state = model.strong, branch_state(state, "strong")
+        save_model(model, trainer.processing_class, path, state_dict=state)
+    trainer.accelerator.wait_for_everyone()
 
 
 class CompletionTrainer(Trainer):
@@ -144,6 +196,9 @@ class CompletionTrainer(Trainer):
         self._captured: list[torch.Tensor] = []
         self.fused_head = fused
         super().__init__(model, *args, compute_loss_func=self._fused_loss if fused else None, **kwargs)
+        if self.fused_head and _zero3(self):
+            log.warning("SFT: naive loss head under DeepSpeed ZeRO-3 (weights are gathered per module call).")
+            self.fused_head, self.compute_loss_func = False, None
 
     def compute_loss(
         self,
@@ -179,6 +234,7 @@ def _fit(
     logging_dir: str | Path | None = None,
     args_overrides: dict[str, Any] | None = None,
     collator: Any = None,
+    save_to: str | Path | None = None,
     **trainer_kwargs: Any,
 ) -> dict[str, Any]:
     if "tensorboard" in train.report_to and not is_tensorboard_available():
@@ -199,6 +255,8 @@ def _fit(
         if isinstance(callback, TensorBoardCallback) and logging_dir and callback.logging_dir is None:
             callback.logging_dir = str(logging_dir)  # None unless $TENSORBOARD_LOGGING_DIR is set
     result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(checkpoint_dir))
+    if save_to is not None:
+        save_trained(trainer, save_to)
     return {"steps": trainer.state.global_step, **result.metrics, "log_history": trainer.state.log_history}
 
 
@@ -209,6 +267,11 @@ class WeakStrongPair(nn.Module):
     ``fused_loss`` (the default) the forwards skip the output heads and the loss is computed from
     the final hidden states and heads (``fused_mixed_logit_cross_entropy``); otherwise from full
     logits. With ``freeze_weak`` the weak model gets no gradient and stays in eval mode (an ablation).
+
+    The loss is computed inside ``forward``, so under DDP every trainable parameter gets its gradient
+    through the wrapped call (a frozen weak branch has none and DDP leaves it out), and under FSDP the
+    output heads, which belong to the pair's own (root) unit, are gathered while it runs.
+    ``_no_split_modules`` (the layers of both models) lets FSDP and DeepSpeed wrap each decoder layer.
     """
 
     accepts_loss_kwargs = True  # the loss is divided by the token count of the accumulated batch
@@ -226,6 +289,10 @@ class WeakStrongPair(nn.Module):
         self.weak, self.strong = weak, strong
         self.mix_lambda, self.freeze_weak = mix_lambda, freeze_weak
         self.config = strong.config
+        self._no_split_modules = sorted(
+            set(getattr(strong, "_no_split_modules", None) or [])
+            | set(getattr(weak, "_no_split_modules", None) or [])
+        )
         if freeze_weak:
             weak.requires_grad_(False)
             weak.eval()
@@ -274,7 +341,20 @@ class WeakStrongPair(nn.Module):
 
 class JointTrainer(Trainer):
     """``Trainer`` for a ``WeakStrongPair``: checkpoints hold ``strong/`` and ``weak/`` as standard
-    Hugging Face checkpoints (plus the optimiser, scheduler and RNG states Trainer always saves)."""
+    Hugging Face checkpoints (plus the optimiser, scheduler and RNG states Trainer always saves).
+
+    Under FSDP and DeepSpeed, Trainer also writes and resumes from its own sharded model checkpoint;
+    ``strong/`` and ``weak/`` are then written from the gathered state dict when FSDP's
+    ``state_dict_type`` is ``FULL_STATE_DICT`` (or ZeRO-3 gathers 16-bit weights on save).
+    """
+
+    def __init__(self, model: WeakStrongPair, *args: Any, **kwargs: Any):
+        super().__init__(model, *args, **kwargs)
+        if model.fused_loss and _zero3(self):
+            log.warning(
+                "WD-JT: naive loss head under DeepSpeed ZeRO-3 (weights are gathered per module call)."
+            )
+            model.fused_loss = False
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = Path(output_dir or self.args.output_dir)
@@ -282,12 +362,17 @@ class JointTrainer(Trainer):
             return
         pair: WeakStrongPair = self.accelerator.unwrap_model(self.model)
         for name in ("strong", "weak"):
-            getattr(pair, name).save_pretrained(output_dir / name)
+            # state_dict: gathered by Trainer (FSDP, DeepSpeed); None: the branch's own weights
+            state = None if state_dict is None else branch_state(state_dict, name)
+            getattr(pair, name).save_pretrained(output_dir / name, state_dict=state)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, output_dir / "training_args.bin")
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        if self.is_fsdp_enabled:  # Trainer's own sharded FSDP checkpoint
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            return
         from safetensors.torch import load_file
 
         pair: WeakStrongPair = self.accelerator.unwrap_model(model or self.model)
@@ -318,9 +403,25 @@ def train_joint(
     seed: int,
     callbacks: list[TrainerCallback] | None = None,
     logging_dir: str | Path | None = None,
+    save_to: str | Path | None = None,
 ) -> dict[str, Any]:
-    """WD-JT (Eq. 5-6): train weak and strong together on the mixed-logit loss; both updated in place."""
+    """WD-JT (Eq. 5-6): train weak and strong together on the mixed-logit loss; both updated in place.
+    With ``save_to`` the strong model (alone) is saved there with ``tokenizer`` (``save_trained``).
+
+    Under DDP ``find_unused_parameters`` is off: every trainable parameter of the pair gets a gradient
+    from the mixed loss in every step, and a frozen weak model has no trainable parameter."""
     pair = WeakStrongPair(weak, strong, mix_lambda, freeze_weak, train.fused_loss)
     return _fit(
-        JointTrainer, pair, tokenizer, dataset, train, epochs, checkpoint_dir, seed, callbacks, logging_dir
+        JointTrainer,
+        pair,
+        tokenizer,
+        dataset,
+        train,
+        epochs,
+        checkpoint_dir,
+        seed,
+        callbacks,
+        logging_dir,
+        args_overrides={"ddp_find_unused_parameters": False},
+        save_to=save_to,
     )
