@@ -364,30 +364,13 @@ def phase_joint_training(
     cfg = run.cfg
     if cfg.wmss.mix_lambda == 1.0:
         # z_mix = z_strong: the weak model gets no gradient, so this is SFT of the strong model.
-        strong = load_model(strong_path)
-        result = train_sft(
-            strong,
-            tokenizer,
-            active,
-            cfg.train,
-            cfg.wmss.epochs,
-            run.root / "checkpoints" / f"wdjt-{t}",
-            cfg.seed,
-            callbacks,
-            run.root / "tensorboard" / f"wdjt-{t}",
-            save_to=out,
-        )
-        del strong
-        _free_memory()
+        record = phase_sft(run, strong_path, tokenizer, active, out, callbacks, cfg.wmss.epochs, f"wdjt-{t}")
         return {
-            "model": run.rel(out),
+            **record,
             "weak": None,
             "strong": strong_path,
             "mix_lambda": 1.0,
             "trained_as": "sft (lambda = 1)",
-            "epochs": cfg.wmss.epochs,
-            "examples": len(active),
-            **_training_record(result, run, f"wdjt-{t}"),
         }
     check_compatible(weak_path, strong_path, load_tokenizer(weak_path), load_tokenizer(strong_path))
     weak, strong = load_model(weak_path), load_model(strong_path)
