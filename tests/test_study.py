@@ -112,6 +112,7 @@ def write_study(tmp_path: Path, model: Path, data: Path, **changes) -> Path:
             {"name": "WMSS", "seeds": "all"},
             {"name": "WD-DS only", "overrides": ["wmss.mix_lambda=1.0"], "m1_from": "WMSS"},
             {"name": "WD-JT only", "overrides": ["wmss.selection=all"], "m1_from": "WMSS"},
+            {"name": "released", "overrides": ["wmss.selection=released_code"], "m1_from": "WMSS"},
         ],
     }
     study.update(changes)
@@ -165,7 +166,11 @@ def test_a_whole_study_on_a_tiny_model(tmp_path, tiny_model_dir, mawps_dir):
     assert rows["SFT"]["seeds"] == [1, 2] and len(rows["SFT"]["accuracies"]) == 2
     # shared-M1 arms are charged for the M1 they start from
     assert rows["WD-DS only"]["steps"] == wmss["sft"]["steps"] + shared["wdjt-1"]["steps"]
-    assert rows["WD-JT only"]["active_fraction"] == 1.0
+    assert rows["WD-JT only"]["active_fraction"] == 1.0 and rows["WD-JT only"]["distinct_fraction"] is None
+    # without de-duplication the active set repeats rows: the table also says how many are distinct
+    drawn = read_jsonl(root / "arms" / "released" / "seed-1" / "selection-1.jsonl")
+    assert rows["released"]["active_fraction"] == sum(r["draws"] for r in drawn) / 12
+    assert rows["released"]["distinct_fraction"] == sum(r["draws"] > 0 for r in drawn) / 12 < 1
 
     doc = tmp_path / "RESULTS.md"
     doc.write_text(
@@ -174,5 +179,5 @@ def test_a_whole_study_on_a_tiny_model(tmp_path, tiny_model_dir, mawps_dir):
     write_study_report(study, doc)
     text = doc.read_text()
     assert "kept above" in text and "kept below" in text and "\nold\n" not in text
-    assert "| WMSS |" in text and "wmss study run" in text
+    assert "| WMSS |" in text and "wmss study run" in text and "% distinct)" in text
     assert (root / "report" / "accuracy_by_arm.png").is_file()

@@ -60,6 +60,10 @@ def _run_row(study: Study, arm: Arm, seed: int) -> dict | None:
         if trains_pair and "mean_entropy_gap" not in phases.get("selection-1", {}):
             gap_source = source
     selection = phases.get("selection-1", {})
+    distinct = None
+    if selection.get("dedup") is False and selection.get("file"):  # the active set repeats rows
+        drawn = read_jsonl(run / selection["file"])
+        distinct = sum(bool(r["active"]) for r in drawn) / len(drawn)
     machine = run / "machine.json"
     return {
         "seed": seed,
@@ -70,6 +74,7 @@ def _run_row(study: Study, arm: Arm, seed: int) -> dict | None:
         "steps": steps,
         "wall_time_s": wall,
         "active_fraction": selection.get("active_fraction"),
+        "distinct_fraction": distinct,
         "mean_entropy_gap": gap_source.get("selection-1", {}).get("mean_entropy_gap"),
         "machine": read_json(machine)["machine"] if machine.is_file() else "unrecorded",
         "run_dir": str(run),
@@ -106,6 +111,7 @@ def collect(study: Study) -> dict[str, Any]:
             "steps": _mean([r["steps"] for r in done.values()]),
             "wall_time_s": _mean([r["wall_time_s"] for r in done.values()]),
             "active_fraction": _mean([r["active_fraction"] for r in done.values()]),
+            "distinct_fraction": _mean([r["distinct_fraction"] for r in done.values()]),
             "mean_entropy_gap": _mean([r["mean_entropy_gap"] for r in done.values()]),
             "machines": sorted({r["machine"] for r in done.values()}),
         }
@@ -214,10 +220,13 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
         std = f" ± {100 * a['std']:.1f}" if a["std"] is not None else ""
         gap = "–" if a["mean_entropy_gap"] is None else f"{a['mean_entropy_gap']:+.3f}"
         per_seed = " / ".join(_pct(x) for x in a["accuracies"])
+        active = "–" if a["active_fraction"] is None else f"{_pct(a['active_fraction'])}%"
+        if a["distinct_fraction"] is not None:
+            active += f" ({_pct(a['distinct_fraction'])}% distinct)"
         lines.append(
             f"| {a['arm']} | {','.join(map(str, a['seeds']))} | {per_seed} "
             f"| {_pct(a['mean'])}{std} | {delta} | {a['steps']:.0f} | {a['wall_time_s']:.0f} s "
-            f"| {_pct(a['active_fraction'])}{'%' if a['active_fraction'] is not None else ''} | {gap} |"
+            f"| {active} | {gap} |"
         )
     if results["missing"]:
         lines += ["", "Not run yet: " + ", ".join(results["missing"]) + "."]
