@@ -190,7 +190,10 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
     cmd_report = f"wmss study report {study.path} --into docs/RESULTS.md"
     lines = [f"Produced by `{cmd_run}` then `{cmd_report}`.", ""]
     tuning = results["tuning"]
-    if tuning:
+    if tuning and tuning.get("fixed"):
+        source = f" ({tuning['source']})" if tuning.get("source") else ""
+        lines += [f"**Setting** (fixed, not tuned here{source}): `{setting_name(tuning['chosen'])}`.", ""]
+    elif tuning:
         lines += [
             "**Tuning** (SFT, 2 epochs, seed "
             f"{study.seeds[0]}, scored on `validset.json`; one key at a time, ties keep the earlier value):",

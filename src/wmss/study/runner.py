@@ -99,7 +99,14 @@ def machine() -> str:
 
 
 def tune(study: Study) -> dict[str, Any]:
-    """Coordinate search for SFT (2 epochs, first seed) on the validation split; writes tuning.json."""
+    """Coordinate search for SFT (2 epochs, first seed) on the validation split; writes tuning.json.
+    A study with ``tuning.fixed`` runs nothing: the fixed setting is recorded as chosen."""
+    if study.tuning_fixed is not None:
+        result = {"split": None, "candidates": [], "chosen": study.tuning_fixed, "accuracy": None,
+                  "fixed": True, "source": study.tuning_source}  # fmt: skip
+        atomic_write_json(study.output_dir / "tuning.json", result)
+        log.info("study: fixed setting %s (no tuning runs)", setting_name(study.tuning_fixed))
+        return result
     best = dict(study.tuning_start)
     scores: dict[str, dict] = {}
 

@@ -14,6 +14,8 @@ A study YAML (see ``configs/study/``) has these keys::
       search:
         format: [worked, equation]
         train.learning_rate: [5.0e-5, 1.0e-4, 2.0e-4]
+    # or, to reuse a setting another study chose (no tuning runs):
+    # tuning: {fixed: {format: worked, train.learning_rate: 5.0e-5}, source: "why this setting"}
     arms:
       - {name: SFT, overrides: [sft.epochs=2, wmss.iterations=0], seeds: all}
       - {name: WMSS, seeds: all}
@@ -67,6 +69,10 @@ class Study:
     tuning_start: dict[str, Any]
     tuning_search: dict[str, list]
     arms: list[Arm]
+    tuning_fixed: dict[str, Any] | None = None
+    """A setting taken as chosen without tuning runs (``tuning.fixed``), with ``tuning_source`` saying
+    where it was chosen."""
+    tuning_source: str | None = None
 
     def arm(self, name: str) -> Arm:
         for arm in self.arms:
@@ -128,6 +134,15 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     config_from_dict(run, f"{path}: run")  # fails early, naming the key, if the shared config is bad
 
     tuning = raw.get("tuning") or {}
+    extra = sorted(set(tuning) - {"start", "search", "fixed", "source"})
+    if extra:
+        raise ConfigError(f"{path}: tuning: unknown key(s) {', '.join(extra)}; use start and search, or fixed.")
+    fixed = tuning.get("fixed")
+    if fixed is not None:
+        if not isinstance(fixed, dict) or set(tuning) & {"start", "search"}:
+            raise ConfigError(f"{path}: tuning.fixed is a mapping of settings, and excludes start/search.")
+        fixed = {"format": "worked", **fixed}
+        tuning = {"start": fixed}
     start = dict(tuning.get("start") or {})
     search = dict(tuning.get("search") or {})
     start.setdefault("format", "worked")
@@ -185,4 +200,6 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         tuning_start=start,
         tuning_search=search,
         arms=arms,
+        tuning_fixed=fixed,
+        tuning_source=tuning.get("source") if fixed is None else raw["tuning"].get("source"),
     )
