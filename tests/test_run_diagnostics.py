@@ -222,6 +222,7 @@ def test_report_is_one_self_contained_page(auto_run, capsys):
         "timings.png",
         "losses.png",
         "selection-1-entropies.png",
+        "wdjt-1-gradients.png",
         "logits.png",
     }
     embedded = {base64.b64decode(s.split(",", 1)[1]) for s in sources}
@@ -232,6 +233,9 @@ def test_report_is_one_self_contained_page(auto_run, capsys):
     for r in rows:
         assert by_idx[r["idx"]]["answer"] in page
     assert "λ = 1/(1+√a)" in page
+    grads = read_json(out / "manifest.json")["phases"]["wdjt-1"]["gradients"]
+    assert 0 < grads["clip_factor"] <= 1 and 0 < grads["strong_grad_share"] < 1
+    assert "clip factor (mean; 1 = not clipped)" in page and f"{grads['grad_norm_weak']:.4f}"[:5] in page
     assert "accuracy" in page and "target logit z[y]" in page and "Theorem 1" in page
 
 

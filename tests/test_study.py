@@ -181,3 +181,31 @@ def test_a_whole_study_on_a_tiny_model(tmp_path, tiny_model_dir, mawps_dir):
     assert "kept above" in text and "kept below" in text and "\nold\n" not in text
     assert "| WMSS |" in text and "wmss study run" in text and "% distinct)" in text
     assert (root / "report" / "accuracy_by_arm.png").is_file()
+
+
+def test_fixed_setting_and_an_arm_tuned_on_the_validation_split(tmp_path, tiny_model_dir, mawps_dir):
+    from wmss.study.report import write_study_report
+    from wmss.study.runner import run_study
+
+    arms = [
+        {"name": "SFT", "overrides": ["sft.epochs=2", "wmss.iterations=0"]},
+        {"name": "WMSS"},
+        {"name": "WMSS tuned", "m1_from": "WMSS", "tune": {"wmss.learning_rate": [1e-3, 1e-2]}},
+    ]
+    fixed = {"fixed": {"train.learning_rate": 1e-3}, "source": "chosen elsewhere"}
+    study = load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, arms=arms, tuning=fixed))
+    run_study(study)
+    root = study.output_dir
+    assert not (root / "tune").exists()  # a fixed setting runs no tuning
+    assert read_json(root / "tuning.json")["chosen"] == {"format": "worked", "train.learning_rate": 1e-3}
+    tuned = read_json(root / "tune-arms" / "wmss-tuned" / "tuning.json")
+    assert [c["setting"]["wmss.learning_rate"] for c in tuned["candidates"]] == [1e-3, 1e-2]
+    assert all(c["num_problems"] == 4 for c in tuned["candidates"])  # validset, not testset
+    chosen = tuned["chosen"]["wmss.learning_rate"]
+    test_run = read_json(root / "arms" / "wmss-tuned" / "seed-1" / "manifest.json")["phases"]
+    assert test_run["wdjt-1"]["learning_rate"] == chosen and test_run["eval"]["num_problems"] == 4
+    assert test_run["sft"]["reused"]  # the candidates and the test run start from WMSS's M1
+    text = write_study_report(study).read_text()
+    assert "fixed, not tuned here (chosen elsewhere)" in text and "Tuning of arm WMSS tuned" in text
+    with pytest.raises(ConfigError, match="tune maps config keys"):
+        load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, arms=[{"name": "A", "tune": {"x": 1}}]))

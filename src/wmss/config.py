@@ -126,6 +126,15 @@ class WMSSConfig:
     """Draw m·|D| indices instead of |D|."""
     freeze_weak: bool = False
     """Ablation: keep the weak model fixed (no gradient, eval mode) during WD-JT."""
+    learning_rate: float | None = None
+    """Peak learning rate of WD-JT (both models). Unset: ``train.learning_rate``, as in the paper."""
+    lr_schedule: str = "per_phase"
+    """``per_phase`` (the paper's): Phase 1 and every WD-JT warm up and decay on their own schedule.
+    ``whole_run``: they are consecutive segments of one warm-up + ``train.lr_scheduler_type`` schedule
+    over the whole budget, (``sft.epochs`` + K·``wmss.epochs``) passes over D counted in optimizer
+    steps of D: the schedule that SFT for the same number of epochs runs, so the two differ only in
+    what the later passes train on. A de-duplicated active set, smaller than D, ends its segment
+    early; with ``sft.checkpoint`` that M1 is assumed to be the first segment."""
     entropy_batch_size: int = 8
     diagnostic_examples: int = 200
     """Size of the seeded sample of training examples on which ``mix_lambda: auto``, ``wmss diagnose
@@ -284,6 +293,14 @@ class RunConfig:
             )
         if w.iterations < 0:
             raise ConfigError(f"wmss.iterations must be >= 0; got {w.iterations}.")
+        if w.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"wmss.lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {w.lr_schedule!r}."
+            )
+        if w.learning_rate is not None and not w.learning_rate > 0:
+            raise ConfigError(
+                f"wmss.learning_rate must be > 0 (or null for train.learning_rate); got {w.learning_rate}."
+            )
         if w.sample_multiplier <= 0:
             raise ConfigError(f"wmss.sample_multiplier must be > 0; got {w.sample_multiplier}.")
         if self.data.overlong not in ("truncate", "drop"):
@@ -363,6 +380,7 @@ class RunConfig:
 
 
 SELECTION_FORMS = ("paper", "normalized", "released_code", "all")
+LR_SCHEDULES = ("per_phase", "whole_run")
 METHODS = ("wmss", "sft", "neftune", "undial", "dpo", "spin")
 DPO_LR_RATIO = 20.0
 """Unset ``dpo.learning_rate`` is ``train.learning_rate`` divided by this (paper: DPO 5e-7, SFT 1e-5)."""

@@ -40,6 +40,7 @@ import dataclasses
 import gc
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -62,7 +63,7 @@ from wmss.errors import ConfigError, WmssError
 from wmss.io import atomic_directory, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from wmss.models import check_compatible, load_model, load_tokenizer, resolve_model
 from wmss.selection import Selection, select_for_config, selection_rows
-from wmss.trainers import train_joint, train_sft
+from wmss.trainers import ScheduleSegment, gradient_summary, steps_per_pass, train_joint, train_sft
 
 log = logging.getLogger("wmss")
 
@@ -231,10 +232,13 @@ def phase_sft(
     epochs: float,
     name: str = "sft",
     neftune_alpha: float | None = None,
+    learning_rate: float | None = None,
 ) -> dict[str, Any]:
     """Phase 1: M1 = SFT(M0, D), completion-only cross-entropy (with NEFTune's noisy embeddings when
-    ``neftune_alpha`` is set). Also the training phase of methods ``sft`` and ``neftune``."""
+    ``neftune_alpha`` is set). Also the training phase of methods ``sft`` and ``neftune``, and WD-JT at
+    λ = 1 (``learning_rate``: ``wmss.learning_rate``)."""
     cfg = run.cfg
+    segment = schedule_segments(cfg, run.manifest["data"]["num_examples"]).get(name)
     model = load_model(base)
     result = train_sft(
         model,
@@ -248,15 +252,20 @@ def phase_sft(
         run.root / "tensorboard" / name,
         neftune_alpha=neftune_alpha,
         save_to=out,
+        learning_rate=learning_rate,
+        segment=segment,
     )
     del model
     _free_memory()
     extra = {} if neftune_alpha is None else {"neftune_alpha": neftune_alpha}
+    if segment is not None:
+        extra["schedule_segment"] = segment._asdict()
     return {
         "model": run.rel(out),
         "start": base,
         "epochs": epochs,
         "examples": len(dataset),
+        "learning_rate": learning_rate or cfg.train.learning_rate,
         **extra,
         **_training_record(result, run, name),
     }
@@ -364,7 +373,10 @@ def phase_joint_training(
     cfg = run.cfg
     if cfg.wmss.mix_lambda == 1.0:
         # z_mix = z_strong: the weak model gets no gradient, so this is SFT of the strong model.
-        record = phase_sft(run, strong_path, tokenizer, active, out, callbacks, cfg.wmss.epochs, f"wdjt-{t}")
+        record = phase_sft(
+            run, strong_path, tokenizer, active, out, callbacks, cfg.wmss.epochs, f"wdjt-{t}",
+            learning_rate=cfg.wmss.learning_rate,
+        )  # fmt: skip
         return {
             **record,
             "weak": None,
@@ -392,6 +404,7 @@ def phase_joint_training(
             auto["a"],
             mix_lambda,
         )
+    segment = schedule_segments(cfg, len(dataset)).get(f"wdjt-{t}")
     result = train_joint(
         weak,
         strong,
@@ -406,6 +419,8 @@ def phase_joint_training(
         callbacks,
         run.root / "tensorboard" / f"wdjt-{t}",
         save_to=out,
+        learning_rate=cfg.wmss.learning_rate,
+        segment=segment,
     )
     del weak, strong
     _free_memory()
@@ -418,8 +433,29 @@ def phase_joint_training(
         "freeze_weak": cfg.wmss.freeze_weak,
         "epochs": cfg.wmss.epochs,
         "examples": len(active),
+        "learning_rate": cfg.wmss.learning_rate or cfg.train.learning_rate,
+        **({"schedule_segment": segment._asdict()} if segment else {}),
+        "gradients": gradient_summary(result["log_history"]),
         **_training_record(result, run, f"wdjt-{t}"),
     }
+
+
+def schedule_segments(cfg: RunConfig, num_examples: int) -> dict[str, ScheduleSegment]:
+    """With ``wmss.lr_schedule: whole_run`` (method wmss), each training phase's segment of the one
+    schedule over the whole budget: ``sft`` first, then ``wdjt-1`` … ``wdjt-K``, each as long as its
+    nominal passes over D; empty otherwise (every phase has its own schedule)."""
+    if cfg.method != "wmss" or cfg.wmss.lr_schedule != "whole_run" or cfg.wmss.iterations == 0:
+        return {}
+    per_pass = steps_per_pass(num_examples, cfg.train)
+    lengths = [("sft", math.ceil(cfg.sft_epochs * per_pass))]
+    lengths += [
+        (f"wdjt-{t}", math.ceil(cfg.wmss.epochs * per_pass)) for t in range(1, cfg.wmss.iterations + 1)
+    ]
+    total, offset, out = sum(n for _, n in lengths), 0, {}
+    for name, n in lengths:
+        out[name] = ScheduleSegment(offset, total)
+        offset += n
+    return out
 
 
 # ---------------------------------------------------------------- baselines

@@ -516,7 +516,7 @@ def _selection(root: Path, t: int, entry: dict, cfg: RunConfig, figures: _Figure
     return _section(f"selection-{t}", title, body)
 
 
-def _wdjt(t: int, entry: dict) -> str:
+def _wdjt(root: Path, t: int, entry: dict, figures: _Figures) -> str:
     items = [
         ("status", _e(entry.get("status"))),
         ("weak", _e(entry.get("weak") or "– (λ = 1: SFT of the strong model)")),
@@ -542,7 +542,36 @@ def _wdjt(t: int, entry: dict) -> str:
         ("optimizer steps", _num(entry.get("steps"))),
         ("mean train loss", _num(entry.get("train_loss"))),
     ]
-    return _section(f"wdjt-{t}", f"WD-JT, iteration {t}", _pairs(items))
+    grads = entry.get("gradients") or {}
+    if grads:
+        items += [
+            (
+                "gradient norm before clipping, strong / weak (mean)",
+                f"{_num(grads.get('grad_norm_strong'))} / {_num(grads.get('grad_norm_weak'))}",
+            ),
+            ("clip factor (mean; 1 = not clipped)", _num(grads.get("clip_factor"))),
+            ("strong model's share of ‖g‖² (mean)", _num(grads.get("strong_grad_share"))),
+        ]
+    chart = ""
+    history = root / "logs" / f"wdjt-{t}.json"
+    records = [r for r in read_json(history) if "grad_norm_strong" in r] if history.is_file() else []
+    if records:
+        fig, axes = figures.plt.subplots(1, 2, figsize=(11, 3.0))
+        steps = [r["step"] for r in records]
+        for key, label in (("grad_norm_strong", "strong"), ("grad_norm_weak", "weak")):
+            axes[0].plot(steps, [r[key] for r in records], marker=".", markersize=3, label=label)
+        axes[0].set_title("gradient norm per branch, before clipping", fontsize=9)
+        axes[0].legend(fontsize=8)
+        for key, label in (("clip_factor", "clip factor"), ("strong_grad_share", "strong share of ‖g‖²")):
+            axes[1].plot(steps, [r[key] for r in records], marker=".", markersize=3, label=label)
+        axes[1].set_ylim(0, 1.05)
+        axes[1].set_title("clip factor and the strong model's share", fontsize=9)
+        axes[1].legend(fontsize=8)
+        for ax in axes:
+            ax.set_xlabel("optimizer step (mean over each logging interval)")
+        fig.tight_layout()
+        chart = figures.embed(fig, f"wdjt-{t}-gradients", "gradient norms per branch")
+    return _section(f"wdjt-{t}", f"WD-JT, iteration {t}", _pairs(items) + chart)
 
 
 LOGIT_PANELS = (
@@ -691,7 +720,7 @@ def write_run_report(
             sections.append(_selection(root, t, phases[f"selection-{t}"], cfg, figures))
             nav.append((f"selection-{t}", f"WD-DS {t}"))
         if f"wdjt-{t}" in phases:
-            sections.append(_wdjt(t, phases[f"wdjt-{t}"]))
+            sections.append(_wdjt(root, t, phases[f"wdjt-{t}"], figures))
             nav.append((f"wdjt-{t}", f"WD-JT {t}"))
     sections += [_logits(root, figures), _evaluation(root, manifest)]
     nav += [("logits", "logit statistics"), ("evaluation", "evaluation")]

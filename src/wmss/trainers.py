@@ -22,15 +22,17 @@ writes a standard checkpoint (``save_trained``).
 from __future__ import annotations
 
 import logging
+import math
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from datasets import Dataset
 from torch import nn
-from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, get_scheduler
 from transformers.integrations import TensorBoardCallback, is_tensorboard_available
 
 from wmss import distributed
@@ -125,9 +127,13 @@ def train_sft(
     logging_dir: str | Path | None = None,
     neftune_alpha: float | None = None,
     save_to: str | Path | None = None,
+    learning_rate: float | None = None,
+    segment: ScheduleSegment | None = None,
 ) -> dict[str, Any]:
     """Completion-only SFT in place on ``model`` (resumes from the last checkpoint in ``checkpoint_dir``);
     with ``save_to``, the trained model is saved there with ``tokenizer`` (``save_trained``).
+    ``learning_rate`` replaces ``train.learning_rate``; ``segment``: the phase runs that part of a
+    longer schedule.
 
     ``neftune_alpha``: NEFTune, through transformers' own hook (``TrainingArguments.neftune_noise_alpha``):
     while training, uniform noise in ±α/√(L·d) is added to the input embeddings, L being the batch's
@@ -144,8 +150,12 @@ def train_sft(
         seed,
         callbacks,
         logging_dir,
-        args_overrides={"neftune_noise_alpha": neftune_alpha},
+        args_overrides={
+            "neftune_noise_alpha": neftune_alpha,
+            "learning_rate": learning_rate or train.learning_rate,
+        },
         save_to=save_to,
+        segment=segment,
         fused_loss=train.fused_loss,
     )
 
@@ -178,7 +188,43 @@ def save_trained(trainer: Trainer, path: str | Path) -> None:
     trainer.accelerator.wait_for_everyone()
 
 
-class CompletionTrainer(Trainer):
+class ScheduleSegment(NamedTuple):
+    """Steps ``offset`` to ``offset + phase steps`` of one learning-rate schedule of ``total`` steps
+    (warm-up as ``train.warmup_ratio`` of ``total``): lets consecutive phases share one schedule."""
+
+    offset: int
+    total: int
+
+
+def steps_per_pass(examples: int, train: TrainConfig) -> int:
+    """Optimizer steps of one pass over ``examples`` rows, counted as Trainer counts them."""
+    batches = math.ceil(examples / (train.per_device_batch_size * distributed.world_size()))
+    return max(math.ceil(batches / train.gradient_accumulation_steps), 1)
+
+
+class SegmentedScheduleTrainer(Trainer):
+    """A ``Trainer`` whose learning-rate schedule may be a segment of a longer one (``segment``)."""
+
+    segment: ScheduleSegment | None = None
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        if self.segment is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        offset, total = self.segment
+        whole = get_scheduler(
+            self.args.lr_scheduler_type,
+            optimizer=optimizer or self.optimizer,
+            num_warmup_steps=self.args.get_warmup_steps(total),
+            num_training_steps=total,
+            scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
+        )
+        factor = whole.lr_lambdas[0]
+        self.lr_scheduler = LambdaLR(optimizer or self.optimizer, lambda step: factor(offset + step))
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+
+class CompletionTrainer(SegmentedScheduleTrainer):
     """``Trainer`` for completion-only SFT, with the fused loss head unless ``fused_loss=False``.
 
     The fused loss is passed to Trainer as its ``compute_loss_func``, so Trainer's own semantics
@@ -235,6 +281,7 @@ def _fit(
     args_overrides: dict[str, Any] | None = None,
     collator: Any = None,
     save_to: str | Path | None = None,
+    segment: ScheduleSegment | None = None,
     **trainer_kwargs: Any,
 ) -> dict[str, Any]:
     if "tensorboard" in train.report_to and not is_tensorboard_available():
@@ -251,6 +298,8 @@ def _fit(
         callbacks=callbacks,
         **trainer_kwargs,
     )
+    if segment is not None:
+        trainer.segment = segment
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, TensorBoardCallback) and logging_dir and callback.logging_dir is None:
             callback.logging_dir = str(logging_dir)  # None unless $TENSORBOARD_LOGGING_DIR is set
@@ -339,7 +388,7 @@ class WeakStrongPair(nn.Module):
         return {"loss": loss}
 
 
-class JointTrainer(Trainer):
+class JointTrainer(SegmentedScheduleTrainer):
     """``Trainer`` for a ``WeakStrongPair``: checkpoints hold ``strong/`` and ``weak/`` as standard
     Hugging Face checkpoints (plus the optimiser, scheduler and RNG states Trainer always saves).
 
@@ -355,6 +404,28 @@ class JointTrainer(Trainer):
                 "WD-JT: naive loss head under DeepSpeed ZeRO-3 (weights are gathered per module call)."
             )
             model.fused_loss = False
+        self._gradient_steps: list[dict[str, float]] = []  # since the last log line
+        self.gradient_history: list[dict[str, float]] = []  # every optimizer step of this session
+
+    def _clip_grad_norm(self, model: nn.Module) -> Any:
+        """Trainer's clipping, after measuring each branch's gradient norm (before clipping)."""
+        pair: WeakStrongPair = self.accelerator.unwrap_model(self.model)
+        norms = {name: _gradient_norm(getattr(pair, name)) for name in ("strong", "weak")}
+        total = super()._clip_grad_norm(model)
+        if None not in norms.values():
+            stats = gradient_statistics(norms["strong"], norms["weak"], float(total), self.args.max_grad_norm)
+            self._gradient_steps.append(stats)
+            self.gradient_history.append({"step": self.state.global_step + 1, **stats})
+        return total
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds to each training log line the mean, over the steps since the last one, of each
+        branch's gradient norm, the clip factor and the strong model's share of the gradient."""
+        if "loss" in logs and self._gradient_steps:
+            for key in self._gradient_steps[0]:
+                logs[key] = round(sum(s[key] for s in self._gradient_steps) / len(self._gradient_steps), 6)
+            self._gradient_steps = []
+        super().log(logs, start_time)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = Path(output_dir or self.args.output_dir)
@@ -390,6 +461,43 @@ class JointTrainer(Trainer):
             branch.tie_weights()
 
 
+GRADIENT_KEYS = ("grad_norm_strong", "grad_norm_weak", "clip_factor", "strong_grad_share")
+
+
+def gradient_summary(log_history: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean over a WD-JT phase's training log lines of each ``GRADIENT_KEYS`` entry (empty if none)."""
+    out = {}
+    for key in GRADIENT_KEYS:
+        values = [r[key] for r in log_history if key in r and r[key] == r[key]]
+        if values:
+            out[key] = round(sum(values) / len(values), 6)
+    return out
+
+
+def _gradient_norm(module: nn.Module) -> float | None:
+    """L2 norm of a module's gradients (None where they are sharded across processes, e.g. FSDP)."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return 0.0
+    if any(type(g).__name__ == "DTensor" for g in grads):
+        return None
+    return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+
+
+def gradient_statistics(strong: float, weak: float, total: float, max_norm: float) -> dict[str, float]:
+    """What WD-JT's step does to each branch: both gradient norms before clipping, the clip factor
+    ``min(1, max_norm / total)`` that scales both alike, and the strong model's share of the squared
+    gradient norm, ``‖g_strong‖² / (‖g_strong‖² + ‖g_weak‖²)`` (on the logits the two get λ and 1−λ of
+    ``P_mix − e_y``; this is what reaches their parameters)."""
+    squares = strong**2 + weak**2
+    return {
+        "grad_norm_strong": strong,
+        "grad_norm_weak": weak,
+        "clip_factor": min(1.0, max_norm / (total + 1e-6)) if max_norm > 0 else 1.0,
+        "strong_grad_share": strong**2 / squares if squares > 0 else float("nan"),
+    }
+
+
 def train_joint(
     weak: PreTrainedModel,
     strong: PreTrainedModel,
@@ -404,9 +512,12 @@ def train_joint(
     callbacks: list[TrainerCallback] | None = None,
     logging_dir: str | Path | None = None,
     save_to: str | Path | None = None,
+    learning_rate: float | None = None,
+    segment: ScheduleSegment | None = None,
 ) -> dict[str, Any]:
     """WD-JT (Eq. 5-6): train weak and strong together on the mixed-logit loss; both updated in place.
     With ``save_to`` the strong model (alone) is saved there with ``tokenizer`` (``save_trained``).
+    ``learning_rate`` and ``segment`` as for ``train_sft``.
 
     Under DDP ``find_unused_parameters`` is off: every trainable parameter of the pair gets a gradient
     from the mixed loss in every step, and a frozen weak model has no trainable parameter."""
@@ -422,6 +533,10 @@ def train_joint(
         seed,
         callbacks,
         logging_dir,
-        args_overrides={"ddp_find_unused_parameters": False},
+        args_overrides={
+            "ddp_find_unused_parameters": False,
+            "learning_rate": learning_rate or train.learning_rate,
+        },
         save_to=save_to,
+        segment=segment,
     )

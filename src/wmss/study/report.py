@@ -19,7 +19,7 @@ import numpy as np
 from wmss.errors import WmssError
 from wmss.evaluation.metrics import paired_bootstrap
 from wmss.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
-from wmss.study.runner import arm_dir, setting_name
+from wmss.study.runner import arm_dir, arm_tuning_path, setting_name
 from wmss.study.spec import Arm, Study
 
 NOT_TRAINING = ("M0", "final", "eval")
@@ -123,7 +123,13 @@ def collect(study: Study) -> dict[str, Any]:
             delta, low, high = paired_bootstrap(mine, theirs, seed=0)
             row["vs_baseline"] = {"seeds": shared, "delta": delta, "low": low, "high": high}
         rows.append(row)
-    return {"study": study.name, "baseline": baseline, "tuning": tuning, "arms": rows, "missing": missing}
+    arm_tuning = {
+        arm.name: read_json(arm_tuning_path(study, arm))
+        for arm in study.arms
+        if arm.tune and arm_tuning_path(study, arm).is_file()
+    }
+    return {"study": study.name, "baseline": baseline, "tuning": tuning, "arm_tuning": arm_tuning,
+            "arms": rows, "missing": missing}  # fmt: skip
 
 
 def _pct(x: float | None) -> str:
@@ -206,6 +212,22 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
             lines.append(
                 f"| {setting_name(c['setting'])}{mark} | {c['num_correct']}/{c['num_problems']} "
                 f"({_pct(c['accuracy'])}%) | {c['steps']} | {c['wall_time_s']:.0f} s |"
+            )
+        lines.append("")
+    for name, arm_tuning in results.get("arm_tuning", {}).items():
+        lines += [
+            f"**Tuning of arm {name}** (seed {arm_tuning['seed']}, scored on `validset.json`; one key at a "
+            "time from the first value of each, ties keep the earlier):",
+            "",
+            "| setting | validation accuracy | optimizer steps | train wall time |",
+            "|---|---|---|---|",
+        ]
+        for c in arm_tuning["candidates"]:
+            mark = " **(chosen)**" if c["setting"] == arm_tuning["chosen"] else ""
+            setting = ", ".join(f"{k}={v}" for k, v in c["setting"].items())
+            lines.append(
+                f"| {setting}{mark} | {c['num_correct']}/{c['num_problems']} ({_pct(c['accuracy'])}%) "
+                f"| {c['steps']} | {c['wall_time_s']:.0f} s |"
             )
         lines.append("")
     base = results["baseline"]

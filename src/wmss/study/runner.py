@@ -161,7 +161,7 @@ def arm_dir(study: Study, arm: Arm, seed: int) -> Path:
     return study.output_dir / "arms" / arm.slug / f"seed-{seed}"
 
 
-def run_arm(study: Study, arm: Arm, seed: int, setting: dict[str, Any]) -> dict[str, Any]:
+def _arm_overrides(study: Study, arm: Arm, seed: int, setting: dict[str, Any]) -> list[str]:
     overrides = setting_overrides(setting) + arm.overrides
     if arm.m1_from is not None:
         source = arm_dir(study, study.arm(arm.m1_from), seed)
@@ -169,6 +169,53 @@ def run_arm(study: Study, arm: Arm, seed: int, setting: dict[str, Any]) -> dict[
         if not (m1 / "config.json").is_file():
             raise WmssError(f"arm {arm.name!r} needs {m1}; run arm {arm.m1_from!r} for seed {seed} first.")
         overrides.append(f"sft.checkpoint={m1.resolve()}")
+    return overrides
+
+
+def arm_tuning_path(study: Study, arm: Arm) -> Path:
+    return study.output_dir / "tune-arms" / arm.slug / "tuning.json"
+
+
+def tune_arm(study: Study, arm: Arm, setting: dict[str, Any]) -> dict[str, Any]:
+    """The arm's ``tune`` keys chosen on the validation split (first seed; coordinate search from the
+    first value of each list, ties keep the earlier value); ``tune-arms/<arm>/tuning.json``."""
+    path = arm_tuning_path(study, arm)
+    if path.is_file() and read_json(path).get("search") == arm.tune:
+        return read_json(path)["chosen"]
+    seed = study.seeds[0]
+    best = {key: values[0] for key, values in arm.tune.items()}
+    scores: dict[str, dict] = {}
+
+    def score(candidate: dict[str, Any]) -> float:
+        name = "-".join(f"{k.split('.')[-1]}{v}" for k, v in candidate.items())
+        if name not in scores:
+            overrides = _arm_overrides(study, arm, seed, setting) + setting_overrides(candidate)
+            manifest = run_one(study, path.parent / name, seed, setting["format"], overrides, "validset")
+            result = manifest["phases"]["eval"]
+            scores[name] = {"setting": dict(candidate), "accuracy": result["accuracy"],
+                            "num_correct": result["num_correct"], "num_problems": result["num_problems"],
+                            "steps": manifest["budget"]["optimizer_steps"],
+                            "wall_time_s": manifest["budget"]["train_wall_time_s"]}  # fmt: skip
+        return scores[name]["accuracy"]
+
+    best_score = score(best)
+    for key, values in arm.tune.items():
+        for value in values[1:]:
+            candidate = {**best, key: value}
+            value_score = score(candidate)
+            if value_score > best_score:
+                best, best_score = candidate, value_score
+    result = {"split": "validset", "seed": seed, "search": arm.tune, "candidates": list(scores.values()),
+              "chosen": best, "accuracy": best_score}  # fmt: skip
+    atomic_write_json(path, result)
+    log.info("study: arm %s tuned to %s (validation accuracy %.1f%%)", arm.name, best, 100 * best_score)
+    return best
+
+
+def run_arm(study: Study, arm: Arm, seed: int, setting: dict[str, Any]) -> dict[str, Any]:
+    overrides = _arm_overrides(study, arm, seed, setting)
+    if arm.tune:
+        overrides += setting_overrides(tune_arm(study, arm, setting))
     return run_one(study, arm_dir(study, arm, seed), seed, setting["format"], overrides, "testset")
 
 

@@ -20,11 +20,13 @@ A study YAML (see ``configs/study/``) has these keys::
       - {name: SFT, overrides: [sft.epochs=2, wmss.iterations=0], seeds: all}
       - {name: WMSS, seeds: all}
       - {name: WD-DS only, overrides: [wmss.mix_lambda=1.0], m1_from: WMSS}
+      - {name: WMSS tuned, m1_from: WMSS, tune: {wmss.learning_rate: [5.0e-5, 1.0e-4]}}
 
 ``data_dir`` may be relative to the working directory; ``$WMSS_DATA_DIR`` (the folder holding
 ``mawps/``) replaces a leading ``../shared/data``. An arm with ``m1_from`` starts from that arm's
 M1 (same seed) instead of training its own (``sft.checkpoint``), and runs the seeds of ``seeds``
-(default: the first study seed only).
+(default: the first study seed only). An arm with ``tune`` first searches those keys on
+the validation split (first seed), then runs its seeds on the test split with the chosen values.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ class Arm:
     overrides: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     m1_from: str | None = None
+    tune: dict[str, list] = field(default_factory=dict)
+    """Config keys searched for this arm on the validation split (first seed; one key at a time, the
+    first value of each list is where the search starts, ties keep the earlier value)."""
 
     @property
     def slug(self) -> str:
@@ -136,7 +141,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     tuning = raw.get("tuning") or {}
     extra = sorted(set(tuning) - {"start", "search", "fixed", "source"})
     if extra:
-        raise ConfigError(f"{path}: tuning: unknown key(s) {', '.join(extra)}; use start and search, or fixed.")
+        raise ConfigError(f"{path}: tuning: unknown key(s) {', '.join(extra)}; use start + search, or fixed.")
     fixed = tuning.get("fixed")
     if fixed is not None:
         if not isinstance(fixed, dict) or set(tuning) & {"start", "search"}:
@@ -157,7 +162,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     for i, entry in enumerate(raw["arms"]):
         if not isinstance(entry, dict) or "name" not in entry:
             raise ConfigError(f"{path}: arms[{i}] needs a 'name'.")
-        extra = sorted(set(entry) - {"name", "overrides", "seeds", "m1_from"})
+        extra = sorted(set(entry) - {"name", "overrides", "seeds", "m1_from", "tune"})
         if extra:
             raise ConfigError(f"{path}: arms[{i}] ({entry['name']}): unknown key(s) {', '.join(extra)}.")
         arm_seeds = entry.get("seeds", [seeds[0]])
@@ -166,8 +171,18 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             raise ConfigError(
                 f"{path}: arms[{i}] ({entry['name']}): seeds must be 'all' or a subset of {seeds}."
             )
-        arm = Arm(entry["name"], list(entry.get("overrides") or []), arm_seeds, entry.get("m1_from"))
+        tune = entry.get("tune") or {}
+        if not isinstance(tune, dict) or not all(isinstance(v, list) and v for v in tune.values()):
+            raise ConfigError(
+                f"{path}: arms[{i}] ({entry['name']}): tune maps config keys to non-empty lists of values."
+            )
+        arm = Arm(entry["name"], list(entry.get("overrides") or []), arm_seeds, entry.get("m1_from"), tune)
         config_from_dict(run, f"{path}: arms[{i}] ({arm.name})", arm.overrides)
+        for key, values in tune.items():
+            for value in values:
+                config_from_dict(
+                    run, f"{path}: arms[{i}] ({arm.name}) tune", [*arm.overrides, f"{key}={value}"]
+                )
         arms.append(arm)
     names = [a.name for a in arms]
     if len(set(a.slug for a in arms)) != len(arms):
