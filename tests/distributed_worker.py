@@ -29,7 +29,7 @@ from wmss.entropy import dataset_entropies
 from wmss.heads import capture_head_input, output_head
 from wmss.losses import fused_completion_cross_entropy
 from wmss.models import load_model, load_tokenizer, save_model
-from wmss.trainers import WeakStrongPair, branch_state, train_joint, train_sft
+from wmss.trainers import PhaseTraining, WeakStrongPair, branch_state, train_joint, train_sft
 
 GLOBAL_BATCH = 4
 
@@ -63,9 +63,7 @@ def sft(model_dir: str, out: Path) -> None:
         dataset(tokenizer, 16),
         train_config(),
         1.0,
-        out / "ckpt-sft",
-        0,
-        save_to=out / "sft",
+        PhaseTraining(out / "ckpt-sft", 0, save_to=out / "sft"),
     )
     write_steps(out, "sft", trainer_steps(result))
 
@@ -85,9 +83,7 @@ def joint(weak_dir: str, strong_dir: str, out: Path, freeze_weak: bool) -> None:
         1.0,
         0.5,
         freeze_weak,
-        out / f"ckpt-{name}",
-        0,
-        save_to=out / name,
+        PhaseTraining(out / f"ckpt-{name}", 0, save_to=out / name),
     )
     write_steps(out, name, trainer_steps(result))
     if distributed.is_main():

@@ -1,9 +1,11 @@
 """The command line: help texts, the whole pipeline through `wmss run`, errors without tracebacks."""
 
+import json
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from wmss.cli import main
 
@@ -126,3 +128,61 @@ def test_bad_input_is_one_clear_message(args, message, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def _same_weights(a, b):
+    wa, wb = _weights(a), _weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.parametrize("mix_lambda", ["0.5", "1.0"])
+def test_phase_commands_and_run_share_one_code_path(tmp_path, tiny_model_dir, train_file, capsys, mix_lambda):
+    """`wmss sft` and `wmss joint` on the inputs `wmss run` used give its M1 and M2, bit for bit (λ = 1
+    included: both train the strong model alone, without the weak one)."""
+    common = [
+        f"model={tiny_model_dir}",
+        f"data.path={train_file}",
+        "data.prompt_template={question}",
+        "data.completion_template={answer}",
+        "train.max_length=96",
+        "train.learning_rate=3e-3",
+        "train.per_device_batch_size=4",
+        "train.save_steps=100",
+        f"wmss.mix_lambda={mix_lambda}",
+    ]
+    run = tmp_path / "run"
+    assert main(["run", *common, f"output_dir={run}"]) == 0
+    assert main(["sft", *common, "--output", str(tmp_path / "sft")]) == 0
+    assert _same_weights(tmp_path / "sft" / "model", run / "models" / "M1")
+    joint = ["joint", *common, "--weak", str(tiny_model_dir), "--strong", str(run / "models" / "M1")]
+    selection = ["--selection", str(run / "selection-1.jsonl")]
+    assert main([*joint, *selection, "--output", str(tmp_path / "joint")]) == 0
+    assert _same_weights(tmp_path / "joint" / "model", run / "models" / "M2")
+    record = json.loads((tmp_path / "joint" / "manifest.json").read_text())["phases"]["wdjt-1"]
+    in_run = json.loads((run / "manifest.json").read_text())["phases"]["wdjt-1"]
+    assert record["examples"] == in_run["examples"]
+    assert (record.get("trained_as") == "sft (lambda = 1)") == (mix_lambda == "1.0")
+    capsys.readouterr()
+    # the same output directory with another strong model: refused, not a silent reuse
+    other = ["joint", *common, "--weak", str(tiny_model_dir), "--strong", str(tmp_path / "sft" / "model")]
+    assert main([*other, *selection, "--output", str(tmp_path / "joint")]) == 2
+    assert "made from other inputs (strong:" in capsys.readouterr().err
+
+
+def test_joint_refuses_a_selection_made_for_other_data(tmp_path, tiny_model_dir, train_file, capsys):
+    selection = tmp_path / "sel.jsonl"
+    selection.write_text("".join(json.dumps({"idx": i + 100, "draws": 1}) + "\n" for i in range(24)))
+    model = str(tiny_model_dir)
+    args = ["joint", f"data.path={train_file}", "data.prompt_template={question}",
+            "data.completion_template={answer}", "--weak", model, "--strong", model,
+            "--selection", str(selection), "--output", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{selection} was made for other examples than this data: 24 of its 24" in err
+    assert "Traceback" not in err

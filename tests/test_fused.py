@@ -30,7 +30,7 @@ from wmss.losses import (
     fused_mixed_logit_cross_entropy,
     mixed_logit_cross_entropy,
 )
-from wmss.trainers import WeakStrongPair, train_sft
+from wmss.trainers import PhaseTraining, WeakStrongPair, train_sft
 
 
 class Branch(nn.Module):
@@ -367,7 +367,9 @@ def test_fused_sft_trains_like_naive_sft_with_gradient_accumulation(tmp_path, to
             logging_steps=1,
             fused_loss=fused,
         )
-        result = train_sft(model, tokenizer, dataset, train, 1.0, tmp_path / f"fused-{fused}", 0)
+        result = train_sft(
+            model, tokenizer, dataset, train, 1.0, PhaseTraining(tmp_path / f"fused-{fused}", 0)
+        )
         results[fused] = (result, model.state_dict())
     (naive, naive_weights), (fused, fused_weights) = results[False], results[True]
     assert fused["steps"] == naive["steps"] == 2

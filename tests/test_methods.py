@@ -12,23 +12,25 @@ from torch import nn
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from tests.conftest import arithmetic_rows, build_model, write_jsonl
-from wmss.baselines import PreferenceCollator, train_undial
-from wmss.config import DataConfig, TrainConfig, load_config
-from wmss.data import IGNORE_INDEX, CompletionCollator, tokenize_examples
-from wmss.errors import ConfigError
-from wmss.io import read_jsonl
-from wmss.losses import (
-    completion_cross_entropy,
+from wmss.baselines import (
+    PreferenceCollator,
     dpo_loss,
     fused_sequence_log_probs,
     fused_undial_loss,
     sequence_log_probs,
+    train_undial,
     undial_loss,
     undial_targets,
 )
-from wmss.pipeline import RunDir, run_pipeline
+from wmss.config import DataConfig, TrainConfig, load_config
+from wmss.data import IGNORE_INDEX, CompletionCollator, tokenize_examples
+from wmss.errors import ConfigError
+from wmss.io import read_jsonl
+from wmss.losses import completion_cross_entropy
+from wmss.pipeline import run_pipeline
 from wmss.preference import dpo_pairs, pair_dataset, spin_pairs
-from wmss.trainers import train_sft
+from wmss.rundir import RunDir
+from wmss.trainers import PhaseTraining, train_sft
 
 # ---------------------------------------------------------------- UNDIAL
 
@@ -88,7 +90,9 @@ def test_undial_trainer_first_step_loss_is_undial_of_the_start_model(tmp_path, t
     dataset, _ = tokenize_examples(arithmetic_rows(8), tokenizer, cfg, 96)
     model = build_model(len(tokenizer), seed=3)
     train = TrainConfig(learning_rate=1e-2, per_device_batch_size=8, save_steps=100, logging_steps=1)
-    train_sft(model, tokenizer, dataset, train, 10, tmp_path / "sft", 0)  # so that targets carry mass
+    train_sft(
+        model, tokenizer, dataset, train, 10, PhaseTraining(tmp_path / "sft", 0)
+    )  # so that targets carry mass
     teacher = copy.deepcopy(model)
     batch = CompletionCollator(tokenizer.pad_token_id)(list(dataset))
     with torch.no_grad():  # student = teacher at the first step: one batch of all 8 rows
@@ -99,7 +103,9 @@ def test_undial_trainer_first_step_loss_is_undial_of_the_start_model(tmp_path, t
             undial_loss(logits, logits, batch["labels"], 0.0).item(),
         )
     train.fused_loss = fused
-    result = train_undial(model, teacher, tokenizer, dataset, train, 1.0, 1.5, tmp_path / "ckpt", 0)
+    result = train_undial(
+        model, teacher, tokenizer, dataset, train, 1.0, 1.5, PhaseTraining(tmp_path / "ckpt", 0)
+    )
     first = result["log_history"][0]["loss"]
     assert first == pytest.approx(expected, abs=1e-5)
     assert all(abs(first - other) > 1e-3 for other in others), (first, others)
@@ -311,7 +317,7 @@ def coin_m1(tmp_path_factory, tokenizer):
     model = build_model(len(tokenizer))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     train = TrainConfig(learning_rate=1e-2, per_device_batch_size=8, save_steps=1000, logging_steps=100)
-    train_sft(model, tokenizer, dataset, train, 20, root / "ckpt", 0)
+    train_sft(model, tokenizer, dataset, train, 20, PhaseTraining(root / "ckpt", 0))
     model.save_pretrained(root / "m1")
     tokenizer.save_pretrained(root / "m1")
     return root / "m1", data

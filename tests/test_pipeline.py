@@ -14,7 +14,7 @@ from wmss.data import tokenize_examples
 from wmss.errors import ConfigError
 from wmss.io import read_jsonl
 from wmss.pipeline import run_pipeline
-from wmss.trainers import last_complete_checkpoint, train_joint
+from wmss.trainers import PhaseTraining, last_complete_checkpoint, train_joint
 
 
 def _config(model_dir, train_file, out, *extra):
@@ -162,7 +162,9 @@ def test_joint_training_on_any_causal_lm(tmp_path, tokenizer, arch, tie, freeze_
     strong = build_model(len(tokenizer), seed=2, arch=arch, tie=tie)
     weak_before, strong_before = copy.deepcopy(weak.state_dict()), copy.deepcopy(strong.state_dict())
     train = TrainConfig(learning_rate=1e-2, per_device_batch_size=4, save_steps=100, logging_steps=1)
-    result = train_joint(weak, strong, tokenizer, dataset, train, 1.0, 0.5, freeze_weak, tmp_path / "ckpt", 0)
+    result = train_joint(
+        weak, strong, tokenizer, dataset, train, 1.0, 0.5, freeze_weak, PhaseTraining(tmp_path / "ckpt", 0)
+    )
     assert result["steps"] == 2
     changed = lambda model, before: any(not torch.equal(p, before[n]) for n, p in model.state_dict().items())  # noqa: E731
     assert changed(strong, strong_before)

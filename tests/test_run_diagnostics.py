@@ -23,7 +23,8 @@ from wmss.entropy import read_entropy_file
 from wmss.errors import ConfigError
 from wmss.io import read_json, read_jsonl
 from wmss.models import load_model, load_tokenizer
-from wmss.pipeline import RunDir, run_pipeline
+from wmss.pipeline import run_pipeline
+from wmss.rundir import RunDir
 from wmss.selection import select_for_config
 
 REPO = Path(__file__).resolve().parents[1]

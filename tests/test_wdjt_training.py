@@ -12,7 +12,7 @@ from wmss.errors import ConfigError
 from wmss.io import read_json
 from wmss.losses import mixed_logit_cross_entropy
 from wmss.pipeline import run_pipeline
-from wmss.trainers import train_joint
+from wmss.trainers import PhaseTraining, train_joint
 
 
 def _data(tokenizer, n=4):
@@ -44,7 +44,9 @@ def test_wdjt_logs_each_branch_gradient_norm_and_clip_factor(tmp_path, tokenizer
     train = TrainConfig(learning_rate=1e-3, per_device_batch_size=4, logging_steps=1, save_steps=100,
                         max_grad_norm=max_grad_norm)  # fmt: skip
     weak, strong = build_model(len(tokenizer), seed=1), build_model(len(tokenizer), seed=2)
-    result = train_joint(weak, strong, tokenizer, dataset, train, 1.0, 0.3, False, tmp_path / "ck", 0)
+    result = train_joint(
+        weak, strong, tokenizer, dataset, train, 1.0, 0.3, False, PhaseTraining(tmp_path / "ck", 0)
+    )
     (line,) = [r for r in result["log_history"] if "loss" in r]
     assert line["grad_norm_strong"] == pytest.approx(expected[0], rel=1e-4)
     assert line["grad_norm_weak"] == pytest.approx(expected[1], rel=1e-4)
@@ -59,7 +61,9 @@ def test_frozen_weak_branch_has_no_gradient_share(tmp_path, tokenizer):
     dataset = _data(tokenizer)
     train = TrainConfig(learning_rate=1e-3, per_device_batch_size=2, logging_steps=1, save_steps=100)
     weak, strong = build_model(len(tokenizer), seed=1), build_model(len(tokenizer), seed=2)
-    result = train_joint(weak, strong, tokenizer, dataset, train, 1.0, 0.5, True, tmp_path / "ck", 0)
+    result = train_joint(
+        weak, strong, tokenizer, dataset, train, 1.0, 0.5, True, PhaseTraining(tmp_path / "ck", 0)
+    )
     lines = [r for r in result["log_history"] if "loss" in r]
     assert len(lines) == 2
     assert all(r["grad_norm_weak"] == 0.0 and r["strong_grad_share"] == 1.0 for r in lines)

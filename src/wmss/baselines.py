@@ -2,7 +2,7 @@
 
 - NEFTune needs no trainer of its own: it is SFT with ``neftune_alpha`` (``wmss.trainers.train_sft``).
 - UNDIAL (``train_undial``): the student is trained on the cross-entropy against its frozen starting
-  model's distribution with the target token's logit lowered (``wmss.losses.undial_loss``).
+  model's distribution with the target token's logit lowered (``undial_loss``).
 - DPO and SPIN (``train_preference``): the DPO loss on (chosen, rejected) completion pairs, with the
   reference model's log-probabilities computed once, before training, without gradient
   (``reference_log_probs``), so the reference model is not held during training.
@@ -13,22 +13,142 @@ Both use the fused loss head by default (``train.fused_loss``), like SFT: no tok
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from datasets import Dataset
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torch.utils.data import DataLoader
-from transformers import PreTrainedModel, Trainer, TrainerCallback
+from transformers import PreTrainedModel
 
 from wmss.config import TrainConfig
 from wmss.data import IGNORE_INDEX
 from wmss.heads import capture_head_input, final_hidden_states, output_head, use_fused_head
-from wmss.losses import dpo_loss, fused_sequence_log_probs, fused_undial_loss, sequence_log_probs, undial_loss
-from wmss.trainers import CompletionTrainer, _fit, _zero3
+from wmss.losses import completion_positions, default_chunk_size, shift_for_next_token
+from wmss.trainers import CompletionTrainer, PhaseTraining, SegmentedScheduleTrainer, fit, is_zero3
 
 log = logging.getLogger("wmss")
+
+# ---------------------------------------------------------------- losses
+
+# Same two forms: naive on full logits (the oracle), and fused from hidden states and output heads,
+# projecting only completion-predicting positions a chunk at a time. The fused forms run each chunk
+# under activation checkpointing, so one chunk of vocabulary-wide logits is alive at a time in the
+# forward and again in the backward (where it is recomputed: one extra projection per chunk).
+
+
+def undial_targets(teacher_logits: torch.Tensor, targets: torch.Tensor, strength: float) -> torch.Tensor:
+    """UNDIAL's adjusted distribution: ``softmax(z_teacher − strength·e_y)`` per row (float32).
+
+    ``teacher_logits`` is ``(N, V)``, ``targets`` the ``(N,)`` tokens whose logit is lowered.
+    """
+    adjusted = teacher_logits.float().clone()
+    adjusted[torch.arange(targets.numel(), device=targets.device), targets] -= strength
+    return torch.softmax(adjusted, dim=-1)
+
+
+def undial_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    strength: float,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """UNDIAL: cross-entropy of the student against ``undial_targets`` of the (frozen) teacher, on
+    completion tokens; averaged like SFT's loss (sum over this batch / ``num_items_in_batch``)."""
+    student, targets = shift_for_next_token(student_logits, labels)
+    teacher, _ = shift_for_next_token(teacher_logits, labels)
+    keep = targets != IGNORE_INDEX
+    with torch.no_grad():
+        soft = undial_targets(teacher[keep], targets[keep], strength)
+    total = F.cross_entropy(student[keep].float(), soft, reduction="sum")
+    denominator = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
+    return total / denominator
+
+
+def _linear(rows: torch.Tensor, head: nn.Module) -> torch.Tensor:
+    return F.linear(rows, head.weight, getattr(head, "bias", None)).float()
+
+
+def _checkpointed(fn: Any, *args: Any) -> torch.Tensor:
+    if torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+def fused_undial_loss(
+    student_hidden: torch.Tensor,
+    student_head: nn.Module,
+    teacher_hidden: torch.Tensor,
+    teacher_head: nn.Module,
+    labels: torch.Tensor,
+    strength: float,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """``undial_loss`` from the final hidden states and output heads of student and teacher (no logits
+    tensor over the whole batch). The teacher gets no gradient."""
+    student_rows, targets = completion_positions(student_hidden, labels)
+    teacher_rows, _ = completion_positions(teacher_hidden.detach(), labels)
+    chunk = chunk_size or default_chunk_size(student_head.weight.shape[0])
+
+    def chunk_loss(s_rows: torch.Tensor, t_rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            soft = undial_targets(_linear(t_rows, teacher_head), y, strength)
+        return F.cross_entropy(_linear(s_rows, student_head), soft, reduction="sum")
+
+    total = student_rows.new_zeros((), dtype=torch.float32)
+    for start in range(0, targets.numel(), chunk):
+        part = slice(start, start + chunk)
+        total = total + _checkpointed(chunk_loss, student_rows[part], teacher_rows[part], targets[part])
+    return total / (num_items_in_batch if num_items_in_batch is not None else max(targets.numel(), 1))
+
+
+def sequence_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``(batch,)`` log-probability of each sequence's completion: Σ over its completion tokens of
+    ``log softmax(z)[y]`` (float32)."""
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    token = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (token * keep).sum(dim=-1)
+
+
+def fused_sequence_log_probs(
+    hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, chunk_size: int | None = None
+) -> torch.Tensor:
+    """``sequence_log_probs`` from the final hidden states and output head."""
+    rows, targets = completion_positions(hidden, labels)
+    keep = labels[:, 1:] != IGNORE_INDEX
+    sequence = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(keep)[keep]
+    chunk = chunk_size or default_chunk_size(head.weight.shape[0])
+
+    def chunk_log_probs(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        z = _linear(h, head)
+        return z.gather(1, y[:, None]).squeeze(1) - torch.logsumexp(z, dim=-1)
+
+    parts = [
+        _checkpointed(chunk_log_probs, rows[s : s + chunk], targets[s : s + chunk])
+        for s in range(0, targets.numel(), chunk)
+    ]
+    token = torch.cat(parts) if parts else rows.new_zeros(0, dtype=torch.float32)
+    out = torch.zeros(labels.shape[0], dtype=torch.float32, device=labels.device)
+    return out.index_add(0, sequence, token)
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """Per-pair DPO loss (Rafailov et al., 2023) from sequence log-probabilities:
+    ``−log σ(β·[(log π(c) − log π_ref(c)) − (log π(r) − log π_ref(r))])``."""
+    margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
+    return -F.logsigmoid(beta * margin)
 
 
 # ---------------------------------------------------------------- UNDIAL
@@ -104,26 +224,18 @@ def train_undial(
     train: TrainConfig,
     epochs: float,
     strength: float,
-    checkpoint_dir: str | Path,
-    seed: int,
-    callbacks: list[TrainerCallback] | None = None,
-    logging_dir: str | Path | None = None,
-    save_to: str | Path | None = None,
+    where: PhaseTraining,
 ) -> dict[str, Any]:
-    """UNDIAL in place on ``student`` (a copy of ``teacher`` at the start); the teacher stays frozen.
-    With ``save_to`` the student is saved there with ``tokenizer`` (``wmss.trainers.save_trained``)."""
-    return _fit(
+    """UNDIAL in place on ``student`` (a copy of ``teacher`` at the start), trained as ``where`` says;
+    the teacher stays frozen."""
+    return fit(
         UndialTrainer,
         student,
         tokenizer,
         dataset,
         train,
         epochs,
-        checkpoint_dir,
-        seed,
-        callbacks,
-        logging_dir,
-        save_to=save_to,
+        where,
         teacher=teacher,
         strength=strength,
         fused_loss=train.fused_loss,
@@ -204,7 +316,7 @@ def reference_log_probs(
     return pairs.add_column("reference_chosen", chosen).add_column("reference_rejected", rejected)
 
 
-class PreferenceTrainer(Trainer):
+class PreferenceTrainer(SegmentedScheduleTrainer):
     """``Trainer`` on the DPO loss of each pair, averaged over the pairs of a batch (and divided by the
     accumulation steps by Trainer). Checkpoints are Trainer's usual ones."""
 
@@ -214,7 +326,7 @@ class PreferenceTrainer(Trainer):
         self.fused_head = use_fused_head([model], fused_loss, "DPO")
         self.beta = beta
         super().__init__(model, *args, **kwargs)
-        if self.fused_head and _zero3(self):
+        if self.fused_head and is_zero3(self):
             log.warning("DPO: naive loss head under DeepSpeed ZeRO-3 (weights gathered per module call).")
             self.fused_head = False
 
@@ -246,30 +358,20 @@ def train_preference(
     train: TrainConfig,
     epochs: float,
     beta: float,
-    learning_rate: float,
-    checkpoint_dir: str | Path,
-    seed: int,
-    callbacks: list[TrainerCallback] | None = None,
-    logging_dir: str | Path | None = None,
-    save_to: str | Path | None = None,
+    where: PhaseTraining,
 ) -> dict[str, Any]:
     """DPO in place on ``model`` over ``pairs`` (columns ``chosen_input_ids``, ``chosen_labels``,
-    ``rejected_input_ids``, ``rejected_labels``, ``reference_chosen``, ``reference_rejected``); with
-    ``save_to`` the trained model is saved there with ``tokenizer`` (``wmss.trainers.save_trained``)."""
-    return _fit(
+    ``rejected_input_ids``, ``rejected_labels``, ``reference_chosen``, ``reference_rejected``), trained as
+    ``where`` says (its ``learning_rate``: the DPO phase's own)."""
+    return fit(
         PreferenceTrainer,
         model,
         tokenizer,
         pairs,
         train,
         epochs,
-        checkpoint_dir,
-        seed,
-        callbacks,
-        logging_dir,
-        args_overrides={"learning_rate": learning_rate},
+        where,
         collator=PreferenceCollator(tokenizer.pad_token_id),
-        save_to=save_to,
         beta=beta,
         fused_loss=train.fused_loss,
     )

@@ -50,6 +50,7 @@ def _say(text: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from wmss.pipeline import run_pipeline
+    from wmss.rundir import EVAL
 
     cfg = _config(args.config)
     manifest = run_pipeline(cfg)
@@ -57,36 +58,16 @@ def cmd_run(args: argparse.Namespace) -> None:
         return
     root = Path(cfg.output_dir)
     print(f"done: final model at {root / 'final'}; manifest at {root / 'manifest.json'}")
-    if "eval" in manifest["phases"]:
-        e = manifest["phases"]["eval"]
+    if EVAL in manifest["phases"]:
+        e = manifest["phases"][EVAL]
         print(f"eval: {e['num_correct']}/{e['num_problems']} correct ({e['accuracy']:.1%}) on {e['source']}")
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
-    from wmss.data import load_training_data
-    from wmss.models import load_model, load_tokenizer, resolve_model
-    from wmss.trainers import train_sft
+    from wmss.pipeline import run_sft
 
-    cfg = _config(args.config)
-    distributed.init(cfg.train.ddp_timeout)
-    with distributed.main_process_first():
-        base = resolve_model(cfg.model)
-        tokenizer = load_tokenizer(cfg.tokenizer or base)
-        dataset, report = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
-    log.info("data: %s", report.summary())
-    model = load_model(base)
-    out = Path(args.output)
-    result = train_sft(
-        model,
-        tokenizer,
-        dataset,
-        cfg.train,
-        cfg.sft_epochs,
-        out / "checkpoints",
-        cfg.seed,
-        save_to=out / "model",
-    )
-    _say(f"SFT done in {result['steps']} steps: model at {out / 'model'}")
+    record = run_sft(_config(args.config), args.output)
+    _say(f"SFT done in {record['steps']} steps: model at {Path(args.output) / 'model'}")
 
 
 def cmd_entropy(args: argparse.Namespace) -> None:
@@ -138,63 +119,17 @@ def cmd_select(args: argparse.Namespace) -> None:
 
 
 def cmd_joint(args: argparse.Namespace) -> None:
-    from wmss.data import load_training_data
-    from wmss.io import read_jsonl
-    from wmss.models import check_compatible, load_model, load_tokenizer, resolve_model
-    from wmss.trainers import train_joint
+    from wmss.pipeline import run_joint
 
-    cfg = _config(args.config)
-    distributed.init(cfg.train.ddp_timeout)
-    with distributed.main_process_first():
-        weak_src, strong_src = resolve_model(args.weak), resolve_model(args.strong)
-        tokenizer = load_tokenizer(strong_src)
-        check_compatible(weak_src, strong_src, load_tokenizer(weak_src), tokenizer)
-        dataset, _ = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
-    weak, strong = load_model(weak_src), load_model(strong_src)
-    mix_lambda = cfg.wmss.mix_lambda
-    if mix_lambda == "auto":
-        from wmss.diagnostics import diagnostic_sample, measure_auto_lambda
-
-        sample = diagnostic_sample(dataset, cfg)
-        auto = distributed.on_main(  # measured once: every process trains with the same λ
-            lambda: measure_auto_lambda(
-                weak,
-                strong,
-                sample,
-                tokenizer.pad_token_id,
-                cfg.wmss.entropy_batch_size,
-                cfg.train.fused_loss,
-            )
-        )
-        mix_lambda = auto["mix_lambda"]
+    record = run_joint(_config(args.config), args.weak, args.strong, args.selection, args.output)
+    if record.get("mix_lambda_auto"):
+        auto = record["mix_lambda_auto"]
         _say(
             f"mix_lambda auto: centred logit norms {auto['strong_centred_norm']:.4f} (strong), "
-            f"{auto['weak_centred_norm']:.4f} (weak) -> a = {auto['a']:.4f}, λ = {mix_lambda:.4f}"
+            f"{auto['weak_centred_norm']:.4f} (weak) -> a = {auto['a']:.4f}, λ = {auto['mix_lambda']:.4f}"
         )
-    if args.selection:
-        draws = {r["idx"]: r["draws"] for r in read_jsonl(args.selection)}
-        rows = [
-            i
-            for i, idx in enumerate(dataset["idx"])
-            for _ in range(1 if cfg.dedup else draws.get(idx, 0))
-            if draws.get(idx, 0) > 0
-        ]
-        dataset = dataset.select(rows)
-    result = train_joint(
-        weak,
-        strong,
-        tokenizer,
-        dataset,
-        cfg.train,
-        cfg.wmss.epochs,
-        mix_lambda,
-        cfg.wmss.freeze_weak,
-        Path(args.output) / "checkpoints",
-        cfg.seed,
-        save_to=Path(args.output) / "model",
-    )
     _say(
-        f"WD-JT done in {result['steps']} steps on {len(dataset)} examples: strong model at "
+        f"WD-JT done in {record['steps']} steps on {record['examples']} examples: strong model at "
         f"{Path(args.output) / 'model'}"
     )
 
@@ -202,7 +137,8 @@ def cmd_joint(args: argparse.Namespace) -> None:
 def cmd_diagnose_logits(args: argparse.Namespace) -> None:
     from wmss.diagnostics import logit_statistics_markdown
     from wmss.models import resolve_model
-    from wmss.run_report import diagnose_to_files, load_run, run_models
+    from wmss.run_report import diagnose_to_files
+    from wmss.rundir import load_run, run_models
 
     given = {"weak": args.weak, "strong_before": args.strong_before, "strong_after": args.strong_after}
     given = {k: v for k, v in given.items() if v}

@@ -18,6 +18,7 @@ from wmss.config import load_config
 from wmss.demo_data import demo_splits
 from wmss.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from wmss.pipeline import run_pipeline
+from wmss.rundir import EVAL, selection_phase
 
 log = logging.getLogger("wmss")
 
@@ -53,21 +54,18 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False) -> list[
         log.info("demo: running %s (%s) in %s", name, description, cfg.output_dir)
         start = time.perf_counter()
         manifest = run_pipeline(cfg)
-        phases = manifest["phases"]
-        train_phases = [
-            p for k, p in phases.items() if k == "sft" or k.startswith(("wdjt-", "entropy-", "selection-"))
-        ]
+        phases, budget = manifest["phases"], manifest["budget"]
         rows.append(
             {
                 "method": name,
                 "description": description,
-                "optimizer_steps": sum(p.get("steps", 0) for p in train_phases),
-                "train_wall_time_s": round(sum(p["wall_time_s"] for p in train_phases), 1),
+                "optimizer_steps": budget["optimizer_steps"],
+                "train_wall_time_s": round(budget["train_wall_time_s"], 1),
                 "total_wall_time_s": round(time.perf_counter() - start, 1),
-                "accuracy": phases["eval"]["accuracy"],
-                "num_correct": phases["eval"]["num_correct"],
-                "num_problems": phases["eval"]["num_problems"],
-                "active_fraction": phases.get("selection-1", {}).get("active_fraction"),
+                "accuracy": phases[EVAL]["accuracy"],
+                "num_correct": phases[EVAL]["num_correct"],
+                "num_problems": phases[EVAL]["num_problems"],
+                "active_fraction": phases.get(selection_phase(1), {}).get("active_fraction"),
                 "run_dir": str(cfg.output_dir),
                 "config": dataclasses.asdict(cfg),
             }

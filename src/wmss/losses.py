@@ -1,5 +1,5 @@
-"""Completion-only losses: SFT cross-entropy and the mixed-logit objective of WD-JT (Eq. 5-6), and the
-baselines' UNDIAL loss, sequence log-probabilities and DPO loss (at the end of the file).
+"""Completion-only losses: SFT cross-entropy and the mixed-logit objective of WD-JT (Eq. 5-6). (The
+baselines' losses live beside their trainers, in ``wmss.baselines``.)
 
 Logits at position t-1 predict the token at position t, so every loss here compares
 ``logits[:, :-1]`` with ``labels[:, 1:]``; positions whose label is -100 (prompt, padding) are ignored.
@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
-from torch.utils.checkpoint import checkpoint
 
 from wmss.data import IGNORE_INDEX
 
@@ -307,119 +306,3 @@ def fused_completion_cross_entropy(
 
 # ---------------------------------------------------------------- baselines: UNDIAL and DPO
 #
-# Same two forms: naive on full logits (the oracle), and fused from hidden states and output heads,
-# projecting only completion-predicting positions a chunk at a time. The fused forms run each chunk
-# under activation checkpointing, so one chunk of vocabulary-wide logits is alive at a time in the
-# forward and again in the backward (where it is recomputed: one extra projection per chunk).
-
-
-def undial_targets(teacher_logits: torch.Tensor, targets: torch.Tensor, strength: float) -> torch.Tensor:
-    """UNDIAL's adjusted distribution: ``softmax(z_teacher − strength·e_y)`` per row (float32).
-
-    ``teacher_logits`` is ``(N, V)``, ``targets`` the ``(N,)`` tokens whose logit is lowered.
-    """
-    adjusted = teacher_logits.float().clone()
-    adjusted[torch.arange(targets.numel(), device=targets.device), targets] -= strength
-    return torch.softmax(adjusted, dim=-1)
-
-
-def undial_loss(
-    student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
-    labels: torch.Tensor,
-    strength: float,
-    num_items_in_batch: int | torch.Tensor | None = None,
-) -> torch.Tensor:
-    """UNDIAL: cross-entropy of the student against ``undial_targets`` of the (frozen) teacher, on
-    completion tokens; averaged like SFT's loss (sum over this batch / ``num_items_in_batch``)."""
-    student, targets = shift_for_next_token(student_logits, labels)
-    teacher, _ = shift_for_next_token(teacher_logits, labels)
-    keep = targets != IGNORE_INDEX
-    with torch.no_grad():
-        soft = undial_targets(teacher[keep], targets[keep], strength)
-    total = F.cross_entropy(student[keep].float(), soft, reduction="sum")
-    denominator = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
-    return total / denominator
-
-
-def _linear(rows: torch.Tensor, head: nn.Module) -> torch.Tensor:
-    return F.linear(rows, head.weight, getattr(head, "bias", None)).float()
-
-
-def _checkpointed(fn: Any, *args: Any) -> torch.Tensor:
-    if torch.is_grad_enabled():
-        return checkpoint(fn, *args, use_reentrant=False)
-    return fn(*args)
-
-
-def fused_undial_loss(
-    student_hidden: torch.Tensor,
-    student_head: nn.Module,
-    teacher_hidden: torch.Tensor,
-    teacher_head: nn.Module,
-    labels: torch.Tensor,
-    strength: float,
-    num_items_in_batch: int | torch.Tensor | None = None,
-    chunk_size: int | None = None,
-) -> torch.Tensor:
-    """``undial_loss`` from the final hidden states and output heads of student and teacher (no logits
-    tensor over the whole batch). The teacher gets no gradient."""
-    student_rows, targets = completion_positions(student_hidden, labels)
-    teacher_rows, _ = completion_positions(teacher_hidden.detach(), labels)
-    chunk = chunk_size or default_chunk_size(student_head.weight.shape[0])
-
-    def chunk_loss(s_rows: torch.Tensor, t_rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            soft = undial_targets(_linear(t_rows, teacher_head), y, strength)
-        return F.cross_entropy(_linear(s_rows, student_head), soft, reduction="sum")
-
-    total = student_rows.new_zeros((), dtype=torch.float32)
-    for start in range(0, targets.numel(), chunk):
-        part = slice(start, start + chunk)
-        total = total + _checkpointed(chunk_loss, student_rows[part], teacher_rows[part], targets[part])
-    return total / (num_items_in_batch if num_items_in_batch is not None else max(targets.numel(), 1))
-
-
-def sequence_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``(batch,)`` log-probability of each sequence's completion: Σ over its completion tokens of
-    ``log softmax(z)[y]`` (float32)."""
-    targets = labels[:, 1:]
-    keep = targets != IGNORE_INDEX
-    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    token = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (token * keep).sum(dim=-1)
-
-
-def fused_sequence_log_probs(
-    hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, chunk_size: int | None = None
-) -> torch.Tensor:
-    """``sequence_log_probs`` from the final hidden states and output head."""
-    rows, targets = completion_positions(hidden, labels)
-    keep = labels[:, 1:] != IGNORE_INDEX
-    sequence = torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(keep)[keep]
-    chunk = chunk_size or default_chunk_size(head.weight.shape[0])
-
-    def chunk_log_probs(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        z = _linear(h, head)
-        return z.gather(1, y[:, None]).squeeze(1) - torch.logsumexp(z, dim=-1)
-
-    parts = [
-        _checkpointed(chunk_log_probs, rows[s : s + chunk], targets[s : s + chunk])
-        for s in range(0, targets.numel(), chunk)
-    ]
-    token = torch.cat(parts) if parts else rows.new_zeros(0, dtype=torch.float32)
-    out = torch.zeros(labels.shape[0], dtype=torch.float32, device=labels.device)
-    return out.index_add(0, sequence, token)
-
-
-def dpo_loss(
-    policy_chosen: torch.Tensor,
-    policy_rejected: torch.Tensor,
-    reference_chosen: torch.Tensor,
-    reference_rejected: torch.Tensor,
-    beta: float,
-) -> torch.Tensor:
-    """Per-pair DPO loss (Rafailov et al., 2023) from sequence log-probabilities:
-    ``−log σ(β·[(log π(c) − log π_ref(c)) − (log π(r) − log π_ref(r))])``."""
-    margin = (policy_chosen - reference_chosen) - (policy_rejected - reference_rejected)
-    return -F.logsigmoid(beta * margin)

@@ -5,26 +5,10 @@
 Phase 1 as for WMSS, then the baseline's own pass). Every method shares the data loading, the run
 directory, resume, the budget record and evaluation.
 
-Run directory layout::
-
-    manifest.json            status, config, timings and outputs of every phase; ``budget``: optimizer
-                             steps, passes over the data and training wall time of the whole run
-    config.yaml              the resolved configuration
-    models/M1, models/M2 …   every model of the chain (M0 is recorded as a reference to the base);
-                             baselines: models/neftune, models/undial, models/dpo, models/spin
-    final/                   the last strong model, a standard Hugging Face checkpoint
-    entropy/M<k>.jsonl       Eq. 7 entropies per example for checkpoint M<k> (reused across iterations)
-    selection-<t>.jsonl      WD-DS of iteration t: idx, entropy_weak, entropy_strong, weight, draws, active
-    pairs.jsonl              dpo/spin: M1's answers per training example, their verdicts and the pair
-    checkpoints/<phase>/     Trainer checkpoints of an unfinished training phase (removed when it ends)
-    logs/<phase>.json        Trainer log history of a finished training phase
-    tensorboard/<phase>/     TensorBoard event files, with ``train.report_to: tensorboard``
-    diagnostics/             ``wmss diagnose logits --run``: logits.json, logits.md
-    report/                  ``wmss report``: report.html (self-contained) and its PNG figures
-    eval/                    predictions and accuracy of the final model, when an eval task is set
-
+The run directory (its layout, manifest, phase names and budget) belongs to ``wmss.rundir``.
 Re-running the same command skips finished phases and resumes an unfinished training phase from
-its last complete checkpoint. Every file is written atomically.
+its last complete checkpoint. The per-phase commands ``wmss sft`` and ``wmss joint`` run the same
+phase functions in a run directory of their own (``run_sft``, ``run_joint``).
 
 Under several processes (``accelerate launch``, ``torchrun``; see ``wmss.distributed``) every process runs
 this same code: training phases are data-parallel, the entropy pass is sharded and merged, WD-DS is
@@ -38,164 +22,40 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import logging
-import math
 import os
 import shutil
-import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from wmss import __version__, distributed
+from wmss import distributed
 from wmss.config import RunConfig
-from wmss.data import DataReport, load_training_data
+from wmss.data import load_training_data
 from wmss.diagnostics import diagnostic_sample, entropy_separation, measure_auto_lambda, separation_warning
 from wmss.entropy import dataset_entropies, read_entropy_file, write_entropy_file
-from wmss.errors import ConfigError, WmssError
-from wmss.io import atomic_directory, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from wmss.errors import WmssError
+from wmss.io import atomic_directory, atomic_write_json, atomic_write_jsonl, read_jsonl
 from wmss.models import check_compatible, load_model, load_tokenizer, resolve_model
-from wmss.selection import Selection, select_for_config, selection_rows
-from wmss.trainers import ScheduleSegment, gradient_summary, steps_per_pass, train_joint, train_sft
+from wmss.rundir import (
+    EVAL,
+    FINAL,
+    M0,
+    PAIRS,
+    SFT,
+    RunDir,
+    entropy_phase,
+    selection_phase,
+    wdjt_phase,
+)
+from wmss.selection import Selection, active_set, read_selection_draws, select_for_config, selection_rows
+from wmss.trainers import gradient_summary, train_joint, train_sft
 
 log = logging.getLogger("wmss")
-
-# Keys that do not change what a run computes; they may differ when a run is resumed.
-NON_RESULT_KEYS = (
-    "output_dir",
-    "eval",
-    "train.logging_steps",
-    "train.report_to",
-    "train.save_steps",
-    "train.save_total_limit",
-    "train.fused_loss",
-    "train.ddp_timeout",
-    "wmss.entropy_batch_size",
-    "wmss.min_entropy_gap",
-)
-
-
-def _result_config(cfg: RunConfig) -> dict[str, Any]:
-    flat = _flatten(cfg.to_dict())
-    ignored = NON_RESULT_KEYS
-    if cfg.wmss.mix_lambda != "auto":  # the diagnostic sample changes a run only by measuring λ
-        ignored += ("wmss.diagnostic_examples",)
-    flat["sft.epochs"] = cfg.sft_epochs  # as resolved: unset and its value are the same run
-    # The global batch is per_device_batch_size × gradient_accumulation_steps × processes.
-    flat["num_processes"] = distributed.world_size()
-    return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in ignored)}
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-class RunDir:
-    """The run directory and its ``manifest.json``.
-
-    Under several processes each holds the manifest and only the main process writes it (and every
-    other file of the run); after each phase the others wait for it and read the manifest back.
-    """
-
-    def __init__(self, cfg: RunConfig):
-        self.cfg = cfg
-        self.root = Path(cfg.output_dir)
-        self.manifest_path = self.root / "manifest.json"
-        self.root.mkdir(parents=True, exist_ok=True)
-        result_cfg = _result_config(cfg)
-        if self.manifest_path.is_file():
-            self.manifest = json.loads(self.manifest_path.read_text())
-            old = self.manifest.get("result_config", {})
-            # A key added to the config since the run was made counts as its default value.
-            default = {**_flatten(RunConfig().to_dict()), **_result_config(RunConfig()), "num_processes": 1}
-            before = {k: old.get(k, default.get(k)) for k in set(old) | set(result_cfg)}
-            changed = sorted(k for k, v in before.items() if v != result_cfg.get(k))
-            if changed:
-                details = "; ".join(f"{k}: {before[k]!r} -> {result_cfg.get(k)!r}" for k in changed[:6])
-                processes = (
-                    " The number of processes is part of it: the global batch is per_device_batch_size × "
-                    "gradient_accumulation_steps × processes."
-                    if "num_processes" in changed
-                    else ""
-                )
-                raise ConfigError(
-                    f"{self.root} holds a run made with a different configuration ({details}). "
-                    "Resuming would mix two experiments: use a new output_dir, or restore those "
-                    f"values to resume the run.{processes}"
-                )
-        else:
-            self.manifest = {
-                "wmss_version": __version__,
-                "created": _now(),
-                "result_config": result_cfg,
-                "phases": {},
-            }
-        self.manifest["config"] = cfg.to_dict()
-        distributed.barrier()  # every process has read the old manifest before the main one rewrites it
-        if distributed.is_main():
-            atomic_write_text(self.root / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        self.save()
-        self.sync()
-
-    def save(self) -> None:
-        if distributed.is_main():
-            atomic_write_json(self.manifest_path, self.manifest)
-
-    def sync(self) -> None:
-        """Under several processes: wait until the main process has written, then read its manifest."""
-        if distributed.world_size() > 1:
-            distributed.barrier()
-            if not distributed.is_main():
-                self.manifest = json.loads(self.manifest_path.read_text())
-
-    def done(self, phase: str) -> dict | None:
-        entry = self.manifest["phases"].get(phase)
-        return entry if entry and entry.get("status") == "done" else None
-
-    def phase(self, name: str, work: Callable[[], dict[str, Any]], alone: bool = False) -> dict[str, Any]:
-        """Run ``work`` unless ``name`` is already done; record status, timing and its outputs.
-
-        Every process calls it, and waits for the others at the end, unless ``alone``: a phase the main
-        process runs after the others have finished (evaluation).
-        """
-        finished = self.done(name)
-        if finished:
-            log.info("phase %s: already done, skipping", name)
-            return finished
-        entry = self.manifest["phases"].setdefault(name, {})
-        attempts = entry.get("attempts", 0) + 1
-        entry.update(status="running", started=_now(), attempts=attempts)
-        self.save()
-        log.info("phase %s: started%s", name, f" (attempt {attempts}, resuming)" if attempts > 1 else "")
-        start = time.perf_counter()
-        outputs = work()
-        entry.update(outputs)
-        entry.update(status="done", finished=_now(), wall_time_s=round(time.perf_counter() - start, 2))
-        self.save()
-        if not alone:
-            self.sync()
-        log.info("phase %s: done in %.1f s", name, entry["wall_time_s"])
-        return entry
-
-    def rel(self, path: Path) -> str:
-        return str(path.relative_to(self.root))
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def _free_memory() -> None:
@@ -209,16 +69,6 @@ def _free_memory() -> None:
         pass
 
 
-def _training_record(result: dict[str, Any], run: RunDir, phase: str) -> dict[str, Any]:
-    if distributed.is_main():
-        atomic_write_json(run.root / "logs" / f"{phase}.json", result["log_history"])
-        shutil.rmtree(run.root / "checkpoints" / phase, ignore_errors=True)
-        if (run.root / "checkpoints").is_dir() and not any((run.root / "checkpoints").iterdir()):
-            (run.root / "checkpoints").rmdir()
-    keep = ("steps", "train_loss", "train_runtime", "train_samples_per_second")
-    return {k: result[k] for k in keep if k in result}
-
-
 # ---------------------------------------------------------------- phases
 
 
@@ -228,9 +78,8 @@ def phase_sft(
     tokenizer: Any,
     dataset: Dataset,
     out: Path,
-    callbacks: list[TrainerCallback] | None,
     epochs: float,
-    name: str = "sft",
+    name: str = SFT,
     neftune_alpha: float | None = None,
     learning_rate: float | None = None,
 ) -> dict[str, Any]:
@@ -238,28 +87,14 @@ def phase_sft(
     ``neftune_alpha`` is set). Also the training phase of methods ``sft`` and ``neftune``, and WD-JT at
     λ = 1 (``learning_rate``: ``wmss.learning_rate``)."""
     cfg = run.cfg
-    segment = schedule_segments(cfg, run.manifest["data"]["num_examples"]).get(name)
+    where = run.training(name, save_to=out, learning_rate=learning_rate)
     model = load_model(base)
-    result = train_sft(
-        model,
-        tokenizer,
-        dataset,
-        cfg.train,
-        epochs,
-        run.root / "checkpoints" / name,
-        cfg.seed,
-        callbacks,
-        run.root / "tensorboard" / name,
-        neftune_alpha=neftune_alpha,
-        save_to=out,
-        learning_rate=learning_rate,
-        segment=segment,
-    )
+    result = train_sft(model, tokenizer, dataset, cfg.train, epochs, where, neftune_alpha=neftune_alpha)
     del model
     _free_memory()
     extra = {} if neftune_alpha is None else {"neftune_alpha": neftune_alpha}
-    if segment is not None:
-        extra["schedule_segment"] = segment._asdict()
+    if where.segment is not None:
+        extra["schedule_segment"] = where.segment._asdict()
     return {
         "model": run.rel(out),
         "start": base,
@@ -267,7 +102,7 @@ def phase_sft(
         "examples": len(dataset),
         "learning_rate": learning_rate or cfg.train.learning_rate,
         **extra,
-        **_training_record(result, run, name),
+        **run.training_record(result, name),
     }
 
 
@@ -275,7 +110,7 @@ def given_m1(run: RunDir, base: str, tokenizer: Any) -> str:
     """``sft.checkpoint`` as M1 (Phase 1 skipped), after checking it shares the base's vocabulary."""
     m1 = resolve_model(run.cfg.sft.checkpoint)
     check_compatible(base, m1, tokenizer, load_tokenizer(m1))
-    run.phase("sft", lambda: {"model": m1, "reused": True, "steps": 0})
+    run.phase(SFT, lambda: {"model": m1, "reused": True, "steps": 0})
     return m1
 
 
@@ -302,7 +137,7 @@ def entropies(run: RunDir, name: str, model_path: str, dataset: Dataset, tokeniz
             "mean_entropy": float(np.nanmean(values)) if np.isfinite(values).any() else None,
         }
 
-    run.phase(f"entropy-{name}", work)
+    run.phase(entropy_phase(name), work)
     idx, values = read_entropy_file(path)
     if idx != dataset["idx"]:
         raise WmssError(
@@ -319,23 +154,24 @@ def phase_selection(
     Also records the weak–strong separation (the distribution of ΔH = H_strong − H_weak) and warns
     when |mean ΔH| < ``wmss.min_entropy_gap``; the selection itself does not depend on it.
     """
+    name = selection_phase(t)
     selection = select_for_config(h_weak, h_strong, run.cfg, seed=run.cfg.seed + t)
     # Every process draws the active set itself, from the same entropy files and seed: prove it is the same.
     distributed.check_same(
         f"the WD-DS selection of iteration {t}", distributed.digest(selection.weights, selection.draws)
     )
-    path = run.root / f"selection-{t}.jsonl"
+    path = run.root / f"{name}.jsonl"
 
     def work() -> dict[str, Any]:
         if distributed.is_main():
             atomic_write_jsonl(path, selection_rows(dataset["idx"], h_weak, h_strong, selection))
         for note in selection.notes:
-            log.warning("selection-%d: %s", t, note)
+            log.warning("%s: %s", name, note)
         delta = h_strong - h_weak
         separation = entropy_separation(h_weak, h_strong, run.cfg.wmss.min_entropy_gap)
         warning = separation_warning(separation, f"iteration {t}'s weak and strong models")
         if warning:
-            log.warning("selection-%d: %s", t, warning)
+            log.warning("%s: %s", name, warning)
         return {
             "file": run.rel(path),
             "active_examples": len(selection.active_rows),
@@ -350,8 +186,34 @@ def phase_selection(
             "notes": selection.notes,
         }
 
-    run.phase(f"selection-{t}", work)
+    run.phase(name, work)
     return selection
+
+
+def resolve_mix_lambda(
+    cfg: RunConfig, weak: Any, strong: Any, dataset: Dataset, tokenizer: Any, phase: str
+) -> tuple[float, dict[str, Any] | None]:
+    """λ of Eq. 5 for a WD-JT phase: ``wmss.mix_lambda`` when it is a number; for ``auto``, the
+    gradient-share crossover of the two loaded models measured on the diagnostic sample of ``dataset``
+    (``wmss.diagnostics``), returned with the measurement."""
+    if cfg.wmss.mix_lambda != "auto":
+        return float(cfg.wmss.mix_lambda), None
+    sample = diagnostic_sample(dataset, cfg)
+    measure = partial(measure_auto_lambda, weak, strong, sample, tokenizer.pad_token_id)
+    # measured once, by the main process: every process must train with the same λ
+    auto = distributed.on_main(lambda: measure(cfg.wmss.entropy_batch_size, cfg.train.fused_loss))
+    log.info(
+        "%s: mix_lambda auto: mean centred logit norm %.4f (strong) vs %.4f (weak) on %d positions of %d "
+        "examples -> a = %.4f, λ = 1/(1+√a) = %.4f",
+        phase,
+        auto["strong_centred_norm"],
+        auto["weak_centred_norm"],
+        auto["positions"],
+        auto["examples"],
+        auto["a"],
+        auto["mix_lambda"],
+    )
+    return auto["mix_lambda"], auto
 
 
 def phase_joint_training(
@@ -363,20 +225,23 @@ def phase_joint_training(
     dataset: Dataset,
     active: Dataset,
     out: Path,
-    callbacks: list[TrainerCallback] | None,
 ) -> dict[str, Any]:
-    """WD-JT of iteration t (Eq. 5-6): weak and strong trained together; only strong is kept.
-
-    With ``wmss.mix_lambda: auto``, λ is first set to the gradient-share crossover of the two models,
-    measured on the diagnostic sample of the training data ``dataset`` (``wmss.diagnostics``).
-    """
-    cfg = run.cfg
-    if cfg.wmss.mix_lambda == 1.0:
-        # z_mix = z_strong: the weak model gets no gradient, so this is SFT of the strong model.
+    """WD-JT of iteration t (Eq. 5-6): weak and strong trained together on ``active``; only strong is
+    kept, at ``out``. λ as ``resolve_mix_lambda`` says (``auto`` measures on ``dataset``, all of D); at
+    λ = 1 the weak model gets no gradient, so the phase is SFT of the strong model and runs as exactly
+    that, without loading the weak model."""
+    cfg, name = run.cfg, wdjt_phase(t)
+    if cfg.wmss.mix_lambda == 1.0:  # z_mix = z_strong
         record = phase_sft(
-            run, strong_path, tokenizer, active, out, callbacks, cfg.wmss.epochs, f"wdjt-{t}",
+            run,
+            strong_path,
+            tokenizer,
+            active,
+            out,
+            cfg.wmss.epochs,
+            name,
             learning_rate=cfg.wmss.learning_rate,
-        )  # fmt: skip
+        )
         return {
             **record,
             "weak": None,
@@ -386,41 +251,10 @@ def phase_joint_training(
         }
     check_compatible(weak_path, strong_path, load_tokenizer(weak_path), load_tokenizer(strong_path))
     weak, strong = load_model(weak_path), load_model(strong_path)
-    mix_lambda, auto = cfg.wmss.mix_lambda, None
-    if mix_lambda == "auto":
-        sample = diagnostic_sample(dataset, cfg)
-        measure = partial(measure_auto_lambda, weak, strong, sample, tokenizer.pad_token_id)
-        # measured once, by the main process: every process must train with the same λ
-        auto = distributed.on_main(lambda: measure(cfg.wmss.entropy_batch_size, cfg.train.fused_loss))
-        mix_lambda = auto["mix_lambda"]
-        log.info(
-            "wdjt-%d: mix_lambda auto: mean centred logit norm %.4f (strong) vs %.4f (weak) on %d "
-            "positions of %d examples -> a = %.4f, λ = 1/(1+√a) = %.4f",
-            t,
-            auto["strong_centred_norm"],
-            auto["weak_centred_norm"],
-            auto["positions"],
-            auto["examples"],
-            auto["a"],
-            mix_lambda,
-        )
-    segment = schedule_segments(cfg, len(dataset)).get(f"wdjt-{t}")
+    mix_lambda, auto = resolve_mix_lambda(cfg, weak, strong, dataset, tokenizer, name)
+    where = run.training(name, save_to=out, learning_rate=cfg.wmss.learning_rate)
     result = train_joint(
-        weak,
-        strong,
-        tokenizer,
-        active,
-        cfg.train,
-        cfg.wmss.epochs,
-        mix_lambda,
-        cfg.wmss.freeze_weak,
-        run.root / "checkpoints" / f"wdjt-{t}",
-        cfg.seed,
-        callbacks,
-        run.root / "tensorboard" / f"wdjt-{t}",
-        save_to=out,
-        learning_rate=cfg.wmss.learning_rate,
-        segment=segment,
+        weak, strong, tokenizer, active, cfg.train, cfg.wmss.epochs, mix_lambda, cfg.wmss.freeze_weak, where
     )
     del weak, strong
     _free_memory()
@@ -434,28 +268,10 @@ def phase_joint_training(
         "epochs": cfg.wmss.epochs,
         "examples": len(active),
         "learning_rate": cfg.wmss.learning_rate or cfg.train.learning_rate,
-        **({"schedule_segment": segment._asdict()} if segment else {}),
+        **({"schedule_segment": where.segment._asdict()} if where.segment else {}),
         "gradients": gradient_summary(result["log_history"]),
-        **_training_record(result, run, f"wdjt-{t}"),
+        **run.training_record(result, name),
     }
-
-
-def schedule_segments(cfg: RunConfig, num_examples: int) -> dict[str, ScheduleSegment]:
-    """With ``wmss.lr_schedule: whole_run`` (method wmss), each training phase's segment of the one
-    schedule over the whole budget: ``sft`` first, then ``wdjt-1`` … ``wdjt-K``, each as long as its
-    nominal passes over D; empty otherwise (every phase has its own schedule)."""
-    if cfg.method != "wmss" or cfg.wmss.lr_schedule != "whole_run" or cfg.wmss.iterations == 0:
-        return {}
-    per_pass = steps_per_pass(num_examples, cfg.train)
-    lengths = [("sft", math.ceil(cfg.sft_epochs * per_pass))]
-    lengths += [
-        (f"wdjt-{t}", math.ceil(cfg.wmss.epochs * per_pass)) for t in range(1, cfg.wmss.iterations + 1)
-    ]
-    total, offset, out = sum(n for _, n in lengths), 0, {}
-    for name, n in lengths:
-        out[name] = ScheduleSegment(offset, total)
-        offset += n
-    return out
 
 
 # ---------------------------------------------------------------- baselines
@@ -466,9 +282,7 @@ def _on_device(path: str) -> Any:
     return load_model(path).to(distributed.device())
 
 
-def sft_baseline(
-    run: RunDir, base: str, tokenizer: Any, dataset: Dataset, callbacks: list[TrainerCallback] | None
-) -> str:
+def sft_baseline(run: RunDir, base: str, tokenizer: Any, dataset: Dataset) -> str:
     """Methods ``sft`` and ``neftune``: SFT from M0 (NEFTune: with noisy input embeddings) for the whole
     budget, ``sft.epochs``. From ``sft.checkpoint`` (M1, one epoch) they train the other
     ``sft.epochs`` − 1 epochs. Returns the path of the trained model."""
@@ -484,39 +298,19 @@ def sft_baseline(
             log.info("%s: sft.checkpoint is the whole budget (sft.epochs=%s)", cfg.method, cfg.sft_epochs)
             return start
         out = models_dir / name
-    run.phase(
-        name,
-        lambda: phase_sft(run, start, tokenizer, dataset, out, callbacks, epochs, name, neftune_alpha=alpha),
-    )
+    run.phase(name, lambda: phase_sft(run, start, tokenizer, dataset, out, epochs, name, neftune_alpha=alpha))
     return str(out)
 
 
-def phase_undial(
-    run: RunDir,
-    m1: str,
-    tokenizer: Any,
-    dataset: Dataset,
-    out: Path,
-    callbacks: list[TrainerCallback] | None,
-) -> dict[str, Any]:
+def phase_undial(run: RunDir, m1: str, tokenizer: Any, dataset: Dataset, out: Path) -> dict[str, Any]:
     """UNDIAL from M1: the student starts as M1 and learns the frozen M1's adjusted distribution."""
     from wmss.baselines import train_undial
 
     cfg = run.cfg
     student, teacher = load_model(m1), load_model(m1)
+    where = run.training("undial", save_to=out)
     result = train_undial(
-        student,
-        teacher,
-        tokenizer,
-        dataset,
-        cfg.train,
-        cfg.undial.epochs,
-        cfg.undial.strength,
-        run.root / "checkpoints" / "undial",
-        cfg.seed,
-        callbacks,
-        run.root / "tensorboard" / "undial",
-        save_to=out,
+        student, teacher, tokenizer, dataset, cfg.train, cfg.undial.epochs, cfg.undial.strength, where
     )
     del student, teacher
     _free_memory()
@@ -527,7 +321,7 @@ def phase_undial(
         "strength": cfg.undial.strength,
         "epochs": cfg.undial.epochs,
         "examples": len(dataset),
-        **_training_record(result, run, "undial"),
+        **run.training_record(result, "undial"),
     }
 
 
@@ -553,13 +347,7 @@ def phase_pairs(run: RunDir, m1: str, tokenizer: Any, dataset: Dataset, path: Pa
 
 
 def phase_preference(
-    run: RunDir,
-    m1: str,
-    tokenizer: Any,
-    dataset: Dataset,
-    pairs_path: Path,
-    out: Path,
-    callbacks: list[TrainerCallback] | None,
+    run: RunDir, m1: str, tokenizer: Any, dataset: Dataset, pairs_path: Path, out: Path
 ) -> dict[str, Any]:
     """DPO / SPIN training from M1 on the pairs, with M1 as the reference model."""
     from wmss.baselines import reference_log_probs, train_preference
@@ -578,20 +366,8 @@ def phase_preference(
     pairs = reference_log_probs(
         model, pairs, tokenizer.pad_token_id, cfg.train.per_device_batch_size, cfg.train.fused_loss
     )
-    result = train_preference(
-        model,
-        tokenizer,
-        pairs,
-        cfg.train,
-        cfg.dpo.epochs,
-        cfg.dpo.beta,
-        cfg.dpo_learning_rate,
-        run.root / "checkpoints" / cfg.method,
-        cfg.seed,
-        callbacks,
-        run.root / "tensorboard" / cfg.method,
-        save_to=out,
-    )
+    where = run.training(cfg.method, save_to=out, learning_rate=cfg.dpo_learning_rate)
+    result = train_preference(model, tokenizer, pairs, cfg.train, cfg.dpo.epochs, cfg.dpo.beta, where)
     del model
     _free_memory()
     return {
@@ -602,53 +378,21 @@ def phase_preference(
         "learning_rate": cfg.dpo_learning_rate,
         "epochs": cfg.dpo.epochs,
         "examples": len(pairs),
-        **_training_record(result, run, cfg.method),
+        **run.training_record(result, cfg.method),
     }
 
 
-def from_m1_baseline(
-    run: RunDir, m1: str, tokenizer: Any, dataset: Dataset, callbacks: list[TrainerCallback] | None
-) -> str:
+def from_m1_baseline(run: RunDir, m1: str, tokenizer: Any, dataset: Dataset) -> str:
     """Methods ``undial``, ``dpo`` and ``spin``: their own pass from M1; returns the trained model's path."""
     method = run.cfg.method
     out = run.root / "models" / method
     if method == "undial":
-        run.phase("undial", partial(phase_undial, run, m1, tokenizer, dataset, out, callbacks))
+        run.phase("undial", partial(phase_undial, run, m1, tokenizer, dataset, out))
     else:
-        pairs = run.root / "pairs.jsonl"
-        run.phase("pairs", partial(phase_pairs, run, m1, tokenizer, dataset, pairs))
-        run.phase(method, partial(phase_preference, run, m1, tokenizer, dataset, pairs, out, callbacks))
+        pairs = run.root / f"{PAIRS}.jsonl"
+        run.phase(PAIRS, partial(phase_pairs, run, m1, tokenizer, dataset, pairs))
+        run.phase(method, partial(phase_preference, run, m1, tokenizer, dataset, pairs, out))
     return str(out)
-
-
-def record_budget(run: RunDir, num_examples: int) -> dict[str, Any]:
-    """``manifest["budget"]``: optimizer steps and passes over D of every training phase and in all, and
-    the wall time of everything but evaluation. A pass is epochs × examples trained on / |D| (for DPO and
-    SPIN the examples are pairs, each two sequences); an M1 given by ``sft.checkpoint`` is not counted."""
-    phases = run.manifest["phases"]
-    rows = {}
-    for name, entry in phases.items():
-        if "steps" not in entry:
-            continue
-        passes = None
-        if entry.get("epochs") is not None and entry.get("examples") is not None:
-            passes = round(entry["epochs"] * entry["examples"] / num_examples, 4)
-        rows[name] = {"steps": entry["steps"], "passes": passes}
-    budget = {
-        "method": run.cfg.method,
-        "optimizer_steps": sum(r["steps"] for r in rows.values()),
-        "passes_over_data": round(sum(r["passes"] or 0.0 for r in rows.values()), 4),
-        "train_wall_time_s": round(
-            sum(e.get("wall_time_s", 0.0) for k, e in phases.items() if k not in ("M0", "final", "eval")), 2
-        ),
-        "m1_given": run.cfg.sft.checkpoint,
-        "phases": rows,
-    }
-    if "pairs" in phases:
-        budget["generated_tokens"] = phases["pairs"].get("generated_tokens")
-    run.manifest["budget"] = budget
-    run.save()
-    return budget
 
 
 def phase_eval(run: RunDir, model_path: str, tokenizer: Any) -> dict[str, Any]:
@@ -684,6 +428,20 @@ def phase_final(run: RunDir, src: Path, dst: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- Algorithm 1
 
 
+def _start(
+    cfg: RunConfig, callbacks: list[TrainerCallback] | None, inputs: dict[str, Any] | None = None
+) -> tuple:
+    """Base model, tokenizer, training data and the run directory (made once the inputs are usable)."""
+    distributed.init(cfg.train.ddp_timeout)
+    with distributed.main_process_first():  # the main process fills a download or GGUF cache first
+        base = resolve_model(cfg.model)
+        tokenizer = load_tokenizer(cfg.tokenizer or base)
+        dataset, report = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
+    run = RunDir(cfg, inputs, callbacks)
+    run.record_data(report)
+    return base, tokenizer, dataset, run
+
+
 def run_pipeline(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
     """Algorithm 1: SFT, then K iterations of WD-DS + WD-JT; returns the manifest.
 
@@ -693,17 +451,11 @@ def run_pipeline(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None)
 
     Launched as several processes, every process calls this; see the module docstring for who does what.
     """
-    distributed.init(cfg.train.ddp_timeout)
-    with distributed.main_process_first():  # the main process fills a download or GGUF cache first
-        base = resolve_model(cfg.model)
-        tokenizer = load_tokenizer(cfg.tokenizer or base)
-        dataset, report = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
-    run = RunDir(cfg)  # created only once the inputs are known to be usable
-    _record_data(run, report)
+    base, tokenizer, dataset, run = _start(cfg, callbacks)
     models_dir = run.root / "models"
-    run.phase("M0", lambda: {"model": base, "source": cfg.model})
+    run.phase(M0, lambda: {"model": base, "source": cfg.model})
     if cfg.method in ("sft", "neftune"):  # baselines that are SFT from M0 for the whole budget
-        last = sft_baseline(run, base, tokenizer, dataset, callbacks)
+        last = sft_baseline(run, base, tokenizer, dataset)
         return _finish(run, last, tokenizer, len(dataset))
     chain = [base]  # chain[k] is the path of M_k
 
@@ -712,28 +464,28 @@ def run_pipeline(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None)
         chain.append(given_m1(run, base, tokenizer))
     else:
         m1 = models_dir / "M1"
-        run.phase("sft", lambda: phase_sft(run, base, tokenizer, dataset, m1, callbacks, cfg.sft_epochs))
+        run.phase(SFT, lambda: phase_sft(run, base, tokenizer, dataset, m1, cfg.sft_epochs))
         chain.append(str(m1))
     if cfg.method != "wmss":  # baselines that continue from M1: undial, dpo, spin
-        last = from_m1_baseline(run, chain[1], tokenizer, dataset, callbacks)
+        last = from_m1_baseline(run, chain[1], tokenizer, dataset)
         return _finish(run, last, tokenizer, len(dataset))
 
     for t in range(1, cfg.wmss.iterations + 1):
         weak, strong = chain[t - 1], chain[t]  # (M_{t-1}, M_t)
         # WD-DS: entropies under weak and strong, Eq. 9 weights, draw |D| with replacement, de-duplicate
         if cfg.wmss.selection == "all":  # ablation: WD-JT on all of D, no entropy pass
-            run.phase(f"selection-{t}", lambda: {"active_examples": len(dataset), "active_fraction": 1.0})
+            run.phase(selection_phase(t), lambda: {"active_examples": len(dataset), "active_fraction": 1.0})
             active = dataset
         else:
             h_weak = entropies(run, f"M{t - 1}", weak, dataset, tokenizer)
             h_strong = entropies(run, f"M{t}", strong, dataset, tokenizer)
             selection = phase_selection(run, t, dataset, h_weak, h_strong)
-            active = dataset.select(selection.active_rows)
+            active = active_set(dataset, selection.draws, selection.dedup)
         # WD-JT: train weak and strong jointly on the mixed logits; keep the strong model as M_{t+1}
         out = models_dir / f"M{t + 1}"
         run.phase(
-            f"wdjt-{t}",
-            partial(phase_joint_training, run, t, weak, strong, tokenizer, dataset, active, out, callbacks),
+            wdjt_phase(t),
+            partial(phase_joint_training, run, t, weak, strong, tokenizer, dataset, active, out),
         )
         chain.append(str(out))
     return _finish(run, chain[-1], tokenizer, len(dataset))
@@ -742,21 +494,47 @@ def run_pipeline(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None)
 def _finish(run: RunDir, last: str, tokenizer: Any, num_examples: int) -> dict[str, Any]:
     """Publish ``last`` as ``final/``, record the budget, evaluate when a task is set; the manifest."""
     cfg = run.cfg
-    final = run.root / "final"
-    run.phase("final", lambda: phase_final(run, Path(last), final))
-    record_budget(run, num_examples)
+    final = run.root / FINAL
+    run.phase(FINAL, lambda: phase_final(run, Path(last), final))
+    run.record_budget(num_examples)
     if not distributed.is_main():  # the main process evaluates alone; the others are done
         return run.manifest
     if cfg.eval.path or cfg.eval.task != "generic":
-        evaluated = run.done("eval")
+        evaluated = run.done(EVAL)
         if evaluated and evaluated.get("eval_config") != dataclasses.asdict(cfg.eval):
             evaluated["status"] = "stale"  # the eval section changed since: evaluate again
-        run.phase("eval", lambda: phase_eval(run, str(final), tokenizer), alone=True)
+        run.phase(EVAL, lambda: phase_eval(run, str(final), tokenizer), alone=True)
     log.info("run finished: final model at %s", final)
     return run.manifest
 
 
-def _record_data(run: RunDir, report: DataReport) -> None:
-    run.manifest["data"] = report.to_dict()
-    run.save()
-    log.info("data: %s", report.summary())
+# ---------------------------------------------------------------- one phase alone (wmss sft, wmss joint)
+
+
+def run_sft(cfg: RunConfig, output: str | Path) -> dict[str, Any]:
+    """``wmss sft``: Phase 1 alone, in the run directory ``output``; the model is saved at
+    ``output/model``. Returns the phase's record."""
+    cfg = dataclasses.replace(cfg, output_dir=str(output))
+    base, tokenizer, dataset, run = _start(cfg, None)
+    out = run.root / "model"
+    return run.phase(SFT, lambda: phase_sft(run, base, tokenizer, dataset, out, cfg.sft_epochs))
+
+
+def run_joint(
+    cfg: RunConfig, weak: str, strong: str, selection: str | None, output: str | Path
+) -> dict[str, Any]:
+    """``wmss joint``: one WD-JT phase (``phase_joint_training``, as in ``wmss run``) of ``strong`` with
+    ``weak`` on the active set of the ``selection`` file (``wmss select``; None: all of the data), in the
+    run directory ``output``; the strong model is saved at ``output/model``. Returns the phase's record."""
+    cfg = dataclasses.replace(cfg, output_dir=str(output), model=strong, tokenizer=cfg.tokenizer or strong)
+    weak_path, strong_path = resolve_model(weak), resolve_model(strong)
+    inputs = {"weak": weak_path, "strong": strong_path, "selection": str(selection) if selection else None}
+    _, tokenizer, dataset, run = _start(cfg, None, inputs)
+    active = dataset
+    if selection:
+        active = active_set(dataset, read_selection_draws(selection, dataset["idx"]), cfg.dedup)
+    out = run.root / "model"
+    return run.phase(
+        wdjt_phase(1),
+        partial(phase_joint_training, run, 1, weak_path, strong_path, tokenizer, dataset, active, out),
+    )

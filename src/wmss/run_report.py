@@ -1,6 +1,6 @@
 """``wmss report RUN_DIR``: one self-contained HTML page about a run directory.
 
-Everything comes from the files the run wrote (see ``wmss.pipeline``); nothing is trained or
+Everything comes from the files the run wrote (see ``wmss.rundir``); nothing is trained or
 measured again, except the logit statistics when asked (``compute_logits``). Sections:
 
 - overview and configuration (``manifest.json``);
@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -32,73 +31,17 @@ from typing import Any
 import numpy as np
 import yaml
 
-from wmss.config import RunConfig, config_from_dict
+from wmss.config import RunConfig
 from wmss.diagnostics import MODEL_STATISTICS, PAIR_STATISTICS, diagnose_logits, logit_statistics_markdown
 from wmss.errors import DataError, WmssError
 from wmss.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, read_jsonl
+from wmss.rundir import FINAL, load_run, run_models, selection_phase, wdjt_phase
 
 log = logging.getLogger("wmss")
 
 TOP_EXAMPLES = 10
 TEXT_CHARS = 400
 """Characters of a prompt or completion shown in the table of highest-weight examples."""
-
-# ---------------------------------------------------------------- reading a run directory
-
-
-def load_run(run_dir: str | Path) -> tuple[Path, dict[str, Any], RunConfig]:
-    """``(root, manifest, config)`` of a run directory made by ``wmss run``."""
-    root = Path(run_dir)
-    path = root / "manifest.json"
-    if not root.is_dir():
-        raise WmssError(f"run directory {root} does not exist.")
-    if not path.is_file():
-        raise WmssError(
-            f"{root} has no manifest.json, so it is not a wmss run directory (one made by `wmss run`); "
-            "give the run's output_dir."
-        )
-    try:
-        manifest = read_json(path)
-    except json.JSONDecodeError as err:
-        raise WmssError(f"{path} is not valid JSON (line {err.lineno}: {err.msg}).") from None
-    if not isinstance(manifest, dict) or "phases" not in manifest or "config" not in manifest:
-        raise WmssError(f"{path} has no 'phases' and 'config': it was not written by `wmss run`.")
-    return root, manifest, config_from_dict(manifest["config"], source=str(path))
-
-
-def _model_path(root: Path, recorded: str) -> str:
-    """A model path from the manifest: relative to the run directory when it lies there."""
-    inside = root / recorded
-    return str(inside) if (inside / "config.json").is_file() else recorded
-
-
-def run_chain(root: Path, manifest: dict[str, Any]) -> list[str]:
-    """Paths of M0, M1, … M_{K+1}: the models of the run's finished phases, in order."""
-    phases = manifest["phases"]
-    chain = []
-    for name in ["M0", "sft", *[f"wdjt-{t}" for t in range(1, len(phases) + 1)]]:
-        entry = phases.get(name)
-        if not entry or entry.get("status") != "done" or not entry.get("model"):
-            break
-        chain.append(_model_path(root, entry["model"]))
-    return chain
-
-
-def run_models(root: Path, manifest: dict[str, Any]) -> dict[str, str]:
-    """``weak``, ``strong_before`` and (after a WD-JT) ``strong_after`` of the run's last iteration.
-
-    After K iterations: M_{K-1}, M_K and M_{K+1}; before any WD-JT: M0 and M1.
-    """
-    chain = run_chain(root, manifest)
-    if len(chain) < 2:
-        raise WmssError(
-            f"{root} has no finished SFT phase yet, so it has no weak/strong pair to diagnose; finish the "
-            "run, or give --weak and --strong-before explicitly."
-        )
-    if len(chain) == 2:
-        return {"weak": chain[0], "strong_before": chain[1]}
-    return {"weak": chain[-3], "strong_before": chain[-2], "strong_after": chain[-1]}
-
 
 def diagnose_to_files(cfg: RunConfig, paths: dict[str, str], out_dir: str | Path) -> dict[str, Any]:
     """``diagnose_logits`` of the models at ``paths`` on ``cfg``'s training data; writes ``logits.json``
@@ -216,7 +159,7 @@ def _note(text: str, kind: str = "note") -> str:
 def _overview(root: Path, manifest: dict, cfg: RunConfig) -> str:
     phases = manifest["phases"]
     unfinished = [k for k, p in phases.items() if p.get("status") != "done"]
-    status = "finished" if "final" in phases and not unfinished else f"unfinished ({', '.join(unfinished)})"
+    status = "finished" if FINAL in phases and not unfinished else f"unfinished ({', '.join(unfinished)})"
     data = manifest.get("data", {})
     items = [
         ("run directory", _e(root.resolve())),
@@ -239,8 +182,8 @@ def _overview(root: Path, manifest: dict, cfg: RunConfig) -> str:
                 ),
             )
         )
-    if phases.get("final", {}).get("status") == "done":
-        items.append(("final model", _e(root / phases["final"]["model"])))
+    if phases.get(FINAL, {}).get("status") == "done":
+        items.append(("final model", _e(root / phases[FINAL]["model"])))
     return _section("overview", "Overview", _pairs(items))
 
 
@@ -553,7 +496,7 @@ def _wdjt(root: Path, t: int, entry: dict, figures: _Figures) -> str:
             ("strong model's share of ‖g‖² (mean)", _num(grads.get("strong_grad_share"))),
         ]
     chart = ""
-    history = root / "logs" / f"wdjt-{t}.json"
+    history = root / "logs" / f"{wdjt_phase(t)}.json"
     records = [r for r in read_json(history) if "grad_norm_strong" in r] if history.is_file() else []
     if records:
         fig, axes = figures.plt.subplots(1, 2, figsize=(11, 3.0))
@@ -716,12 +659,12 @@ def write_run_report(
     nav = [("overview", "overview"), ("configuration", "configuration"), ("timings", "timings")]
     nav.append(("losses", "training loss"))
     for t in range(1, cfg.wmss.iterations + 1):
-        if phases.get(f"selection-{t}", {}).get("status") == "done":
-            sections.append(_selection(root, t, phases[f"selection-{t}"], cfg, figures))
-            nav.append((f"selection-{t}", f"WD-DS {t}"))
-        if f"wdjt-{t}" in phases:
-            sections.append(_wdjt(root, t, phases[f"wdjt-{t}"], figures))
-            nav.append((f"wdjt-{t}", f"WD-JT {t}"))
+        if phases.get(selection_phase(t), {}).get("status") == "done":
+            sections.append(_selection(root, t, phases[selection_phase(t)], cfg, figures))
+            nav.append((selection_phase(t), f"WD-DS {t}"))
+        if wdjt_phase(t) in phases:
+            sections.append(_wdjt(root, t, phases[wdjt_phase(t)], figures))
+            nav.append((wdjt_phase(t), f"WD-JT {t}"))
     sections += [_logits(root, figures), _evaluation(root, manifest)]
     nav += [("logits", "logit statistics"), ("evaluation", "evaluation")]
     links = "".join(f'<a href="#{a}">{_e(label)}</a>' for a, label in nav)

@@ -20,11 +20,14 @@ Degenerate cases, all reported in ``Selection.notes``:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from wmss.config import RunConfig
-from wmss.errors import WmssError
+from wmss.errors import DataError, WmssError
+from wmss.io import read_jsonl
 
 TERMS = ("alpha", "beta", "gamma")
 
@@ -48,11 +51,8 @@ class Selection:
 
     @property
     def active_rows(self) -> list[int]:
-        """Rows of D_active: each drawn row once (dedup) or once per draw, in row order."""
-        rows = np.flatnonzero(self.draws)
-        if self.dedup:
-            return rows.tolist()
-        return np.repeat(rows, self.draws[rows]).tolist()
+        """Rows of D_active (``active_rows``)."""
+        return active_rows(self.draws, self.dedup)
 
     @property
     def active_fraction(self) -> float:
@@ -137,6 +137,43 @@ def sample_active_set(weights: np.ndarray, seed: int, sample_multiplier: float =
     rng = np.random.default_rng(seed)
     drawn = rng.choice(n, size=num_draws, replace=True, p=weights)
     return np.bincount(drawn, minlength=n)
+
+
+def active_rows(draws: np.ndarray, dedup: bool) -> list[int]:
+    """Rows of D_active: each drawn row once (dedup) or once per draw, in row order."""
+    rows = np.flatnonzero(draws)
+    if dedup:
+        return rows.tolist()
+    return np.repeat(rows, draws[rows]).tolist()
+
+
+def active_set(dataset: Any, draws: np.ndarray, dedup: bool) -> Any:
+    """D_active: the rows of ``dataset`` (a ``datasets.Dataset``) given by ``active_rows``."""
+    return dataset.select(active_rows(draws, dedup))
+
+
+def read_selection_draws(path: str | Path, idx: list) -> np.ndarray:
+    """The ``draws`` of a ``selection-<t>.jsonl`` file (``wmss select``) in the order of the examples
+    ``idx``; the file must list exactly those examples."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"selection file {path} does not exist; write one with `wmss select`.")
+    try:
+        rows = read_jsonl(path)
+        draws = {r["idx"]: int(r["draws"]) for r in rows}
+    except (ValueError, KeyError, TypeError) as err:
+        raise DataError(
+            f"{path} is not a selection file (JSON lines with idx and draws, as `wmss select` writes): {err}"
+        ) from None
+    missing = [i for i in idx if i not in draws]
+    if missing or len(draws) != len(idx):
+        extra = len(set(draws) - set(idx))
+        raise DataError(
+            f"{path} was made for other examples than this data: {len(missing)} of its {len(idx)} examples "
+            f"have no line (e.g. idx {missing[:3]}), {extra} lines name examples it does not have. "
+            "Compute the entropies and the selection on this data."
+        )
+    return np.array([draws[i] for i in idx], dtype=np.int64)
 
 
 def select_for_config(

@@ -25,6 +25,7 @@ import logging
 import math
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -121,46 +122,30 @@ def train_sft(
     dataset: Dataset,
     train: TrainConfig,
     epochs: float,
-    checkpoint_dir: str | Path,
-    seed: int,
-    callbacks: list[TrainerCallback] | None = None,
-    logging_dir: str | Path | None = None,
+    where: PhaseTraining,
     neftune_alpha: float | None = None,
-    save_to: str | Path | None = None,
-    learning_rate: float | None = None,
-    segment: ScheduleSegment | None = None,
 ) -> dict[str, Any]:
-    """Completion-only SFT in place on ``model`` (resumes from the last checkpoint in ``checkpoint_dir``);
-    with ``save_to``, the trained model is saved there with ``tokenizer`` (``save_trained``).
-    ``learning_rate`` replaces ``train.learning_rate``; ``segment``: the phase runs that part of a
-    longer schedule.
+    """Completion-only SFT in place on ``model``, trained as ``where`` says (resumed from its checkpoint
+    directory, saved to ``where.save_to`` with ``tokenizer``).
 
     ``neftune_alpha``: NEFTune, through transformers' own hook (``TrainingArguments.neftune_noise_alpha``):
     while training, uniform noise in ±α/√(L·d) is added to the input embeddings, L being the batch's
     padded length and d the hidden size; the hook is inactive in eval mode and removed after training.
     """
-    return _fit(
+    return fit(
         CompletionTrainer,
         model,
         tokenizer,
         dataset,
         train,
         epochs,
-        checkpoint_dir,
-        seed,
-        callbacks,
-        logging_dir,
-        args_overrides={
-            "neftune_noise_alpha": neftune_alpha,
-            "learning_rate": learning_rate or train.learning_rate,
-        },
-        save_to=save_to,
-        segment=segment,
+        where,
+        args_overrides={"neftune_noise_alpha": neftune_alpha},
         fused_loss=train.fused_loss,
     )
 
 
-def _zero3(trainer: Trainer) -> bool:
+def is_zero3(trainer: Trainer) -> bool:
     """DeepSpeed ZeRO-3 gathers a module's weights only while that module runs, so the fused loss head,
     which reads the output head's weight after the head's (skipped) forward, cannot run under it."""
     return trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
@@ -200,6 +185,25 @@ def steps_per_pass(examples: int, train: TrainConfig) -> int:
     """Optimizer steps of one pass over ``examples`` rows, counted as Trainer counts them."""
     batches = math.ceil(examples / (train.per_device_batch_size * distributed.world_size()))
     return max(math.ceil(batches / train.gradient_accumulation_steps), 1)
+
+
+@dataclass
+class PhaseTraining:
+    """Where and how one training phase trains (built by ``wmss.rundir.RunDir.training``).
+
+    ``checkpoint_dir``: Trainer checkpoints, resumed from when a complete one is there; ``save_to``: where
+    the trained model (for WD-JT the strong one) is saved as a standard checkpoint, with the tokenizer;
+    ``logging_dir``: TensorBoard event files (with ``train.report_to: tensorboard``); ``learning_rate``
+    replaces ``train.learning_rate``; ``segment``: the phase runs that part of a longer schedule.
+    """
+
+    checkpoint_dir: Path
+    seed: int
+    logging_dir: Path | None = None
+    save_to: Path | None = None
+    callbacks: list[TrainerCallback] | None = None
+    learning_rate: float | None = None
+    segment: ScheduleSegment | None = None
 
 
 class SegmentedScheduleTrainer(Trainer):
@@ -242,7 +246,7 @@ class CompletionTrainer(SegmentedScheduleTrainer):
         self._captured: list[torch.Tensor] = []
         self.fused_head = fused
         super().__init__(model, *args, compute_loss_func=self._fused_loss if fused else None, **kwargs)
-        if self.fused_head and _zero3(self):
+        if self.fused_head and is_zero3(self):
             log.warning("SFT: naive loss head under DeepSpeed ZeRO-3 (weights are gathered per module call).")
             self.fused_head, self.compute_loss_func = False, None
 
@@ -267,45 +271,43 @@ class CompletionTrainer(SegmentedScheduleTrainer):
         return fused_completion_cross_entropy(hidden, head, labels, num_items_in_batch)
 
 
-def _fit(
+def fit(
     trainer_class: type[Trainer],
     model: nn.Module,
     tokenizer: Any,
     dataset: Dataset,
     train: TrainConfig,
     epochs: float,
-    checkpoint_dir: str | Path,
-    seed: int,
-    callbacks: list[TrainerCallback] | None,
-    logging_dir: str | Path | None = None,
+    where: PhaseTraining,
     args_overrides: dict[str, Any] | None = None,
     collator: Any = None,
-    save_to: str | Path | None = None,
-    segment: ScheduleSegment | None = None,
     **trainer_kwargs: Any,
 ) -> dict[str, Any]:
+    """Train ``model`` with ``trainer_class`` (a ``SegmentedScheduleTrainer``) as ``where`` says: the
+    ``train`` section mapped onto ``TrainingArguments`` (``args_overrides`` on top), resumed from the
+    last complete checkpoint, saved to ``where.save_to``. Returns steps, Trainer's metrics and log."""
     if "tensorboard" in train.report_to and not is_tensorboard_available():
         raise ConfigError(
             f"train.report_to={train.report_to} needs TensorBoard, which is not installed: "
             "pip install tensorboard (or set train.report_to=none)."
         )
+    overrides = {"learning_rate": where.learning_rate or train.learning_rate, **(args_overrides or {})}
     trainer = trainer_class(
         model=model,
-        args=training_arguments(train, checkpoint_dir, epochs, seed, **(args_overrides or {})),
+        args=training_arguments(train, where.checkpoint_dir, epochs, where.seed, **overrides),
         train_dataset=dataset,
         data_collator=collator or CompletionCollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=callbacks,
+        callbacks=where.callbacks,
         **trainer_kwargs,
     )
-    if segment is not None:
-        trainer.segment = segment
+    trainer.segment = where.segment
     for callback in trainer.callback_handler.callbacks:
-        if isinstance(callback, TensorBoardCallback) and logging_dir and callback.logging_dir is None:
-            callback.logging_dir = str(logging_dir)  # None unless $TENSORBOARD_LOGGING_DIR is set
-    result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(checkpoint_dir))
-    if save_to is not None:
-        save_trained(trainer, save_to)
+        if isinstance(callback, TensorBoardCallback) and where.logging_dir and callback.logging_dir is None:
+            callback.logging_dir = str(where.logging_dir)  # None unless $TENSORBOARD_LOGGING_DIR is set
+    result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(where.checkpoint_dir))
+    if where.save_to is not None:
+        save_trained(trainer, where.save_to)
     return {"steps": trainer.state.global_step, **result.metrics, "log_history": trainer.state.log_history}
 
 
@@ -399,7 +401,7 @@ class JointTrainer(SegmentedScheduleTrainer):
 
     def __init__(self, model: WeakStrongPair, *args: Any, **kwargs: Any):
         super().__init__(model, *args, **kwargs)
-        if model.fused_loss and _zero3(self):
+        if model.fused_loss and is_zero3(self):
             log.warning(
                 "WD-JT: naive loss head under DeepSpeed ZeRO-3 (weights are gathered per module call)."
             )
@@ -507,36 +509,21 @@ def train_joint(
     epochs: float,
     mix_lambda: float,
     freeze_weak: bool,
-    checkpoint_dir: str | Path,
-    seed: int,
-    callbacks: list[TrainerCallback] | None = None,
-    logging_dir: str | Path | None = None,
-    save_to: str | Path | None = None,
-    learning_rate: float | None = None,
-    segment: ScheduleSegment | None = None,
+    where: PhaseTraining,
 ) -> dict[str, Any]:
-    """WD-JT (Eq. 5-6): train weak and strong together on the mixed-logit loss; both updated in place.
-    With ``save_to`` the strong model (alone) is saved there with ``tokenizer`` (``save_trained``).
-    ``learning_rate`` and ``segment`` as for ``train_sft``.
+    """WD-JT (Eq. 5-6): train weak and strong together on the mixed-logit loss; both updated in place,
+    as ``where`` says; ``where.save_to`` receives the strong model alone, with ``tokenizer``.
 
     Under DDP ``find_unused_parameters`` is off: every trainable parameter of the pair gets a gradient
     from the mixed loss in every step, and a frozen weak model has no trainable parameter."""
     pair = WeakStrongPair(weak, strong, mix_lambda, freeze_weak, train.fused_loss)
-    return _fit(
+    return fit(
         JointTrainer,
         pair,
         tokenizer,
         dataset,
         train,
         epochs,
-        checkpoint_dir,
-        seed,
-        callbacks,
-        logging_dir,
-        args_overrides={
-            "ddp_find_unused_parameters": False,
-            "learning_rate": learning_rate or train.learning_rate,
-        },
-        save_to=save_to,
-        segment=segment,
+        where,
+        args_overrides={"ddp_find_unused_parameters": False},
     )

@@ -19,47 +19,31 @@ import numpy as np
 from wmss.errors import WmssError
 from wmss.evaluation.metrics import paired_bootstrap
 from wmss.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from wmss.rundir import EVAL, SFT, finished_phases, selection_phase, training_cost, wdjt_phase
 from wmss.study.runner import arm_dir, arm_tuning_path, setting_name
 from wmss.study.spec import Arm, Study
 
-NOT_TRAINING = ("M0", "final", "eval")
-
-
-def _finished(run: Path) -> dict | None:
-    path = run / "manifest.json"
-    if not path.is_file():
-        return None
-    phases = read_json(path)["phases"]
-    return phases if phases.get("eval", {}).get("status") == "done" else None
-
 
 def _scores(run: Path, phases: dict) -> np.ndarray:
-    records = read_jsonl(phases["eval"]["predictions_path"])
+    records = read_jsonl(phases[EVAL]["predictions_path"])
     return np.array([float(r["correct"]) for r in sorted(records, key=lambda r: str(r["id"]))])
-
-
-def _cost(phases: dict) -> tuple[int, float]:
-    """Optimizer steps and wall time of every phase but M0, final and eval (any method's phases)."""
-    steps = sum(p.get("steps", 0) for p in phases.values())
-    wall = sum(p.get("wall_time_s", 0.0) for k, p in phases.items() if k not in NOT_TRAINING)
-    return steps, wall
 
 
 def _run_row(study: Study, arm: Arm, seed: int) -> dict | None:
     run = arm_dir(study, arm, seed)
-    phases = _finished(run)
+    phases = finished_phases(run)
     if phases is None:
         return None
-    steps, wall = _cost(phases)
+    steps, wall = training_cost(phases)
     gap_source = phases
     if arm.m1_from is not None:  # charged for the M1 it starts from
-        source = _finished(arm_dir(study, study.arm(arm.m1_from), seed)) or {}
-        m1 = source.get("sft", {})
+        source = finished_phases(arm_dir(study, study.arm(arm.m1_from), seed)) or {}
+        m1 = source.get(SFT, {})
         steps, wall = steps + m1.get("steps", 0), wall + m1.get("wall_time_s", 0.0)
-        trains_pair = any(k.startswith("wdjt-") for k in phases)  # the (M0, M1) gap is its weak-strong gap
-        if trains_pair and "mean_entropy_gap" not in phases.get("selection-1", {}):
+        trains_pair = wdjt_phase(1) in phases  # the (M0, M1) gap is its weak-strong gap
+        if trains_pair and "mean_entropy_gap" not in phases.get(selection_phase(1), {}):
             gap_source = source
-    selection = phases.get("selection-1", {})
+    selection = phases.get(selection_phase(1), {})
     distinct = None
     if selection.get("dedup") is False and selection.get("file"):  # the active set repeats rows
         drawn = read_jsonl(run / selection["file"])
@@ -67,15 +51,15 @@ def _run_row(study: Study, arm: Arm, seed: int) -> dict | None:
     machine = run / "machine.json"
     return {
         "seed": seed,
-        "accuracy": phases["eval"]["accuracy"],
-        "num_correct": phases["eval"]["num_correct"],
-        "num_problems": phases["eval"]["num_problems"],
+        "accuracy": phases[EVAL]["accuracy"],
+        "num_correct": phases[EVAL]["num_correct"],
+        "num_problems": phases[EVAL]["num_problems"],
         "scores": _scores(run, phases),
         "steps": steps,
         "wall_time_s": wall,
         "active_fraction": selection.get("active_fraction"),
         "distinct_fraction": distinct,
-        "mean_entropy_gap": gap_source.get("selection-1", {}).get("mean_entropy_gap"),
+        "mean_entropy_gap": gap_source.get(selection_phase(1), {}).get("mean_entropy_gap"),
         "machine": read_json(machine)["machine"] if machine.is_file() else "unrecorded",
         "run_dir": str(run),
     }

@@ -22,6 +22,7 @@ from wmss.config import config_from_dict
 from wmss.errors import WmssError
 from wmss.io import atomic_write_json, read_json
 from wmss.pipeline import run_pipeline
+from wmss.rundir import EVAL, SFT
 from wmss.study.mawps import prepare
 from wmss.study.spec import Arm, Study
 
@@ -121,14 +122,14 @@ def tune(study: Study) -> dict[str, Any]:
                 ["sft.epochs=2", "wmss.iterations=0", *setting_overrides(setting)],
                 "validset",
             )
-            result = manifest["phases"]["eval"]
+            result = manifest["phases"][EVAL]
             scores[name] = {
                 "setting": dict(setting),
                 "accuracy": result["accuracy"],
                 "num_correct": result["num_correct"],
                 "num_problems": result["num_problems"],
-                "steps": manifest["phases"]["sft"]["steps"],
-                "wall_time_s": manifest["phases"]["sft"]["wall_time_s"],
+                "steps": manifest["phases"][SFT]["steps"],
+                "wall_time_s": manifest["phases"][SFT]["wall_time_s"],
             }
         return scores[name]["accuracy"]
 
@@ -191,7 +192,7 @@ def tune_arm(study: Study, arm: Arm, setting: dict[str, Any]) -> dict[str, Any]:
         if name not in scores:
             overrides = _arm_overrides(study, arm, seed, setting) + setting_overrides(candidate)
             manifest = run_one(study, path.parent / name, seed, setting["format"], overrides, "validset")
-            result = manifest["phases"]["eval"]
+            result = manifest["phases"][EVAL]
             scores[name] = {"setting": dict(candidate), "accuracy": result["accuracy"],
                             "num_correct": result["num_correct"], "num_problems": result["num_problems"],
                             "steps": manifest["budget"]["optimizer_steps"],

@@ -1,0 +1,394 @@
+"""The run directory of ``wmss run`` and of the per-phase commands: the one owner of its layout, its
+``manifest.json`` (writing and reading), the phase names, the budget, and where each phase trains.
+
+Layout::
+
+    manifest.json            status, config, timings and outputs of every phase; ``budget``: optimizer
+                             steps, passes over the data and training wall time of the whole run
+    config.yaml              the resolved configuration
+    models/M1, models/M2 …   every model of the chain (M0 is recorded as a reference to the base);
+                             baselines: models/neftune, models/undial, models/dpo, models/spin
+    final/                   the last strong model, a standard Hugging Face checkpoint
+    entropy/M<k>.jsonl       Eq. 7 entropies per example for checkpoint M<k> (reused across iterations)
+    selection-<t>.jsonl      WD-DS of iteration t: idx, entropy_weak, entropy_strong, weight, draws, active
+    pairs.jsonl              dpo/spin: M1's answers per training example, their verdicts and the pair
+    checkpoints/<phase>/     Trainer checkpoints of an unfinished training phase (removed when it ends)
+    logs/<phase>.json        Trainer log history of a finished training phase
+    tensorboard/<phase>/     TensorBoard event files, with ``train.report_to: tensorboard``
+    diagnostics/             ``wmss diagnose logits --run``: logits.json, logits.md
+    report/                  ``wmss report``: report.html (self-contained) and its PNG figures
+    eval/                    predictions and accuracy of the final model, when an eval task is set
+
+Every file is written atomically. Re-running the same command skips finished phases and resumes an
+unfinished training phase from its last complete checkpoint; a directory made with another
+configuration or other inputs is refused.
+
+Under several processes each holds the manifest and only the main process writes it (and every other
+file of the run); after each phase the others wait for it and read the manifest back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import TrainerCallback
+
+from wmss import __version__, distributed
+from wmss.config import RunConfig, config_from_dict
+from wmss.data import DataReport
+from wmss.errors import ConfigError, WmssError
+from wmss.io import atomic_write_json, atomic_write_text, read_json
+from wmss.trainers import PhaseTraining, ScheduleSegment, steps_per_pass
+
+log = logging.getLogger("wmss")
+
+# ---------------------------------------------------------------- phase names
+
+M0, SFT, FINAL, EVAL, PAIRS = "M0", "sft", "final", "eval", "pairs"
+NOT_TRAINING = (M0, FINAL, EVAL)
+"""Phases whose wall time is not training time (the budget leaves them out)."""
+
+
+def entropy_phase(model: str) -> str:
+    """The Eq. 7 pass over D under checkpoint ``model`` (``M0``, ``M1``, …)."""
+    return f"entropy-{model}"
+
+
+def selection_phase(t: int) -> str:
+    """WD-DS of iteration t."""
+    return f"selection-{t}"
+
+
+def wdjt_phase(t: int) -> str:
+    """WD-JT of iteration t."""
+    return f"wdjt-{t}"
+
+
+# ---------------------------------------------------------------- what makes a run the same run
+
+NON_RESULT_KEYS = (
+    "output_dir",
+    "eval",
+    "train.logging_steps",
+    "train.report_to",
+    "train.save_steps",
+    "train.save_total_limit",
+    "train.fused_loss",
+    "train.ddp_timeout",
+    "wmss.entropy_batch_size",
+    "wmss.min_entropy_gap",
+)
+"""Keys that do not change what a run computes; they may differ when a run is resumed."""
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def result_config(cfg: RunConfig) -> dict[str, Any]:
+    """The flattened keys of ``cfg`` that change what a run computes (compared on resume)."""
+    flat = flatten(cfg.to_dict())
+    ignored = NON_RESULT_KEYS
+    if cfg.wmss.mix_lambda != "auto":  # the diagnostic sample changes a run only by measuring λ
+        ignored += ("wmss.diagnostic_examples",)
+    flat["sft.epochs"] = cfg.sft_epochs  # as resolved: unset and its value are the same run
+    # The global batch is per_device_batch_size × gradient_accumulation_steps × processes.
+    flat["num_processes"] = distributed.world_size()
+    return {k: v for k, v in flat.items() if not any(k == n or k.startswith(n + ".") for n in ignored)}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+# ---------------------------------------------------------------- the run directory
+
+
+class RunDir:
+    """A run directory and its ``manifest.json``; runs phases once and records them.
+
+    ``inputs``: what a run consumes besides its configuration (e.g. ``wmss joint``'s weak and strong
+    checkpoints and selection file); a directory made from other inputs is refused like one made with
+    another configuration. ``callbacks`` go to every Trainer of the run (``training``).
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        inputs: dict[str, Any] | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+    ):
+        self.cfg, self.callbacks = cfg, callbacks
+        self.root = Path(cfg.output_dir)
+        self.manifest_path = self.root / "manifest.json"
+        self.root.mkdir(parents=True, exist_ok=True)
+        wanted = result_config(cfg)
+        if self.manifest_path.is_file():
+            self.manifest = json.loads(self.manifest_path.read_text())
+            self._check_same_run(wanted, inputs or {})
+        else:
+            self.manifest = {
+                "wmss_version": __version__,
+                "created": _now(),
+                "result_config": wanted,
+                "phases": {},
+            }
+            if inputs:
+                self.manifest["inputs"] = inputs
+        self.manifest["config"] = cfg.to_dict()
+        distributed.barrier()  # every process has read the old manifest before the main one rewrites it
+        if distributed.is_main():
+            atomic_write_text(self.root / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        self.save()
+        self.sync()
+
+    def _check_same_run(self, wanted: dict[str, Any], inputs: dict[str, Any]) -> None:
+        old_inputs = self.manifest.get("inputs", {})
+        changed = sorted(k for k in set(old_inputs) | set(inputs) if old_inputs.get(k) != inputs.get(k))
+        if changed:
+            details = "; ".join(f"{k}: {old_inputs.get(k)!r} -> {inputs.get(k)!r}" for k in changed)
+            raise ConfigError(
+                f"{self.root} holds a run made from other inputs ({details}). Resuming would mix two "
+                "experiments: use a new output directory, or give the same inputs to resume it."
+            )
+        old = self.manifest.get("result_config", {})
+        # A key added to the config since the run was made counts as its default value.
+        default = {**flatten(RunConfig().to_dict()), **result_config(RunConfig()), "num_processes": 1}
+        before = {k: old.get(k, default.get(k)) for k in set(old) | set(wanted)}
+        changed = sorted(k for k, v in before.items() if v != wanted.get(k))
+        if changed:
+            details = "; ".join(f"{k}: {before[k]!r} -> {wanted.get(k)!r}" for k in changed[:6])
+            processes = (
+                " The number of processes is part of it: the global batch is per_device_batch_size × "
+                "gradient_accumulation_steps × processes."
+                if "num_processes" in changed
+                else ""
+            )
+            raise ConfigError(
+                f"{self.root} holds a run made with a different configuration ({details}). "
+                "Resuming would mix two experiments: use a new output_dir, or restore those "
+                f"values to resume the run.{processes}"
+            )
+
+    def save(self) -> None:
+        if distributed.is_main():
+            atomic_write_json(self.manifest_path, self.manifest)
+
+    def sync(self) -> None:
+        """Under several processes: wait until the main process has written, then read its manifest."""
+        if distributed.world_size() > 1:
+            distributed.barrier()
+            if not distributed.is_main():
+                self.manifest = json.loads(self.manifest_path.read_text())
+
+    def done(self, phase: str) -> dict | None:
+        entry = self.manifest["phases"].get(phase)
+        return entry if entry and entry.get("status") == "done" else None
+
+    def phase(self, name: str, work: Callable[[], dict[str, Any]], alone: bool = False) -> dict[str, Any]:
+        """Run ``work`` unless ``name`` is already done; record status, timing and its outputs.
+
+        Every process calls it, and waits for the others at the end, unless ``alone``: a phase the main
+        process runs after the others have finished (evaluation).
+        """
+        finished = self.done(name)
+        if finished:
+            log.info("phase %s: already done, skipping", name)
+            return finished
+        entry = self.manifest["phases"].setdefault(name, {})
+        attempts = entry.get("attempts", 0) + 1
+        entry.update(status="running", started=_now(), attempts=attempts)
+        self.save()
+        log.info("phase %s: started%s", name, f" (attempt {attempts}, resuming)" if attempts > 1 else "")
+        start = time.perf_counter()
+        outputs = work()
+        entry.update(outputs)
+        entry.update(status="done", finished=_now(), wall_time_s=round(time.perf_counter() - start, 2))
+        self.save()
+        if not alone:
+            self.sync()
+        log.info("phase %s: done in %.1f s", name, entry["wall_time_s"])
+        return entry
+
+    def rel(self, path: Path) -> str:
+        return str(path.relative_to(self.root))
+
+    def record_data(self, report: DataReport) -> None:
+        self.manifest["data"] = report.to_dict()
+        self.save()
+        log.info("data: %s", report.summary())
+
+    # ------------------------------------------------------------ training phases
+
+    def training(
+        self, phase: str, save_to: Path | None = None, learning_rate: float | None = None
+    ) -> PhaseTraining:
+        """Where and how ``phase`` trains: ``checkpoints/<phase>``, ``tensorboard/<phase>``, the run's
+        seed and callbacks, and its segment of the run's learning-rate schedule (``schedule_segments``)."""
+        examples = self.manifest.get("data", {}).get("num_examples")
+        segments = schedule_segments(self.cfg, examples) if examples else {}
+        return PhaseTraining(
+            checkpoint_dir=self.root / "checkpoints" / phase,
+            seed=self.cfg.seed,
+            logging_dir=self.root / "tensorboard" / phase,
+            save_to=save_to,
+            callbacks=self.callbacks,
+            learning_rate=learning_rate,
+            segment=segments.get(phase),
+        )
+
+    def training_record(self, result: dict[str, Any], phase: str) -> dict[str, Any]:
+        """Keep a finished phase's Trainer log (``logs/<phase>.json``), drop its checkpoints; the
+        numbers the manifest keeps."""
+        if distributed.is_main():
+            atomic_write_json(self.root / "logs" / f"{phase}.json", result["log_history"])
+            shutil.rmtree(self.root / "checkpoints" / phase, ignore_errors=True)
+            if (self.root / "checkpoints").is_dir() and not any((self.root / "checkpoints").iterdir()):
+                (self.root / "checkpoints").rmdir()
+        keep = ("steps", "train_loss", "train_runtime", "train_samples_per_second")
+        return {k: result[k] for k in keep if k in result}
+
+    def record_budget(self, num_examples: int) -> dict[str, Any]:
+        """``manifest["budget"]`` (``budget``) of the phases run so far."""
+        self.manifest["budget"] = budget(self.manifest["phases"], num_examples, self.cfg)
+        self.save()
+        return self.manifest["budget"]
+
+
+def schedule_segments(cfg: RunConfig, num_examples: int) -> dict[str, ScheduleSegment]:
+    """With ``wmss.lr_schedule: whole_run`` (method wmss), each training phase's segment of the one
+    schedule over the whole budget: ``sft`` first, then ``wdjt-1`` … ``wdjt-K``, each as long as its
+    nominal passes over D; empty otherwise (every phase has its own schedule)."""
+    if cfg.method != "wmss" or cfg.wmss.lr_schedule != "whole_run" or cfg.wmss.iterations == 0:
+        return {}
+    per_pass = steps_per_pass(num_examples, cfg.train)
+    lengths = [(SFT, math.ceil(cfg.sft_epochs * per_pass))]
+    lengths += [
+        (wdjt_phase(t), math.ceil(cfg.wmss.epochs * per_pass)) for t in range(1, cfg.wmss.iterations + 1)
+    ]
+    total, offset, out = sum(n for _, n in lengths), 0, {}
+    for name, n in lengths:
+        out[name] = ScheduleSegment(offset, total)
+        offset += n
+    return out
+
+
+def budget(phases: dict[str, dict], num_examples: int, cfg: RunConfig) -> dict[str, Any]:
+    """Optimizer steps and passes over D of every training phase and in all, and the wall time of
+    everything but ``NOT_TRAINING``. A pass is epochs × examples trained on / |D| (for DPO and SPIN the
+    examples are pairs, each two sequences); an M1 given by ``sft.checkpoint`` is not counted."""
+    rows = {}
+    for name, entry in phases.items():
+        if "steps" not in entry:
+            continue
+        passes = None
+        if entry.get("epochs") is not None and entry.get("examples") is not None:
+            passes = round(entry["epochs"] * entry["examples"] / num_examples, 4)
+        rows[name] = {"steps": entry["steps"], "passes": passes}
+    steps, wall = training_cost(phases)
+    out = {
+        "method": cfg.method,
+        "optimizer_steps": steps,
+        "passes_over_data": round(sum(r["passes"] or 0.0 for r in rows.values()), 4),
+        "train_wall_time_s": round(wall, 2),
+        "m1_given": cfg.sft.checkpoint,
+        "phases": rows,
+    }
+    if PAIRS in phases:
+        out["generated_tokens"] = phases[PAIRS].get("generated_tokens")
+    return out
+
+
+def training_cost(phases: dict[str, dict]) -> tuple[int, float]:
+    """Optimizer steps of every phase, and wall time of every phase but ``NOT_TRAINING``."""
+    steps = sum(p.get("steps", 0) for p in phases.values())
+    wall = sum(p.get("wall_time_s", 0.0) for k, p in phases.items() if k not in NOT_TRAINING)
+    return steps, wall
+
+
+# ---------------------------------------------------------------- reading a run directory
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a run directory, checked to be one written by wmss."""
+    root = Path(run_dir)
+    path = root / "manifest.json"
+    if not root.is_dir():
+        raise WmssError(f"run directory {root} does not exist.")
+    if not path.is_file():
+        raise WmssError(
+            f"{root} has no manifest.json, so it is not a wmss run directory (one made by `wmss run`); "
+            "give the run's output_dir."
+        )
+    try:
+        manifest = read_json(path)
+    except json.JSONDecodeError as err:
+        raise WmssError(f"{path} is not valid JSON (line {err.lineno}: {err.msg}).") from None
+    if not isinstance(manifest, dict) or "phases" not in manifest or "config" not in manifest:
+        raise WmssError(f"{path} has no 'phases' and 'config': it was not written by `wmss run`.")
+    return manifest
+
+
+def load_run(run_dir: str | Path) -> tuple[Path, dict[str, Any], RunConfig]:
+    """``(root, manifest, config)`` of a run directory made by ``wmss run``."""
+    manifest = read_manifest(run_dir)
+    root = Path(run_dir)
+    return root, manifest, config_from_dict(manifest["config"], source=str(root / "manifest.json"))
+
+
+def finished_phases(run_dir: str | Path) -> dict[str, dict] | None:
+    """The phases of a run whose evaluation is done; None for a run not (yet) evaluated."""
+    path = Path(run_dir) / "manifest.json"
+    if not path.is_file():
+        return None
+    phases = read_json(path)["phases"]
+    return phases if phases.get(EVAL, {}).get("status") == "done" else None
+
+
+def _model_path(root: Path, recorded: str) -> str:
+    """A model path from the manifest: relative to the run directory when it lies there."""
+    inside = root / recorded
+    return str(inside) if (inside / "config.json").is_file() else recorded
+
+
+def run_chain(root: Path, manifest: dict[str, Any]) -> list[str]:
+    """Paths of M0, M1, … M_{K+1}: the models of the run's finished phases, in order."""
+    phases = manifest["phases"]
+    chain = []
+    for name in [M0, SFT, *[wdjt_phase(t) for t in range(1, len(phases) + 1)]]:
+        entry = phases.get(name)
+        if not entry or entry.get("status") != "done" or not entry.get("model"):
+            break
+        chain.append(_model_path(root, entry["model"]))
+    return chain
+
+
+def run_models(root: Path, manifest: dict[str, Any]) -> dict[str, str]:
+    """``weak``, ``strong_before`` and (after a WD-JT) ``strong_after`` of the run's last iteration.
+
+    After K iterations: M_{K-1}, M_K and M_{K+1}; before any WD-JT: M0 and M1.
+    """
+    chain = run_chain(root, manifest)
+    if len(chain) < 2:
+        raise WmssError(
+            f"{root} has no finished SFT phase yet, so it has no weak/strong pair to diagnose; finish the "
+            "run, or give --weak and --strong-before explicitly."
+        )
+    if len(chain) == 2:
+        return {"weak": chain[0], "strong_before": chain[1]}
+    return {"weak": chain[-3], "strong_before": chain[-2], "strong_after": chain[-1]}
