@@ -2,7 +2,18 @@
 
 import pytest
 
-from wmss.config import load_config, parse_override
+from wmss.config import (
+    DataConfig,
+    DPOConfig,
+    EvalConfig,
+    NEFTuneConfig,
+    SFTConfig,
+    TrainConfig,
+    UndialConfig,
+    WMSSConfig,
+    load_config,
+    parse_override,
+)
 from wmss.errors import ConfigError
 
 
@@ -47,6 +58,32 @@ def test_file_then_overrides(tmp_path):
 def test_bad_overrides(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize(
+    "section,match",
+    [
+        (WMSSConfig(mix_lambda=2.0), r"wmss\.mix_lambda must lie in \[0, 1\]"),
+        (WMSSConfig(epochs=0.0), r"wmss\.epochs"),
+        (DataConfig(overlong="keep"), r"data\.overlong"),
+        (TrainConfig(max_length=0), r"train\.max_length must be >= 1"),
+        (SFTConfig(epochs=0.0), r"sft\.epochs"),
+        (NEFTuneConfig(alpha=0.0), r"neftune\.alpha must be > 0"),
+        (UndialConfig(strength=-1.0), r"undial\.strength must be >= 0"),
+        (DPOConfig(beta=0.0), r"dpo\.beta"),
+        (EvalConfig(backend="tgi"), r"eval\.backend"),
+    ],
+)
+def test_each_section_checks_its_own_keys(section, match):
+    with pytest.raises(ConfigError, match=match):
+        section.check()
+    type(section)().check()  # the defaults pass
+
+
+def test_method_dependent_keys_are_checked_by_the_run_config():
+    DPOConfig(num_samples=1, temperature=0.0).check()  # fine on its own: only method dpo samples
+    with pytest.raises(ConfigError, match="num_samples >= 2"):
+        load_config(None, ["method=dpo", "data.answer_field=final", "dpo.num_samples=1"])
 
 
 def test_mix_lambda_auto_or_a_number():

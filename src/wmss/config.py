@@ -4,6 +4,10 @@ A config is a YAML file whose keys mirror the dataclasses below (top-level keys 
 ``method``, and sections ``data``, ``train``, ``sft``, ``wmss``, ``neftune``, ``undial``, ``dpo``,
 ``eval``); any key can be overridden on the command line as
 ``section.key=value`` (the value is parsed as YAML, so ``wmss.dedup=false`` is a bool).
+
+Each section checks its own keys in ``check()``; ``RunConfig.validate()`` runs those, then the checks
+that span sections. Not in ``__post_init__``: ``_apply`` sets the keys after construction, so it would
+see only the defaults.
 """
 
 from __future__ import annotations
@@ -52,6 +56,16 @@ class DataConfig:
     answers (``method: dpo``). Read like ``eval.answer_field`` of the ``generic`` task: a number, LaTeX,
     or a GSM8K-style solution whose ``#### n`` gives n. Graded by the evaluation harness (math-verify)."""
 
+    def check(self) -> None:
+        """Raise ConfigError naming the first ``data.*`` key with a bad value."""
+        if self.overlong not in ("truncate", "drop"):
+            raise ConfigError(f"data.overlong must be 'truncate' or 'drop'; got {self.overlong!r}.")
+        if (self.prompt_template is None) != (self.completion_template is None):
+            raise ConfigError(
+                "data.prompt_template and data.completion_template must be set together "
+                "(or both left unset for prompt/completion or messages columns)."
+            )
+
 
 @dataclass
 class TrainConfig:
@@ -83,6 +97,14 @@ class TrainConfig:
     (``TrainingArguments.ddp_timeout``). The others wait while the main process alone writes models or
     generates DPO/SPIN pairs, so raise it for those on large data."""
 
+    def check(self) -> None:
+        """Raise ConfigError naming the first ``train.*`` key with a bad value."""
+        for key in ("per_device_batch_size", "gradient_accumulation_steps", "max_length", "ddp_timeout"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1; got {getattr(self, key)}.")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"train.learning_rate must be > 0; got {self.learning_rate}.")
+
 
 @dataclass
 class SFTConfig:
@@ -96,6 +118,11 @@ class SFTConfig:
     (lets several methods and variants share one M1, or start from an SFT model trained elsewhere).
     Methods ``sft`` and ``neftune`` continue from it for the rest of their budget, ``sft.epochs`` − 1
     epochs (a fresh learning-rate schedule; NEFTune's noise only in that part)."""
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first ``sft.*`` key with a bad value."""
+        if self.epochs is not None and self.epochs <= 0:
+            raise ConfigError(_EPOCHS_ERROR)
 
 
 @dataclass
@@ -145,6 +172,51 @@ class WMSSConfig:
     add much signal. A heuristic (the paper shows a threshold exists but gives no number); 0 disables
     the warning."""
 
+    def check(self) -> None:
+        """Raise ConfigError naming the first ``wmss.*`` key with a bad value."""
+        if isinstance(self.mix_lambda, str) and self.mix_lambda != "auto":
+            raise ConfigError(
+                f"wmss.mix_lambda must be a number in [0, 1] or 'auto' (λ from the gradient-share "
+                f"crossover, measured before WD-JT); got {self.mix_lambda!r}."
+            )
+        if not isinstance(self.mix_lambda, str) and not 0.0 <= self.mix_lambda <= 1.0:
+            raise ConfigError(
+                f"wmss.mix_lambda must lie in [0, 1] (Eq. 5 mixes the two models' logits); "
+                f"got {self.mix_lambda}."
+            )
+        if self.diagnostic_examples < 1:
+            raise ConfigError(f"wmss.diagnostic_examples must be >= 1; got {self.diagnostic_examples}.")
+        if self.min_entropy_gap < 0:
+            raise ConfigError(f"wmss.min_entropy_gap must be >= 0 (nats); got {self.min_entropy_gap}.")
+        for name in ("alpha", "beta", "gamma"):
+            if getattr(self, name) < 0:
+                raise ConfigError(
+                    f"wmss.{name} must be >= 0 (it weighs a term of Eq. 9); got {getattr(self, name)}."
+                )
+        if self.alpha == self.beta == self.gamma == 0:
+            raise ConfigError(
+                "wmss.alpha, wmss.beta and wmss.gamma are all 0, so every selection weight of "
+                "Eq. 9 is 0. Set at least one of them > 0 (paper defaults: 0.1, 0.8, 0.1)."
+            )
+        if self.selection not in SELECTION_FORMS:
+            raise ConfigError(
+                f"wmss.selection must be one of {', '.join(SELECTION_FORMS)}; got {self.selection!r}."
+            )
+        if self.iterations < 0:
+            raise ConfigError(f"wmss.iterations must be >= 0; got {self.iterations}.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"wmss.lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {self.lr_schedule!r}."
+            )
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ConfigError(
+                f"wmss.learning_rate must be > 0 (or null for train.learning_rate); got {self.learning_rate}."
+            )
+        if self.sample_multiplier <= 0:
+            raise ConfigError(f"wmss.sample_multiplier must be > 0; got {self.sample_multiplier}.")
+        if self.epochs <= 0:
+            raise ConfigError(_EPOCHS_ERROR)
+
 
 @dataclass
 class NEFTuneConfig:
@@ -154,6 +226,11 @@ class NEFTuneConfig:
     """α: in training, uniform noise in ±α/√(L·d) is added to every input embedding (d the hidden size,
     L the sequence length of the batch, i.e. its padded width: transformers' ``neftune_noise_alpha``
     hook, the same form as the NEFTune authors' code). No noise in eval mode or after training."""
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first ``neftune.*`` key with a bad value."""
+        if self.alpha <= 0:
+            raise ConfigError(f"neftune.alpha must be > 0 (the noise scale); got {self.alpha}.")
 
 
 @dataclass
@@ -168,6 +245,13 @@ class UndialConfig:
     """γ, the amount subtracted from the teacher's target-token logit (the WMSS paper used 1.0)."""
     epochs: float = 1.0
     """Passes over D after M1."""
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first ``undial.*`` key with a bad value."""
+        if self.epochs <= 0:
+            raise ConfigError(_EPOCHS_ERROR)
+        if self.strength < 0:
+            raise ConfigError(f"undial.strength must be >= 0; got {self.strength}.")
 
 
 @dataclass
@@ -193,6 +277,14 @@ class DPOConfig:
     ``train.max_length`` like the training data."""
     generation_batch_size: int = 16
     """Prompts per generation batch (sampling is seeded per batch from ``seed``)."""
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first ``dpo.*`` key with a bad value (``num_samples`` and
+        ``temperature`` matter only under ``method: dpo``: ``RunConfig.validate`` checks them)."""
+        if self.beta <= 0 or self.epochs <= 0 or (self.learning_rate is not None and self.learning_rate <= 0):
+            raise ConfigError("dpo.beta, dpo.epochs and dpo.learning_rate (when set) must be > 0.")
+        if self.max_new_tokens < 1 or self.generation_batch_size < 1:
+            raise ConfigError("dpo.max_new_tokens and dpo.generation_batch_size must be >= 1.")
 
 
 @dataclass
@@ -231,6 +323,20 @@ class EvalConfig:
     backend: str = "auto"
     """``hf`` (transformers' generate), ``vllm``, or ``auto``: vLLM when installed and a GPU is present."""
 
+    def check(self) -> None:
+        """Raise ConfigError naming the first ``eval.*`` key with a bad value."""
+        if self.num_samples < 1 or self.num_fewshot < 0 or self.batch_size < 1:
+            raise ConfigError("eval.num_samples and eval.batch_size must be >= 1, eval.num_fewshot >= 0.")
+        if self.backend not in ("auto", "hf", "vllm"):
+            raise ConfigError(f"eval.backend must be auto, hf or vllm; got {self.backend!r}.")
+        if self.num_samples > 1 and self.temperature <= 0:
+            raise ConfigError(
+                f"eval.num_samples={self.num_samples} needs eval.temperature > 0: greedy decoding "
+                "gives the same answer every time."
+            )
+        if self.num_fewshot > 0 and not self.fewshot_path:
+            raise ConfigError("eval.num_fewshot > 0 needs eval.fewshot_path (e.g. the task's training file).")
+
 
 @dataclass
 class RunConfig:
@@ -261,90 +367,24 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> RunConfig:
-        """Check values that types alone cannot; raise ConfigError naming the key."""
-        w, t = self.wmss, self.train
-        if isinstance(w.mix_lambda, str) and w.mix_lambda != "auto":
-            raise ConfigError(
-                f"wmss.mix_lambda must be a number in [0, 1] or 'auto' (λ from the gradient-share "
-                f"crossover, measured before WD-JT); got {w.mix_lambda!r}."
-            )
-        if not isinstance(w.mix_lambda, str) and not 0.0 <= w.mix_lambda <= 1.0:
-            raise ConfigError(
-                f"wmss.mix_lambda must lie in [0, 1] (Eq. 5 mixes the two models' logits); "
-                f"got {w.mix_lambda}."
-            )
-        if w.diagnostic_examples < 1:
-            raise ConfigError(f"wmss.diagnostic_examples must be >= 1; got {w.diagnostic_examples}.")
-        if w.min_entropy_gap < 0:
-            raise ConfigError(f"wmss.min_entropy_gap must be >= 0 (nats); got {w.min_entropy_gap}.")
-        for name in ("alpha", "beta", "gamma"):
-            if getattr(w, name) < 0:
-                raise ConfigError(
-                    f"wmss.{name} must be >= 0 (it weighs a term of Eq. 9); got {getattr(w, name)}."
-                )
-        if w.alpha == w.beta == w.gamma == 0:
-            raise ConfigError(
-                "wmss.alpha, wmss.beta and wmss.gamma are all 0, so every selection weight of "
-                "Eq. 9 is 0. Set at least one of them > 0 (paper defaults: 0.1, 0.8, 0.1)."
-            )
-        if w.selection not in SELECTION_FORMS:
-            raise ConfigError(
-                f"wmss.selection must be one of {', '.join(SELECTION_FORMS)}; got {w.selection!r}."
-            )
-        if w.iterations < 0:
-            raise ConfigError(f"wmss.iterations must be >= 0; got {w.iterations}.")
-        if w.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(
-                f"wmss.lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {w.lr_schedule!r}."
-            )
-        if w.learning_rate is not None and not w.learning_rate > 0:
-            raise ConfigError(
-                f"wmss.learning_rate must be > 0 (or null for train.learning_rate); got {w.learning_rate}."
-            )
-        if w.sample_multiplier <= 0:
-            raise ConfigError(f"wmss.sample_multiplier must be > 0; got {w.sample_multiplier}.")
-        if self.data.overlong not in ("truncate", "drop"):
-            raise ConfigError(f"data.overlong must be 'truncate' or 'drop'; got {self.data.overlong!r}.")
-        if (self.data.prompt_template is None) != (self.data.completion_template is None):
-            raise ConfigError(
-                "data.prompt_template and data.completion_template must be set together "
-                "(or both left unset for prompt/completion or messages columns)."
-            )
-        for key in ("per_device_batch_size", "gradient_accumulation_steps", "max_length", "ddp_timeout"):
-            if getattr(t, key) < 1:
-                raise ConfigError(f"train.{key} must be >= 1; got {getattr(t, key)}.")
-        if t.learning_rate <= 0:
-            raise ConfigError(f"train.learning_rate must be > 0; got {t.learning_rate}.")
-        e = self.eval
-        if e.num_samples < 1 or e.num_fewshot < 0 or e.batch_size < 1:
-            raise ConfigError("eval.num_samples and eval.batch_size must be >= 1, eval.num_fewshot >= 0.")
-        if e.backend not in ("auto", "hf", "vllm"):
-            raise ConfigError(f"eval.backend must be auto, hf or vllm; got {e.backend!r}.")
-        if e.num_samples > 1 and e.temperature <= 0:
-            raise ConfigError(
-                f"eval.num_samples={e.num_samples} needs eval.temperature > 0: greedy decoding "
-                "gives the same answer every time."
-            )
-        if e.num_fewshot > 0 and not e.fewshot_path:
-            raise ConfigError("eval.num_fewshot > 0 needs eval.fewshot_path (e.g. the task's training file).")
-        if (self.sft.epochs is not None and self.sft.epochs <= 0) or w.epochs <= 0 or self.undial.epochs <= 0:
-            raise ConfigError("sft.epochs, wmss.epochs and undial.epochs must be > 0.")
-        self._validate_methods()
-        return self
+        """Check values that types alone cannot; raise ConfigError naming the key.
 
-    def _validate_methods(self) -> None:
+        Each section's own keys first (its ``check()``), then the keys that depend on ``method``."""
+        for section in (
+            self.wmss,
+            self.data,
+            self.train,
+            self.eval,
+            self.sft,
+            self.neftune,
+            self.undial,
+            self.dpo,
+        ):
+            section.check()
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}.")
-        if self.neftune.alpha <= 0:
-            raise ConfigError(f"neftune.alpha must be > 0 (the noise scale); got {self.neftune.alpha}.")
-        if self.undial.strength < 0:
-            raise ConfigError(f"undial.strength must be >= 0; got {self.undial.strength}.")
-        d = self.dpo
-        if d.beta <= 0 or d.epochs <= 0 or (d.learning_rate is not None and d.learning_rate <= 0):
-            raise ConfigError("dpo.beta, dpo.epochs and dpo.learning_rate (when set) must be > 0.")
-        if d.max_new_tokens < 1 or d.generation_batch_size < 1:
-            raise ConfigError("dpo.max_new_tokens and dpo.generation_batch_size must be >= 1.")
         if self.method == "dpo":
+            d = self.dpo
             if d.num_samples < 2 or d.temperature <= 0:
                 raise ConfigError(
                     f"method dpo samples dpo.num_samples answers per prompt at dpo.temperature to find a "
@@ -356,6 +396,7 @@ class RunConfig:
                     "method dpo grades M1's sampled answers against each training row's gold answer: set "
                     "data.answer_field to the column holding it (e.g. data.answer_field=answer)."
                 )
+        return self
 
     @property
     def sft_epochs(self) -> float:
@@ -384,6 +425,8 @@ LR_SCHEDULES = ("per_phase", "whole_run")
 METHODS = ("wmss", "sft", "neftune", "undial", "dpo", "spin")
 DPO_LR_RATIO = 20.0
 """Unset ``dpo.learning_rate`` is ``train.learning_rate`` divided by this (paper: DPO 5e-7, SFT 1e-5)."""
+_EPOCHS_ERROR = "sft.epochs, wmss.epochs and undial.epochs must be > 0."
+"""One message for the three epoch counts, raised by the section whose count is not > 0."""
 
 
 def all_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:

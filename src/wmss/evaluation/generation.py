@@ -12,40 +12,6 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 
-def generate_greedy(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
-    max_new_tokens: int,
-    batch_size: int = 16,
-    stop_strings: list[str] | None = None,
-    show_progress: bool = True,
-) -> list[str]:
-    """Greedily continue each prompt; return only the new text, in the order of ``prompts``.
-
-    Prompts must be fully rendered (chat template already applied); they are tokenized without
-    special tokens. Decoding stops at the tokenizer's or the model's EOS tokens; with
-    ``stop_strings``, each text is cut before the first stop string it contains.
-    """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    for index, prompt in enumerate(prompts):
-        if not tokenizer(prompt, add_special_tokens=False)["input_ids"]:
-            raise ValueError(f"prompt {index} is empty: there is nothing to continue")
-    generations = generate(
-        model,
-        tokenizer,
-        prompts,
-        max_new_tokens,
-        batch_size=batch_size,
-        stop_pattern=None,
-        show_progress=show_progress,
-    )
-    return [_cut_at_stop_strings(g[0].text, stop_strings or []) for g in generations]
-
-
 def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """EOS ids of the tokenizer and of the model's generation config, without duplicates."""
     candidates = [tokenizer.eos_token_id]
@@ -55,12 +21,6 @@ def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     if not eos_ids:
         raise ValueError("neither the tokenizer nor the model's generation config defines an EOS token")
     return eos_ids
-
-
-def _cut_at_stop_strings(text: str, stop_strings: list[str]) -> str:
-    """``text`` up to (not including) the earliest stop string in it."""
-    positions = [text.find(stop) for stop in stop_strings if stop and stop in text]
-    return text[: min(positions)] if positions else text
 
 
 ANSWER_COMPLETE = r"(?i)the (?:final )?answer is\b[^\n]*?(?:\.\s|\n)|\\boxed\{(?:[^{}]|\{[^{}]*\})*\}"
