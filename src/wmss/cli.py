@@ -200,9 +200,9 @@ def cmd_joint(args: argparse.Namespace) -> None:
 
 
 def cmd_diagnose_logits(args: argparse.Namespace) -> None:
-    from wmss.diagnostics import logit_statistics_markdown
+    from wmss.diagnostics import diagnose_to_files, logit_statistics_markdown
     from wmss.models import resolve_model
-    from wmss.run_report import diagnose_to_files, load_run, run_models
+    from wmss.run_report import load_run, run_models
 
     given = {"weak": args.weak, "strong_before": args.strong_before, "strong_after": args.strong_after}
     given = {k: v for k, v in given.items() if v}
