@@ -135,9 +135,8 @@ def cmd_joint(args: argparse.Namespace) -> None:
 
 
 def cmd_diagnose_logits(args: argparse.Namespace) -> None:
-    from wmss.diagnostics import logit_statistics_markdown
+    from wmss.diagnostics import diagnose_to_files, logit_statistics_markdown
     from wmss.models import resolve_model
-    from wmss.run_report import diagnose_to_files
     from wmss.rundir import load_run, run_models
 
     given = {"weak": args.weak, "strong_before": args.strong_before, "strong_after": args.strong_after}

@@ -22,37 +22,13 @@ from datasets import Dataset
 
 from wmss.config import DataConfig
 from wmss.errors import DataError
+from wmss.io import read_jsonl
 
 IGNORE_INDEX = -100
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
 # ---------------------------------------------------------------- reading rows
-
-
-def _read_jsonl(path: Path, bad_lines: list[int] | None = None) -> list[dict]:
-    rows = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                if bad_lines is not None:
-                    bad_lines.append(lineno)
-                    continue
-                raise DataError(
-                    f"{path}, line {lineno}: not valid JSON ({err.msg} at column {err.colno}). "
-                    "Each line must be one JSON object; fix or remove that line."
-                ) from None
-            if not isinstance(row, dict) and bad_lines is not None:
-                bad_lines.append(lineno)
-                continue
-            if not isinstance(row, dict):
-                raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}.")
-            rows.append(row)
-    return rows
 
 
 def _read_json(path: Path) -> list[dict]:
@@ -78,7 +54,7 @@ def read_rows(
     local = Path(path).expanduser()
     if local.is_file():
         if local.suffix == ".jsonl":
-            return _read_jsonl(local, bad_lines)
+            return read_jsonl(local, bad_lines)
         if local.suffix == ".json":
             return _read_json(local)
         if local.suffix == ".parquet":

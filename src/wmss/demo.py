@@ -18,6 +18,7 @@ from wmss.config import load_config
 from wmss.demo_data import demo_splits
 from wmss.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from wmss.pipeline import run_pipeline
+from wmss.reporting import markdown_table
 from wmss.rundir import EVAL, selection_phase
 
 log = logging.getLogger("wmss")
@@ -84,11 +85,17 @@ def run_demo(output_dir: str | Path = "runs/demo", quick: bool = False) -> list[
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| method | schedule | optimizer steps | train wall time | accuracy |", "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['method']} | {r['description']} | {r['optimizer_steps']} | "
-            f"{r['train_wall_time_s']:.0f} s | {r['num_correct']}/{r['num_problems']} "
-            f"({r['accuracy']:.1%}) |"
-        )
-    return "\n".join(lines)
+    header = ["method", "schedule", "optimizer steps", "train wall time", "accuracy"]
+    return markdown_table(
+        header,
+        [
+            [
+                r["method"],
+                r["description"],
+                str(r["optimizer_steps"]),
+                f"{r['train_wall_time_s']:.0f} s",
+                f"{r['num_correct']}/{r['num_problems']} ({r['accuracy']:.1%})",
+            ]
+            for r in rows
+        ],
+    )

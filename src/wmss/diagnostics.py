@@ -25,12 +25,17 @@ project's heuristic, not the paper's number).
 
 Automatic λ (``wmss.mix_lambda: auto``): the gradient-share crossover ``λ = 1/(1+√a)`` with
 ``a = (‖z̃_strong‖/‖z̃_weak‖)²``, the norms being the mean per-position ``centred_norm`` of each model.
+
+Files: ``wmss diagnose logits`` writes ``logits.json`` (the result) and ``logits.md`` (its tables) to a
+directory, by default a run's ``diagnostics/``; ``write_logit_statistics`` and ``read_logit_statistics``
+are the only code that writes and reads them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,12 +45,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from wmss.config import RunConfig
-from wmss.data import CompletionCollator
+from wmss.data import CompletionCollator, load_training_data
 from wmss.entropy import dataset_entropies
 from wmss.errors import WmssError
 from wmss.heads import final_hidden_states, output_head, use_fused_head
+from wmss.io import atomic_write_json, atomic_write_text, read_json
 from wmss.losses import completion_positions, default_chunk_size
 from wmss.models import check_compatible, load_model, load_tokenizer
+from wmss.reporting import markdown_table
 
 MODEL_STATISTICS = {
     "target_logit": "target logit z[y]",
@@ -354,25 +361,31 @@ def pick_weak(strong_path: str, weak_paths: list[str], dataset: Dataset, cfg: Ru
 
 def pick_weak_markdown(result: dict[str, Any]) -> str:
     """The ranking of ``pick_weak`` as a Markdown table."""
-    lines = [
-        f"strong: {result['strong']} (mean H {result['mean_entropy_strong']:.4f} nats); "
-        f"{result['examples']} examples, seed {result['seed']}",
-        "",
-        "| rank | weak | mean H_weak | mean ΔH | median ΔH | ΔH 5%–95% | share ΔH<0 | separation |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    header = ["rank", "weak", "mean H_weak", "mean ΔH", "median ΔH", "ΔH 5%–95%", "share ΔH<0", "separation"]
+    rows = []
     for c in result["candidates"]:
         s = c["separation"]
         if s["mean"] is None:
-            lines.append(f"| {c['rank']} | {c['weak']} | – | – | – | – | – | no finite entropy |")
+            rows.append([str(c["rank"]), c["weak"], "–", "–", "–", "–", "–", "no finite entropy"])
             continue
         q = s["quantiles"]
         verdict = f"too close (< {s['min_entropy_gap']})" if s["too_close"] else "ok"
-        lines.append(
-            f"| {c['rank']} | {c['weak']} | {c['mean_entropy_weak']:.4f} | {s['mean']:+.4f} | "
-            f"{q['q50']:+.4f} | {q['q05']:+.4f} … {q['q95']:+.4f} | {s['share_negative']:.0%} | {verdict} |"
+        rows.append(
+            [
+                str(c["rank"]),
+                c["weak"],
+                f"{c['mean_entropy_weak']:.4f}",
+                f"{s['mean']:+.4f}",
+                f"{q['q50']:+.4f}",
+                f"{q['q05']:+.4f} … {q['q95']:+.4f}",
+                f"{s['share_negative']:.0%}",
+                verdict,
+            ]
         )
-    return "\n".join(lines) + "\n"
+    return (
+        f"strong: {result['strong']} (mean H {result['mean_entropy_strong']:.4f} nats); "
+        f"{result['examples']} examples, seed {result['seed']}\n\n" + markdown_table(header, rows) + "\n"
+    )
 
 
 # ---------------------------------------------------------------- weak / strong before / strong after
@@ -413,25 +426,55 @@ def diagnose_logits(paths: dict[str, str], dataset: Dataset, cfg: RunConfig) -> 
 def logit_statistics_markdown(result: dict[str, Any]) -> str:
     """``diagnose_logits``'s result as Markdown tables (statistics × models; pairs)."""
     names = list(result["models"])
-    lines = [
+    text = (
         f"Logit statistics at {result['positions']} completion positions of {result['examples']} "
-        "training examples (means over positions).",
-        "",
-        "| statistic | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-    ]
-    for key, label in MODEL_STATISTICS.items():
-        lines.append(f"| {label} | " + " | ".join(f"{result['models'][n][key]:.4f}" for n in names) + " |")
+        "training examples (means over positions).\n\n"
+    )
+    models = result["models"]
+    rows = [[label, *[f"{models[n][key]:.4f}" for n in names]] for key, label in MODEL_STATISTICS.items()]
+    text += markdown_table(["statistic", *names], rows)
     if result.get("pairs"):
         pairs = list(result["pairs"])
-        lines += ["", "| pair statistic | " + " | ".join(pairs) + " |", "|---|" + "---|" * len(pairs)]
-        for key, label in PAIR_STATISTICS.items():
-            lines.append(f"| {label} | " + " | ".join(f"{result['pairs'][p][key]:.4f}" for p in pairs) + " |")
+        stats = result["pairs"]
+        rows = [[label, *[f"{stats[p][key]:.4f}" for p in pairs]] for key, label in PAIR_STATISTICS.items()]
         crossover = result.get("crossover", {})
         if crossover:
-            lines.append(
-                "| crossover λ = 1/(1+√a) | "
-                + " | ".join(f"{crossover[p]['mix_lambda']:.4f}" if p in crossover else "–" for p in pairs)
-                + " |"
+            rows.append(
+                [
+                    "crossover λ = 1/(1+√a)",
+                    *[f"{crossover[p]['mix_lambda']:.4f}" if p in crossover else "–" for p in pairs],
+                ]
             )
-    return "\n".join(lines) + "\n"
+        text += "\n\n" + markdown_table(["pair statistic", *pairs], rows)
+    return text + "\n"
+
+
+# ---------------------------------------------------------------- logits.json and logits.md
+
+
+def logit_statistics_path(out_dir: str | Path) -> Path:
+    """Where ``write_logit_statistics`` puts ``logits.json`` in ``out_dir``."""
+    return Path(out_dir) / "logits.json"
+
+
+def write_logit_statistics(result: dict[str, Any], out_dir: str | Path) -> Path:
+    """``logits.json`` and ``logits.md`` in ``out_dir``; returns the JSON's path."""
+    out = Path(out_dir)
+    atomic_write_json(logit_statistics_path(out), result)
+    lines = [f"- {name}: {path}" for name, path in result["paths"].items()]
+    atomic_write_text(out / "logits.md", "\n".join(lines) + "\n\n" + logit_statistics_markdown(result))
+    return logit_statistics_path(out)
+
+
+def read_logit_statistics(out_dir: str | Path) -> dict[str, Any]:
+    """The ``diagnose_logits`` result that ``write_logit_statistics`` wrote to ``out_dir``."""
+    return read_json(logit_statistics_path(out_dir))
+
+
+def diagnose_to_files(cfg: RunConfig, paths: dict[str, str], out_dir: str | Path) -> dict[str, Any]:
+    """``diagnose_logits`` of the models at ``paths`` on ``cfg``'s training data; writes ``logits.json``
+    and ``logits.md`` to ``out_dir``."""
+    dataset, _ = load_training_data(cfg.data, load_tokenizer(paths["weak"]), cfg.train.max_length)
+    result = diagnose_logits(paths, dataset, cfg)
+    write_logit_statistics(result, out_dir)
+    return result

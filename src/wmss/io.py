@@ -10,16 +10,22 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from wmss.errors import DataError
+
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -30,8 +36,10 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def atomic_write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+def atomic_write_jsonl(path: str | Path, rows: Iterable[dict], ensure_ascii: bool = True) -> None:
+    """One JSON object per line, in UTF-8; ``ensure_ascii=False`` writes non-ASCII text as it is
+    rather than as ``\\uXXXX`` escapes."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=ensure_ascii) + "\n" for r in rows))
 
 
 def read_json(path: str | Path) -> Any:
@@ -39,9 +47,34 @@ def read_json(path: str | Path) -> Any:
         return json.load(f)
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def read_jsonl(path: str | Path, bad_lines: list[int] | None = None) -> list[dict]:
+    """The JSON objects of a UTF-8 JSONL file, one per non-blank line.
+
+    A line that is not a JSON object raises ``DataError`` naming the file and the line; with
+    ``bad_lines`` (a list), such lines are skipped and their numbers (from 1) appended to it instead.
+    """
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                if bad_lines is not None:
+                    bad_lines.append(lineno)
+                    continue
+                raise DataError(
+                    f"{path}, line {lineno}: not valid JSON ({err.msg} at column {err.colno}). "
+                    "Each line must be one JSON object; fix or remove that line."
+                ) from None
+            if not isinstance(row, dict):
+                if bad_lines is not None:
+                    bad_lines.append(lineno)
+                    continue
+                raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}.")
+            rows.append(row)
+    return rows
 
 
 @contextlib.contextmanager

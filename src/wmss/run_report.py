@@ -17,6 +17,8 @@ measured again, except the logit statistics when asked (``compute_logits``). Sec
 
 The page is written to ``RUN_DIR/report/report.html`` with its figures beside it as PNG files and
 embedded in it as base64, so it opens in any browser, without a server, and can be mailed as one file.
+The sections are built here; the page around them (head, CSS, navigation, footer) is the template
+``wmss/templates/report.html.j2``.
 """
 
 from __future__ import annotations
@@ -32,9 +34,16 @@ import numpy as np
 import yaml
 
 from wmss.config import RunConfig
-from wmss.diagnostics import MODEL_STATISTICS, PAIR_STATISTICS, diagnose_logits, logit_statistics_markdown
+from wmss.diagnostics import (
+    MODEL_STATISTICS,
+    PAIR_STATISTICS,
+    diagnose_to_files,
+    logit_statistics_path,
+    read_logit_statistics,
+)
 from wmss.errors import DataError, WmssError
-from wmss.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, read_jsonl
+from wmss.io import atomic_write_bytes, atomic_write_text, read_json, read_jsonl
+from wmss.reporting import render_template
 from wmss.rundir import FINAL, load_run, run_models, selection_phase, wdjt_phase
 
 log = logging.getLogger("wmss")
@@ -43,25 +52,6 @@ TOP_EXAMPLES = 10
 TEXT_CHARS = 400
 """Characters of a prompt or completion shown in the table of highest-weight examples."""
 
-def diagnose_to_files(cfg: RunConfig, paths: dict[str, str], out_dir: str | Path) -> dict[str, Any]:
-    """``diagnose_logits`` of the models at ``paths`` on ``cfg``'s training data; writes ``logits.json``
-    and ``logits.md`` to ``out_dir``."""
-    from wmss.data import load_training_data
-    from wmss.models import load_tokenizer
-
-    dataset, _ = load_training_data(cfg.data, load_tokenizer(paths["weak"]), cfg.train.max_length)
-    result = diagnose_logits(paths, dataset, cfg)
-    write_logit_statistics(result, out_dir)
-    return result
-
-
-def write_logit_statistics(result: dict[str, Any], out_dir: str | Path) -> Path:
-    """``logits.json`` and ``logits.md`` in ``out_dir``; returns the JSON's path."""
-    out = Path(out_dir)
-    atomic_write_json(out / "logits.json", result)
-    lines = [f"- {name}: {path}" for name, path in result["paths"].items()]
-    atomic_write_text(out / "logits.md", "\n".join(lines) + "\n\n" + logit_statistics_markdown(result))
-    return out / "logits.json"
 
 
 def _example_texts(cfg: RunConfig, wanted: set) -> tuple[dict[Any, tuple[str, str]], str | None]:
@@ -530,14 +520,14 @@ LOGIT_PANELS = (
 
 
 def _logits(root: Path, figures: _Figures) -> str:
-    path = root / "diagnostics" / "logits.json"
+    path = logit_statistics_path(root / "diagnostics")
     if not path.is_file():
         text = (
             f"Not computed for this run: `wmss diagnose logits --run {root}` writes {path}, "
             f"or `wmss report {root} --logits` computes it with the report."
         )
         return _section("logits", "Logit statistics", _note(text))
-    result = read_json(path)
+    result = read_logit_statistics(root / "diagnostics")
     names = list(result["models"])
     body = _pairs([(name.replace("_", " "), _e(p)) for name, p in result.get("paths", {}).items()])
     body += _note(
@@ -612,33 +602,6 @@ def _evaluation(root: Path, manifest: dict) -> str:
     return _section("evaluation", "Evaluation", _pairs(items))
 
 
-CSS = """
-body { font-family: -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 0;
-       background: #f4f5f7; color: #1f2328; font-size: 14px; line-height: 1.45; }
-main { max-width: 1200px; margin: 0 auto; padding: 16px 28px 40px; background: #fff; }
-h1 { font-size: 22px; margin: 8px 0 4px; }
-h2 { font-size: 18px; border-bottom: 1px solid #d0d7de; padding-bottom: 4px; margin-top: 28px; }
-h4 { margin: 14px 0 6px; }
-nav { font-size: 13px; margin-bottom: 8px; }
-nav a { margin-right: 12px; color: #0969da; text-decoration: none; }
-table { border-collapse: collapse; margin: 8px 0; font-size: 13px; }
-th, td { border: 1px solid #d0d7de; padding: 3px 8px; text-align: left; vertical-align: top; }
-th { background: #f6f8fa; }
-td { font-variant-numeric: tabular-nums; }
-table.kv thead { display: none; }
-table.kv td:first-child { color: #57606a; white-space: nowrap; }
-table.examples { width: 100%; table-layout: fixed; }
-table.examples th:nth-child(-n+7), table.examples td:nth-child(-n+7) { width: 5.2%; }
-div.text { white-space: pre-wrap; word-break: break-word; font-family: ui-monospace, monospace;
-           font-size: 12px; }
-img { max-width: 100%; display: block; margin: 10px 0; }
-div.row { display: flex; gap: 28px; align-items: flex-start; flex-wrap: wrap; }
-p.note { color: #57606a; }
-p.warning { background: #fff8c5; border: 1px solid #d4a72c; padding: 6px 10px; }
-pre { background: #f6f8fa; padding: 8px; font-size: 12px; overflow-x: auto; }
-"""
-
-
 def write_run_report(
     run_dir: str | Path, output: str | Path | None = None, compute_logits: bool = False
 ) -> Path:
@@ -667,15 +630,7 @@ def write_run_report(
             nav.append((wdjt_phase(t), f"WD-JT {t}"))
     sections += [_logits(root, figures), _evaluation(root, manifest)]
     nav += [("logits", "logit statistics"), ("evaluation", "evaluation")]
-    links = "".join(f'<a href="#{a}">{_e(label)}</a>' for a, label in nav)
-    page = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>wmss run: {_e(root.name)}</title><style>{CSS}</style></head><body><main>"
-        f"<h1>wmss run <code>{_e(root.name)}</code></h1><nav>{links}</nav>"
-        + "".join(sections)
-        + "<p class='note'>Written by <code>wmss report</code> from the run directory's files.</p>"
-        "</main></body></html>\n"
-    )
+    page = render_template("report.html.j2", run_name=root.name, nav=nav, sections=sections)
     atomic_write_text(out / "report.html", page)
     log.info("report: %s (%d figures beside it)", out / "report.html", len(figures.files))
     return out / "report.html"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -16,24 +15,7 @@ from wmss.evaluation.generation import Generation, VLLMGenerator, generate
 from wmss.evaluation.grading import grade
 from wmss.evaluation.metrics import mean_pass_at_k
 from wmss.evaluation.tasks import TaskData
-
-
-def _write_jsonl_atomically(path: Path, records: list[dict]) -> None:
-    """Write ``records`` as JSONL to a temporary file next to ``path``, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
+from wmss.io import atomic_write_jsonl, read_jsonl
 
 
 def score(generation: str, gold: str, answer_type: str) -> dict:
@@ -84,7 +66,7 @@ def evaluate_task(
     todo = [i for i, p in enumerate(data.problems) if str(p["id"]) not in done]
     start = time.perf_counter()
     fresh = not progress.is_file()
-    with open(progress, "a") as sink:
+    with open(progress, "a", encoding="utf-8") as sink:
         if fresh:
             sink.write(json.dumps({"settings": settings}) + "\n")
 
@@ -114,7 +96,7 @@ def evaluate_task(
             )
     elapsed = time.perf_counter() - start
     records = [done[str(p["id"])] for p in data.problems]
-    _write_jsonl_atomically(final, records)
+    atomic_write_jsonl(final, records, ensure_ascii=False)
     progress.unlink()
     return _summary(data, records, num_samples, final, elapsed)
 
@@ -138,22 +120,12 @@ def _record(problem: dict, prompt: str, samples: list[Generation], answer_type: 
 def _read_partial(path: Path, settings: dict) -> dict[str, dict]:
     if not path.is_file():
         return {}
-    lines = path.read_text().splitlines()
-    try:
-        header = json.loads(lines[0])["settings"]
-    except (IndexError, KeyError, json.JSONDecodeError):
-        header = None
-    if header != settings:
+    bad_lines: list[int] = []  # a line cut short by the interruption: that problem is generated again
+    rows = read_jsonl(path, bad_lines)
+    if not rows or 1 in bad_lines or rows[0].get("settings") != settings:
         path.unlink()  # progress made with other settings cannot be reused
         return {}
-    done = {}
-    for line in lines[1:]:
-        try:
-            record = json.loads(line)
-            done[str(record["id"])] = record
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a line cut short by the interruption: that problem is generated again
-    return done
+    return {str(record["id"]): record for record in rows[1:] if "id" in record}
 
 
 def _summary(data: TaskData, records: list[dict], num_samples: int, path: Path, elapsed: float) -> dict:

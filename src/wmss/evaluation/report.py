@@ -8,6 +8,7 @@ import numpy as np
 
 from wmss.evaluation.metrics import paired_bootstrap, paired_bootstrap_mean_over_tasks
 from wmss.io import atomic_write_json, atomic_write_text
+from wmss.reporting import markdown_table
 
 
 def compare(results: dict[str, dict[str, dict]], baseline: str | None = None, seed: int = 0) -> dict:
@@ -56,7 +57,7 @@ def markdown(table: dict) -> str:
     tasks, baseline = table["tasks"], table["baseline"]
     first = next(iter(table["rows"].values()))
     header = ["model"] + [f"{t} (n={first['tasks'][t]['num_problems']})" for t in tasks] + ["average"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for model, row in table["rows"].items():
         cells = [model + (" (baseline)" if model == baseline else "")]
         for task in tasks:
@@ -71,14 +72,14 @@ def markdown(table: dict) -> str:
             d = row["average_delta"]
             avg += f" ({_signed(d['value'])} [{_signed(d['ci95'][0])}, {_signed(d['ci95'][1])}])"
         cells.append(avg)
-        lines.append("| " + " | ".join(cells) + " |")
+        rows.append(cells)
     note = (
         "Accuracy in %. In brackets: Δ vs the baseline in points and its paired bootstrap 95% interval "
         "(10,000 resamples of problems)."
         if baseline
         else "Accuracy in %."
     )
-    return "\n".join(lines) + "\n\n" + note + "\n"
+    return markdown_table(header, rows) + "\n\n" + note + "\n"
 
 
 def bar_chart(table: dict, path: str | Path) -> Path:

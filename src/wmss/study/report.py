@@ -19,6 +19,7 @@ import numpy as np
 from wmss.errors import WmssError
 from wmss.evaluation.metrics import paired_bootstrap
 from wmss.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from wmss.reporting import markdown_table
 from wmss.rundir import EVAL, SFT, finished_phases, selection_phase, training_cost, wdjt_phase
 from wmss.study.runner import arm_dir, arm_tuning_path, setting_name
 from wmss.study.spec import Arm, Study
@@ -188,41 +189,47 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
             "**Tuning** (SFT, 2 epochs, seed "
             f"{study.seeds[0]}, scored on `validset.json`; one key at a time, ties keep the earlier value):",
             "",
-            "| setting | validation accuracy | optimizer steps | SFT wall time |",
-            "|---|---|---|---|",
         ]
+        rows = []
         for c in tuning["candidates"]:
             mark = " **(chosen)**" if c["setting"] == tuning["chosen"] else ""
-            lines.append(
-                f"| {setting_name(c['setting'])}{mark} | {c['num_correct']}/{c['num_problems']} "
-                f"({_pct(c['accuracy'])}%) | {c['steps']} | {c['wall_time_s']:.0f} s |"
+            rows.append(
+                [
+                    f"{setting_name(c['setting'])}{mark}",
+                    f"{c['num_correct']}/{c['num_problems']} ({_pct(c['accuracy'])}%)",
+                    str(c["steps"]),
+                    f"{c['wall_time_s']:.0f} s",
+                ]
             )
-        lines.append("")
+        header = ["setting", "validation accuracy", "optimizer steps", "SFT wall time"]
+        lines += [markdown_table(header, rows), ""]
     for name, arm_tuning in results.get("arm_tuning", {}).items():
         lines += [
             f"**Tuning of arm {name}** (seed {arm_tuning['seed']}, scored on `validset.json`; one key at a "
             "time from the first value of each, ties keep the earlier):",
             "",
-            "| setting | validation accuracy | optimizer steps | train wall time |",
-            "|---|---|---|---|",
         ]
+        rows = []
         for c in arm_tuning["candidates"]:
             mark = " **(chosen)**" if c["setting"] == arm_tuning["chosen"] else ""
             setting = ", ".join(f"{k}={v}" for k, v in c["setting"].items())
-            lines.append(
-                f"| {setting}{mark} | {c['num_correct']}/{c['num_problems']} ({_pct(c['accuracy'])}%) "
-                f"| {c['steps']} | {c['wall_time_s']:.0f} s |"
+            rows.append(
+                [
+                    f"{setting}{mark}",
+                    f"{c['num_correct']}/{c['num_problems']} ({_pct(c['accuracy'])}%)",
+                    str(c["steps"]),
+                    f"{c['wall_time_s']:.0f} s",
+                ]
             )
-        lines.append("")
+        header = ["setting", "validation accuracy", "optimizer steps", "train wall time"]
+        lines += [markdown_table(header, rows), ""]
     base = results["baseline"]
     lines += [
         f"**Test** (`testset.json`): accuracy in %; Δ vs {base} on the same seeds with a paired bootstrap "
         "95% interval over problems; steps and wall time include the shared M1 where an arm starts from it.",
         "",
-        f"| arm | seeds | accuracy per seed | mean ± std | Δ vs {base} [95% CI] | optimizer steps "
-        "| train wall time | active fraction | mean ΔH |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
+    rows = []
     for a in results["arms"]:
         vs = a.get("vs_baseline")
         delta = f"{100 * vs['delta']:+.1f} [{100 * vs['low']:+.1f}, {100 * vs['high']:+.1f}]" if vs else "–"
@@ -232,11 +239,22 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
         active = "–" if a["active_fraction"] is None else f"{_pct(a['active_fraction'])}%"
         if a["distinct_fraction"] is not None:
             active += f" ({_pct(a['distinct_fraction'])}% distinct)"
-        lines.append(
-            f"| {a['arm']} | {','.join(map(str, a['seeds']))} | {per_seed} "
-            f"| {_pct(a['mean'])}{std} | {delta} | {a['steps']:.0f} | {a['wall_time_s']:.0f} s "
-            f"| {active} | {gap} |"
+        rows.append(
+            [
+                a["arm"],
+                ",".join(map(str, a["seeds"])),
+                per_seed,
+                f"{_pct(a['mean'])}{std}",
+                delta,
+                f"{a['steps']:.0f}",
+                f"{a['wall_time_s']:.0f} s",
+                active,
+                gap,
+            ]
         )
+    header = ["arm", "seeds", "accuracy per seed", "mean ± std", f"Δ vs {base} [95% CI]", "optimizer steps"]
+    header += ["train wall time", "active fraction", "mean ΔH"]
+    lines.append(markdown_table(header, rows))
     if results["missing"]:
         lines += ["", "Not run yet: " + ", ".join(results["missing"]) + "."]
     machines = sorted({m for a in results["arms"] for m in a["machines"]})
