@@ -42,16 +42,22 @@ def test_help_lists_every_phase():
         assert exit_info.value.code == 0
 
 
-def test_phase_commands_chain_like_run(tmp_path, tiny_model_dir, train_file, capsys):
-    common = [
-        f"model={tiny_model_dir}",
+def _common(model_dir, train_file, *extra):
+    """Overrides shared by the phase-command tests: a tiny model on the arithmetic rows."""
+    return [
+        f"model={model_dir}",
         f"data.path={train_file}",
         "data.prompt_template={question}",
         "data.completion_template={answer}",
         "train.max_length=96",
         "train.learning_rate=3e-3",
         "train.save_steps=100",
+        *extra,
     ]
+
+
+def test_phase_commands_chain_like_run(tmp_path, tiny_model_dir, train_file, capsys):
+    common = _common(tiny_model_dir, train_file)
     assert main(["sft", *common, "--output", str(tmp_path / "sft")]) == 0
     m1 = str(tmp_path / "sft" / "model")
     assert main(["entropy", *common, "--output", str(tmp_path / "h0.jsonl")]) == 0
@@ -145,17 +151,9 @@ def _same_weights(a, b):
 def test_phase_commands_and_run_share_one_code_path(tmp_path, tiny_model_dir, train_file, capsys, mix_lambda):
     """`wmss sft` and `wmss joint` on the inputs `wmss run` used give its M1 and M2, bit for bit (λ = 1
     included: both train the strong model alone, without the weak one)."""
-    common = [
-        f"model={tiny_model_dir}",
-        f"data.path={train_file}",
-        "data.prompt_template={question}",
-        "data.completion_template={answer}",
-        "train.max_length=96",
-        "train.learning_rate=3e-3",
-        "train.per_device_batch_size=4",
-        "train.save_steps=100",
-        f"wmss.mix_lambda={mix_lambda}",
-    ]
+    common = _common(
+        tiny_model_dir, train_file, "train.per_device_batch_size=4", f"wmss.mix_lambda={mix_lambda}"
+    )
     run = tmp_path / "run"
     assert main(["run", *common, f"output_dir={run}"]) == 0
     assert main(["sft", *common, "--output", str(tmp_path / "sft")]) == 0

@@ -176,6 +176,22 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
     return made
 
 
+def _tuning_table(tuning: dict, name: Any, wall_label: str) -> str:
+    """One row per candidate of a tuning search (``tuning.json``), the chosen one marked."""
+    rows = []
+    for c in tuning["candidates"]:
+        mark = " **(chosen)**" if c["setting"] == tuning["chosen"] else ""
+        rows.append(
+            [
+                f"{name(c['setting'])}{mark}",
+                f"{c['num_correct']}/{c['num_problems']} ({_pct(c['accuracy'])}%)",
+                str(c["steps"]),
+                f"{c['wall_time_s']:.0f} s",
+            ]
+        )
+    return markdown_table(["setting", "validation accuracy", "optimizer steps", wall_label], rows)
+
+
 def markdown(study: Study, results: dict, figures: list[str]) -> str:
     cmd_run = f"wmss study run {study.path}"
     cmd_report = f"wmss study report {study.path} --into docs/RESULTS.md"
@@ -190,39 +206,17 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
             f"{study.seeds[0]}, scored on `validset.json`; one key at a time, ties keep the earlier value):",
             "",
         ]
-        rows = []
-        for c in tuning["candidates"]:
-            mark = " **(chosen)**" if c["setting"] == tuning["chosen"] else ""
-            rows.append(
-                [
-                    f"{setting_name(c['setting'])}{mark}",
-                    f"{c['num_correct']}/{c['num_problems']} ({_pct(c['accuracy'])}%)",
-                    str(c["steps"]),
-                    f"{c['wall_time_s']:.0f} s",
-                ]
-            )
-        header = ["setting", "validation accuracy", "optimizer steps", "SFT wall time"]
-        lines += [markdown_table(header, rows), ""]
+        lines += [_tuning_table(tuning, setting_name, "SFT wall time"), ""]
     for name, arm_tuning in results.get("arm_tuning", {}).items():
         lines += [
             f"**Tuning of arm {name}** (seed {arm_tuning['seed']}, scored on `validset.json`; one key at a "
             "time from the first value of each, ties keep the earlier):",
             "",
+            _tuning_table(
+                arm_tuning, lambda s: ", ".join(f"{k}={v}" for k, v in s.items()), "train wall time"
+            ),
+            "",
         ]
-        rows = []
-        for c in arm_tuning["candidates"]:
-            mark = " **(chosen)**" if c["setting"] == arm_tuning["chosen"] else ""
-            setting = ", ".join(f"{k}={v}" for k, v in c["setting"].items())
-            rows.append(
-                [
-                    f"{setting}{mark}",
-                    f"{c['num_correct']}/{c['num_problems']} ({_pct(c['accuracy'])}%)",
-                    str(c["steps"]),
-                    f"{c['wall_time_s']:.0f} s",
-                ]
-            )
-        header = ["setting", "validation accuracy", "optimizer steps", "train wall time"]
-        lines += [markdown_table(header, rows), ""]
     base = results["baseline"]
     lines += [
         f"**Test** (`testset.json`): accuracy in %; Δ vs {base} on the same seeds with a paired bootstrap "

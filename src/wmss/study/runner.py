@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from wmss.config import config_from_dict
 from wmss.errors import WmssError
 from wmss.io import atomic_write_json, read_json
 from wmss.pipeline import run_pipeline
-from wmss.rundir import EVAL, SFT
+from wmss.rundir import EVAL
 from wmss.study.mawps import prepare
 from wmss.study.spec import Arm, Study
 
@@ -108,47 +109,52 @@ def tune(study: Study) -> dict[str, Any]:
         atomic_write_json(study.output_dir / "tuning.json", result)
         log.info("study: fixed setting %s (no tuning runs)", setting_name(study.tuning_fixed))
         return result
-    best = dict(study.tuning_start)
+
+    def run(setting: dict[str, Any]) -> dict[str, Any]:
+        name = setting_name(setting)
+        overrides = ["sft.epochs=2", "wmss.iterations=0", *setting_overrides(setting)]
+        return run_one(study, study.output_dir / "tune" / name, study.seeds[0], setting["format"], overrides,
+                       "validset")  # fmt: skip
+
+    best, best_score, candidates = coordinate_search(dict(study.tuning_start), study.tuning_search, run)
+    result = {"split": "validset", "candidates": candidates, "chosen": best, "accuracy": best_score}
+    atomic_write_json(study.output_dir / "tuning.json", result)
+    log.info("study: tuning chose %s (validation accuracy %.1f%%)", setting_name(best), 100 * best_score)
+    return result
+
+
+def coordinate_search(
+    start: dict[str, Any], search: dict[str, list], run: Callable[[dict[str, Any]], dict[str, Any]]
+) -> tuple[dict[str, Any], float, list[dict[str, Any]]]:
+    """One key at a time, each value of ``search[key]`` replaces the best setting's; a candidate is kept
+    only if its validation accuracy is higher (ties keep the earlier). ``run(setting)`` returns the
+    manifest of that setting's run (evaluated on the validation split); each setting runs once.
+    Returns the best setting, its accuracy, and every candidate's record."""
     scores: dict[str, dict] = {}
 
     def score(setting: dict[str, Any]) -> float:
-        name = setting_name(setting)
-        if name not in scores:
-            manifest = run_one(
-                study,
-                study.output_dir / "tune" / name,
-                study.seeds[0],
-                setting["format"],
-                ["sft.epochs=2", "wmss.iterations=0", *setting_overrides(setting)],
-                "validset",
-            )
-            result = manifest["phases"][EVAL]
-            scores[name] = {
+        key = repr(sorted(setting.items()))
+        if key not in scores:
+            manifest = run(setting)
+            result, budget = manifest["phases"][EVAL], manifest["budget"]
+            scores[key] = {
                 "setting": dict(setting),
                 "accuracy": result["accuracy"],
                 "num_correct": result["num_correct"],
                 "num_problems": result["num_problems"],
-                "steps": manifest["phases"][SFT]["steps"],
-                "wall_time_s": manifest["phases"][SFT]["wall_time_s"],
+                "steps": budget["optimizer_steps"],
+                "wall_time_s": budget["train_wall_time_s"],
             }
-        return scores[name]["accuracy"]
+        return scores[key]["accuracy"]
 
-    best_score = score(best)
-    for key, values in study.tuning_search.items():
+    best, best_score = start, score(start)
+    for key, values in search.items():
         for value in values:
             candidate = {**best, key: value}
             value_score = score(candidate)
-            if value_score > best_score:  # ties keep the earlier setting
+            if value_score > best_score:
                 best, best_score = candidate, value_score
-    result = {
-        "split": "validset",
-        "candidates": list(scores.values()),
-        "chosen": best,
-        "accuracy": best_score,
-    }
-    atomic_write_json(study.output_dir / "tuning.json", result)
-    log.info("study: tuning chose %s (validation accuracy %.1f%%)", setting_name(best), 100 * best_score)
-    return result
+    return best, best_score, list(scores.values())
 
 
 def chosen_setting(study: Study) -> dict[str, Any]:
@@ -184,29 +190,15 @@ def tune_arm(study: Study, arm: Arm, setting: dict[str, Any]) -> dict[str, Any]:
     if path.is_file() and read_json(path).get("search") == arm.tune:
         return read_json(path)["chosen"]
     seed = study.seeds[0]
-    best = {key: values[0] for key, values in arm.tune.items()}
-    scores: dict[str, dict] = {}
 
-    def score(candidate: dict[str, Any]) -> float:
+    def run(candidate: dict[str, Any]) -> dict[str, Any]:
         name = "-".join(f"{k.split('.')[-1]}{v}" for k, v in candidate.items())
-        if name not in scores:
-            overrides = _arm_overrides(study, arm, seed, setting) + setting_overrides(candidate)
-            manifest = run_one(study, path.parent / name, seed, setting["format"], overrides, "validset")
-            result = manifest["phases"][EVAL]
-            scores[name] = {"setting": dict(candidate), "accuracy": result["accuracy"],
-                            "num_correct": result["num_correct"], "num_problems": result["num_problems"],
-                            "steps": manifest["budget"]["optimizer_steps"],
-                            "wall_time_s": manifest["budget"]["train_wall_time_s"]}  # fmt: skip
-        return scores[name]["accuracy"]
+        overrides = _arm_overrides(study, arm, seed, setting) + setting_overrides(candidate)
+        return run_one(study, path.parent / name, seed, setting["format"], overrides, "validset")
 
-    best_score = score(best)
-    for key, values in arm.tune.items():
-        for value in values[1:]:
-            candidate = {**best, key: value}
-            value_score = score(candidate)
-            if value_score > best_score:
-                best, best_score = candidate, value_score
-    result = {"split": "validset", "seed": seed, "search": arm.tune, "candidates": list(scores.values()),
+    start = {key: values[0] for key, values in arm.tune.items()}
+    best, best_score, candidates = coordinate_search(start, arm.tune, run)
+    result = {"split": "validset", "seed": seed, "search": arm.tune, "candidates": candidates,
               "chosen": best, "accuracy": best_score}  # fmt: skip
     atomic_write_json(path, result)
     log.info("study: arm %s tuned to %s (validation accuracy %.1f%%)", arm.name, best, 100 * best_score)
