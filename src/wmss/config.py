@@ -2,7 +2,7 @@
 
 A config is a YAML file whose keys mirror the dataclasses below (top-level keys such as ``model`` and
 ``method``, and sections ``data``, ``train``, ``sft``, ``wmss``, ``neftune``, ``undial``, ``dpo``,
-``eval``); any key can be overridden on the command line as
+``peft``, ``eval``); any key can be overridden on the command line as
 ``section.key=value`` (the value is parsed as YAML, so ``wmss.dedup=false`` is a bool).
 
 Each section checks its own keys in ``check()``; ``RunConfig.validate()`` runs those, then the checks
@@ -288,6 +288,42 @@ class DPOConfig:
 
 
 @dataclass
+class PEFTConfig:
+    """LoRA through the ``peft`` library, for every training phase of every method.
+
+    Every model of the chain is then the one frozen base model plus a LoRA adapter: Phase 1 trains M1's
+    adapter, the entropy pass under M0 runs the base alone, and in WD-JT the weak and the strong model
+    are two adapters on one shared copy of the base weights (the weak one starting as M_{t−1}'s,
+    an empty adapter for M0), both trained on the same mixed-logit loss. ``models/M<k>`` are adapter
+    directories (``PeftModel.from_pretrained``); ``final/`` is the last strong adapter merged into the
+    base, a standard checkpoint."""
+
+    enabled: bool = False
+    r: int = 16
+    """LoRA rank."""
+    alpha: float = 32.0
+    """LoRA scaling numerator: the update is (alpha / r)·B·A."""
+    dropout: float = 0.05
+    target_modules: str = "all-linear"
+    """Modules that get an adapter: ``all-linear`` (every linear layer but the output head) or a
+    comma-separated list of module names, e.g. ``q_proj,v_proj``."""
+    merge: bool = True
+    """Write ``final/`` as the base with the last adapter merged in (a standard checkpoint); ``false``:
+    ``final/`` is the adapter itself."""
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first ``peft.*`` key with a bad value."""
+        if self.r < 1:
+            raise ConfigError(f"peft.r must be >= 1 (the LoRA rank); got {self.r}.")
+        if self.alpha <= 0:
+            raise ConfigError(f"peft.alpha must be > 0; got {self.alpha}.")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"peft.dropout must lie in [0, 1); got {self.dropout}.")
+        if not self.target_modules.strip(" ,"):
+            raise ConfigError("peft.target_modules is empty: give all-linear or names, e.g. q_proj,v_proj.")
+
+
+@dataclass
 class EvalConfig:
     """Evaluation (``wmss eval``, and after ``wmss run`` when ``eval.path`` or a built-in task is set).
 
@@ -361,6 +397,7 @@ class RunConfig:
     neftune: NEFTuneConfig = field(default_factory=NEFTuneConfig)
     undial: UndialConfig = field(default_factory=UndialConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
+    peft: PEFTConfig = field(default_factory=PEFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -379,6 +416,7 @@ class RunConfig:
             self.neftune,
             self.undial,
             self.dpo,
+            self.peft,
         ):
             section.check()
         if self.method not in METHODS:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -53,8 +54,11 @@ def resolve_model(name: str) -> str:
             raise ModelError(f"GGUF file {path} does not exist. Check the model path.")
         return str(convert_gguf(path))
     if path.exists():
-        if not (path / "config.json").is_file():
-            raise ModelError(f"{path} has no config.json, so it is not a Hugging Face checkpoint directory.")
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise ModelError(
+                f"{path} has no config.json (nor adapter_config.json), so it is not a Hugging Face "
+                "checkpoint (or PEFT adapter) directory."
+            )
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelError(
@@ -116,11 +120,19 @@ def load_model(source: str, dtype: torch.dtype = torch.float32) -> PreTrainedMod
         ) from None
 
 
+def model_config(source: str) -> Any:
+    """The ``AutoConfig`` of a checkpoint, or of the base of a PEFT adapter directory."""
+    adapter = Path(source) / "adapter_config.json"
+    if adapter.is_file():
+        source = json.loads(adapter.read_text()).get("base_model_name_or_path") or source
+    return AutoConfig.from_pretrained(source)
+
+
 def check_compatible(
     weak_source: str, strong_source: str, weak_tokenizer: Any, strong_tokenizer: Any
 ) -> None:
     """Weak and strong must share tokenizer and vocabulary (Eq. 5 adds their logits index by index)."""
-    weak_cfg, strong_cfg = AutoConfig.from_pretrained(weak_source), AutoConfig.from_pretrained(strong_source)
+    weak_cfg, strong_cfg = model_config(weak_source), model_config(strong_source)
     weak_v = getattr(weak_cfg.get_text_config(), "vocab_size", None)
     strong_v = getattr(strong_cfg.get_text_config(), "vocab_size", None)
     if weak_v != strong_v:

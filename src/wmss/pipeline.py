@@ -40,7 +40,7 @@ from wmss.diagnostics import diagnostic_sample, entropy_separation, measure_auto
 from wmss.entropy import dataset_entropies, read_entropy_file, write_entropy_file
 from wmss.errors import WmssError
 from wmss.io import atomic_directory, atomic_write_json, atomic_write_jsonl, read_jsonl
-from wmss.models import check_compatible, load_model, load_tokenizer, resolve_model
+from wmss.models import check_compatible, load_model, load_tokenizer, resolve_model, save_model
 from wmss.rundir import (
     EVAL,
     FINAL,
@@ -56,6 +56,16 @@ from wmss.selection import Selection, active_set, read_selection_draws, select_f
 from wmss.trainers import gradient_summary, train_joint, train_sft
 
 log = logging.getLogger("wmss")
+
+
+def _for_training(cfg: RunConfig, path: str) -> Any:
+    """The model at ``path`` to train: as it is, or with LoRA (``peft.enabled``) its base frozen under an
+    adapter (``wmss.lora``)."""
+    if cfg.peft.enabled:
+        from wmss.lora import trainable_model
+
+        return trainable_model(path, cfg.peft, cfg.seed)
+    return load_model(path)
 
 
 def _free_memory() -> None:
@@ -88,7 +98,7 @@ def phase_sft(
     λ = 1 (``learning_rate``: ``wmss.learning_rate``)."""
     cfg = run.cfg
     where = run.training(name, save_to=out, learning_rate=learning_rate)
-    model = load_model(base)
+    model = _for_training(cfg, base)
     result = train_sft(model, tokenizer, dataset, cfg.train, epochs, where, neftune_alpha=neftune_alpha)
     del model
     _free_memory()
@@ -250,7 +260,12 @@ def phase_joint_training(
             "trained_as": "sft (lambda = 1)",
         }
     check_compatible(weak_path, strong_path, load_tokenizer(weak_path), load_tokenizer(strong_path))
-    weak, strong = load_model(weak_path), load_model(strong_path)
+    if cfg.peft.enabled:  # two adapters on one copy of the base weights
+        from wmss.lora import trainable_pair
+
+        weak, strong = trainable_pair(weak_path, strong_path, cfg.peft, cfg.seed)
+    else:
+        weak, strong = load_model(weak_path), load_model(strong_path)
     mix_lambda, auto = resolve_mix_lambda(cfg, weak, strong, dataset, tokenizer, name)
     where = run.training(name, save_to=out, learning_rate=cfg.wmss.learning_rate)
     result = train_joint(
@@ -307,7 +322,7 @@ def phase_undial(run: RunDir, m1: str, tokenizer: Any, dataset: Dataset, out: Pa
     from wmss.baselines import train_undial
 
     cfg = run.cfg
-    student, teacher = load_model(m1), load_model(m1)
+    student, teacher = _for_training(cfg, m1), load_model(m1)
     where = run.training("undial", save_to=out)
     result = train_undial(
         student, teacher, tokenizer, dataset, cfg.train, cfg.undial.epochs, cfg.undial.strength, where
@@ -362,7 +377,7 @@ def phase_preference(
             f"{cfg.method}: none of the {len(records)} training prompts gave a preference pair: M1 answered "
             f"every prompt {why} (see {pairs_path}). There is nothing to train on."
         )
-    model = _on_device(m1)
+    model = _for_training(cfg, m1).to(distributed.device())
     pairs = reference_log_probs(
         model, pairs, tokenizer.pad_token_id, cfg.train.per_device_batch_size, cfg.train.fused_loss
     )
@@ -411,7 +426,14 @@ def phase_eval(run: RunDir, model_path: str, tokenizer: Any) -> dict[str, Any]:
 
 
 def phase_final(run: RunDir, src: Path, dst: Path) -> dict[str, Any]:
-    """Publish the last strong model at ``final/`` (hard links where the filesystem allows)."""
+    """Publish the last strong model at ``final/`` (hard links where the filesystem allows). With LoRA
+    (``peft.merge``) its adapter is merged into the base: ``final/`` is a standard checkpoint."""
+    from wmss.lora import is_adapter, merged_model
+
+    if run.cfg.peft.enabled and run.cfg.peft.merge and is_adapter(src):
+        if distributed.is_main():
+            save_model(merged_model(str(src)), load_tokenizer(str(src)), dst)
+        return {"model": run.rel(dst), "from": str(src), "merged_adapter": True}
 
     def link_or_copy(a: str, b: str) -> None:
         try:

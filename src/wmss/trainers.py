@@ -453,6 +453,16 @@ class JointTrainer(SegmentedScheduleTrainer):
             branch = getattr(pair, name)
             files = sorted((Path(resume_from_checkpoint) / name).glob("*.safetensors"))
             state = {k: v for f in files for k, v in load_file(str(f)).items()}
+            from peft import PeftModel, set_peft_model_state_dict
+
+            if isinstance(branch, PeftModel):  # a LoRA branch: its checkpoint holds the adapter only
+                result = set_peft_model_state_dict(branch, state)
+                if result.unexpected_keys:
+                    raise RuntimeError(
+                        f"checkpoint {resume_from_checkpoint}/{name} does not match the adapter: "
+                        f"unexpected {result.unexpected_keys[:5]}."
+                    )
+                continue
             missing, unexpected = branch.load_state_dict(state, strict=False)
             tied = set(getattr(branch, "_tied_weights_keys", None) or {})
             if unexpected or set(missing) - tied:
