@@ -537,3 +537,77 @@ def train_joint(
         where,
         args_overrides={"ddp_find_unused_parameters": False},
     )
+
+
+# ---------------------------------------------------------------- the public WD-JT trainer
+
+
+@dataclass
+class WDJTConfig(TrainingArguments):
+    """``TrainingArguments`` plus WD-JT's own settings (Eq. 5-6), for ``WDJTTrainer``."""
+
+    mix_lambda: float = 0.5
+    """λ of Eq. 5: z_mix = λ·z_strong + (1−λ)·z_weak."""
+    freeze_weak: bool = False
+    """Ablation: the weak model gets no gradient and stays in eval mode."""
+    fused_loss: bool = True
+    """Project only completion-predicting positions, a chunk at a time (no tokens×vocabulary logits)."""
+    remove_unused_columns: bool = False  # the completion collator needs input_ids and labels as they are
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.mix_lambda <= 1.0:
+            raise ConfigError(
+                f"mix_lambda must lie in [0, 1] (Eq. 5 mixes the two logits); got {self.mix_lambda}."
+            )
+
+
+class WDJTTrainer(JointTrainer):
+    """WD-JT on a ``transformers.Trainer``: ``model`` is the strong model, ``weak_model`` the weak one; both
+    are trained on the cross-entropy of their mixed logits (one optimizer over both), and
+    ``save_model`` writes the strong model alone as a standard checkpoint.
+
+    ``train_dataset`` rows hold ``input_ids`` and ``labels`` (-100 outside the completion), e.g. from
+    ``wmss.tokenize_dataset``; the default collator right-pads them. Everything else is ``Trainer``'s
+    (callbacks, logging, ``resume_from_checkpoint``, several processes through accelerate). With
+    LoRA, pass two ``PeftModel``s (``wmss.lora.trainable_pair`` puts them on one copy of the base)."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        weak_model: PreTrainedModel,
+        args: WDJTConfig,
+        train_dataset: Dataset,
+        processing_class: Any,
+        data_collator: Any = None,
+        **kwargs: Any,
+    ):
+        if not isinstance(args, WDJTConfig):
+            raise ConfigError(
+                "WDJTTrainer needs its arguments as a WDJTConfig (TrainingArguments + mix_lambda)."
+            )
+        check_same_vocabulary(weak_model, model)
+        pair = WeakStrongPair(weak_model, model, args.mix_lambda, args.freeze_weak, args.fused_loss)
+        collator = data_collator or CompletionCollator(processing_class.pad_token_id)
+        super().__init__(
+            pair, args=args, train_dataset=train_dataset, data_collator=collator,
+            processing_class=processing_class, **kwargs,
+        )  # fmt: skip
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The strong model alone, as a standard checkpoint with the tokenizer (``output_dir`` default:
+        ``args.output_dir``)."""
+        if _internal_call:  # Trainer's own checkpoints keep both branches
+            super().save_model(output_dir, _internal_call=True)
+            return
+        save_trained(self, output_dir or self.args.output_dir)
+
+
+def check_same_vocabulary(weak: nn.Module, strong: nn.Module) -> None:
+    """Eq. 5 adds the two models' logits index by index: their output heads must have one vocabulary."""
+    weak_vocab, strong_vocab = output_head(weak).weight.shape[0], output_head(strong).weight.shape[0]
+    if weak_vocab != strong_vocab:
+        raise ConfigError(
+            f"the weak model has {weak_vocab} output logits and the strong model {strong_vocab}: WMSS mixes "
+            "their logits token by token, so both must come from the same base model and tokenizer."
+        )

@@ -1,0 +1,72 @@
+"""The Python entry points that are not a building block of their own module (``wmss.run``,
+``wmss.tokenize_dataset``, ``wmss.evaluate``); ``wmss/__init__.py`` lists the whole public surface."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+
+from wmss.config import DataConfig, RunConfig, config_from_dict, load_config
+
+
+def as_config(
+    config: RunConfig | Mapping[str, Any] | str | Path | None, overrides: Sequence[str] = ()
+) -> RunConfig:
+    """A validated ``RunConfig`` from a ``RunConfig``, a mapping shaped like the YAML file, or a YAML path,
+    with ``key=value`` overrides on top."""
+    if isinstance(config, RunConfig):
+        return config_from_dict(config.to_dict(), "RunConfig", list(overrides))
+    if isinstance(config, Mapping):
+        return config_from_dict(dict(config), "config", list(overrides))
+    return load_config(config, list(overrides))
+
+
+def run(
+    config: RunConfig | Mapping[str, Any] | str | Path | None = None,
+    overrides: Sequence[str] = (),
+    callbacks: list | None = None,
+) -> dict[str, Any]:
+    """Run the whole pipeline (``wmss run``): Algorithm 1, or the baseline ``method`` names; resumable.
+    Returns the run's manifest (phases, budget, evaluation). ``callbacks`` go to every Trainer."""
+    from wmss.pipeline import run_pipeline
+
+    return run_pipeline(as_config(config, overrides), callbacks=callbacks)
+
+
+def tokenize_dataset(
+    dataset: Dataset | Sequence[Mapping[str, Any]],
+    tokenizer: Any,
+    max_length: int = 1024,
+    **data: Any,
+) -> Dataset:
+    """Rows (``prompt``/``completion``, chat ``messages``, or any columns with ``prompt_template`` and
+    ``completion_template``) as the tokenised dataset every wmss building block takes: ``idx``,
+    ``input_ids`` and ``labels`` (-100 outside the completion). ``data`` are ``DataConfig`` keys
+    (``chat_template``, ``system_prompt``, ``overlong``, ``id_field`` …)."""
+    from wmss.data import tokenize_examples
+
+    cfg = config_from_dict({"data": data}, "tokenize_dataset").data if data else DataConfig()
+    rows = dataset.to_list() if isinstance(dataset, Dataset) else [dict(r) for r in dataset]
+    tokenized, _ = tokenize_examples(rows, tokenizer, cfg, max_length, source="dataset")
+    return tokenized
+
+
+def evaluate(
+    models: Mapping[str, str] | str,
+    tasks: Sequence[str] | str,
+    output_dir: str | Path,
+    config: RunConfig | Mapping[str, Any] | str | Path | None = None,
+    baseline: str | None = None,
+) -> dict[str, Any]:
+    """``wmss eval``: each model (name → checkpoint) on each task (``gsm8k``, ``mawps=PATH``, a task YAML
+    …), graded by math-verify; predictions and ``summary.{json,md,png}`` in ``output_dir``. Returns the
+    summary table; with ``baseline``, every other model's difference to it with a 95% interval."""
+    from wmss.evaluation.harness import evaluate_models
+
+    named = {Path(models.rstrip("/")).name or models: models} if isinstance(models, str) else dict(models)
+    return evaluate_models(
+        named, [tasks] if isinstance(tasks, str) else list(tasks), as_config(config), output_dir, baseline
+    )
