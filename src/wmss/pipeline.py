@@ -64,8 +64,15 @@ def _for_training(cfg: RunConfig, path: str) -> Any:
     if cfg.peft.enabled:
         from wmss.lora import trainable_model
 
-        return trainable_model(path, cfg.peft, cfg.seed)
+        return trainable_model(path, cfg.peft, cfg.seed, _base_dtype(cfg))
     return load_model(path)
+
+
+def _base_dtype(cfg: RunConfig) -> Any:
+    """A LoRA run's frozen base weights: bfloat16 under ``train.bf16``, else float32."""
+    import torch
+
+    return torch.bfloat16 if cfg.train.bf16 else torch.float32
 
 
 def _free_memory() -> None:
@@ -263,7 +270,7 @@ def phase_joint_training(
     if cfg.peft.enabled:  # two adapters on one copy of the base weights
         from wmss.lora import trainable_pair
 
-        weak, strong = trainable_pair(weak_path, strong_path, cfg.peft, cfg.seed)
+        weak, strong = trainable_pair(weak_path, strong_path, cfg.peft, cfg.seed, _base_dtype(cfg))
     else:
         weak, strong = load_model(weak_path), load_model(strong_path)
     mix_lambda, auto = resolve_mix_lambda(cfg, weak, strong, dataset, tokenizer, name)
