@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from tests import distributed_worker
@@ -267,3 +268,22 @@ def test_fsdp_or_deepspeed_config_on_the_cpu_is_refused(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(WmssError, match="asks for FSDP, which accelerate runs on GPUs only"):
         distributed.init()
+
+
+def test_lora_wmss_run_on_two_processes_equals_one_process(tmp_path, tiny_model_dir, train_file):
+    """LoRA (two adapters on one frozen base) under DDP: the same adapters as one process."""
+    config = _pipeline_config(tmp_path, tiny_model_dir, train_file)
+    lora = ["peft.enabled=true", "peft.r=4", "peft.dropout=0.0"]
+    output = launch("accelerate", "-m", "wmss", "run", str(config), *lora)
+    assert output.count("done: final model at") == 1
+    one = tmp_path / "one"
+    with one_thread():
+        run_pipeline(load_config(str(config), [f"output_dir={one}", "train.per_device_batch_size=4", *lora]))
+    two = tmp_path / "two"
+    for model in ("M1", "M2"):
+        a = load_file(str(two / "models" / model / "adapter_model.safetensors"))
+        b = load_file(str(one / "models" / model / "adapter_model.safetensors"))
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6, msg=f"{model}: {key}")
+    assert_same_weights(two / "final", one / "final", atol=1e-5)

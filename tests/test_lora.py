@@ -14,6 +14,7 @@ from wmss.data import CompletionCollator, tokenize_examples
 from wmss.lora import attach, is_adapter, merged_model, trainable_pair
 from wmss.models import load_model
 from wmss.pipeline import run_pipeline
+from wmss.run_report import write_run_report
 from wmss.trainers import WeakStrongPair
 
 LORA = PEFTConfig(enabled=True, r=4, alpha=8.0, dropout=0.0)
@@ -102,6 +103,9 @@ def test_lora_run_resumes_to_the_same_adapter_and_publishes_a_merged_model(
             final(ids).logits, adapter.eval()(input_ids=ids).logits, rtol=1e-4, atol=1e-5
         )
     assert final.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, 8)
+    # the run report, with the logit statistics of the adapter chain (M0, M1, M2)
+    page = write_run_report(out, compute_logits=True).read_text()
+    assert 'id="wdjt-1"' in page and "target logit z[y]" in page
 
 
 @pytest.mark.parametrize("method", ["sft", "neftune", "undial", "spin", "dpo"])

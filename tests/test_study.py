@@ -191,6 +191,7 @@ def test_fixed_setting_and_an_arm_tuned_on_the_validation_split(tmp_path, tiny_m
         {"name": "SFT", "overrides": ["sft.epochs=2", "wmss.iterations=0"]},
         {"name": "WMSS"},
         {"name": "WMSS tuned", "m1_from": "WMSS", "tune": {"wmss.learning_rate": [1e-3, 1e-2]}},
+        {"name": "WD-JT only", "overrides": ["wmss.selection=all"], "m1_from": "WMSS", "versus": "WMSS"},
     ]
     fixed = {"fixed": {"train.learning_rate": 1e-3}, "source": "chosen elsewhere"}
     study = load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, arms=arms, tuning=fixed))
@@ -207,5 +208,9 @@ def test_fixed_setting_and_an_arm_tuned_on_the_validation_split(tmp_path, tiny_m
     assert test_run["sft"]["reused"]  # the candidates and the test run start from WMSS's M1
     text = write_study_report(study).read_text()
     assert "fixed, not tuned here (chosen elsewhere)" in text and "Tuning of arm WMSS tuned" in text
+    jt_row = next(line for line in text.splitlines() if line.startswith("| WD-JT only |"))
+    assert "] vs WMSS |" in jt_row  # its Δ is taken against the arm it names, not the first arm
+    with pytest.raises(ConfigError, match="versus names no arm"):
+        load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, arms=[{"name": "A", "versus": "B"}]))
     with pytest.raises(ConfigError, match="tune maps config keys"):
         load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, arms=[{"name": "A", "tune": {"x": 1}}]))

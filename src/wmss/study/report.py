@@ -100,13 +100,14 @@ def collect(study: Study) -> dict[str, Any]:
             "mean_entropy_gap": _mean([r["mean_entropy_gap"] for r in done.values()]),
             "machines": sorted({r["machine"] for r in done.values()}),
         }
-        base = {s: r for s, r in runs[baseline].items() if r is not None}
+        versus = arm.versus or baseline
+        base = {s: r for s, r in runs[versus].items() if r is not None}
         shared = sorted(set(done) & set(base))
-        if arm.name != baseline and shared:
+        if arm.name != versus and shared:
             mine = np.mean([done[s]["scores"] for s in shared], axis=0)
             theirs = np.mean([base[s]["scores"] for s in shared], axis=0)
             delta, low, high = paired_bootstrap(mine, theirs, seed=0)
-            row["vs_baseline"] = {"seeds": shared, "delta": delta, "low": low, "high": high}
+            row["vs_baseline"] = {"arm": versus, "seeds": shared, "delta": delta, "low": low, "high": high}
         rows.append(row)
     arm_tuning = {
         arm.name: read_json(arm_tuning_path(study, arm))
@@ -219,14 +220,17 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
         ]
     base = results["baseline"]
     lines += [
-        f"**Test** (`testset.json`): accuracy in %; Δ vs {base} on the same seeds with a paired bootstrap "
-        "95% interval over problems; steps and wall time include the shared M1 where an arm starts from it.",
+        f"**Test** (`testset.json`): accuracy in %; Δ vs {base} (or the arm named after it) on the same"
+        " seeds with a paired bootstrap 95% interval over problems; steps and wall time include the shared M1"
+        " where an arm starts from it.",
         "",
     ]
     rows = []
     for a in results["arms"]:
         vs = a.get("vs_baseline")
         delta = f"{100 * vs['delta']:+.1f} [{100 * vs['low']:+.1f}, {100 * vs['high']:+.1f}]" if vs else "–"
+        if vs and vs["arm"] != base:
+            delta += f" vs {vs['arm']}"
         std = f" ± {100 * a['std']:.1f}" if a["std"] is not None else ""
         gap = "–" if a["mean_entropy_gap"] is None else f"{a['mean_entropy_gap']:+.3f}"
         per_seed = " / ".join(_pct(x) for x in a["accuracies"])

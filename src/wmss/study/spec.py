@@ -53,6 +53,8 @@ class Arm:
     seeds: list[int] = field(default_factory=list)
     m1_from: str | None = None
     tune: dict[str, list] = field(default_factory=dict)
+    versus: str | None = None
+    """The arm this one's Δ is taken against (default: the first arm of the study)."""
     """Config keys searched for this arm on the validation split (first seed; one key at a time, the
     first value of each list is where the search starts, ties keep the earlier value)."""
 
@@ -162,7 +164,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     for i, entry in enumerate(raw["arms"]):
         if not isinstance(entry, dict) or "name" not in entry:
             raise ConfigError(f"{path}: arms[{i}] needs a 'name'.")
-        extra = sorted(set(entry) - {"name", "overrides", "seeds", "m1_from", "tune"})
+        extra = sorted(set(entry) - {"name", "overrides", "seeds", "m1_from", "tune", "versus"})
         if extra:
             raise ConfigError(f"{path}: arms[{i}] ({entry['name']}): unknown key(s) {', '.join(extra)}.")
         arm_seeds = entry.get("seeds", [seeds[0]])
@@ -176,7 +178,10 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             raise ConfigError(
                 f"{path}: arms[{i}] ({entry['name']}): tune maps config keys to non-empty lists of values."
             )
-        arm = Arm(entry["name"], list(entry.get("overrides") or []), arm_seeds, entry.get("m1_from"), tune)
+        arm = Arm(
+            entry["name"], list(entry.get("overrides") or []), arm_seeds, entry.get("m1_from"), tune,
+            entry.get("versus"),
+        )  # fmt: skip
         config_from_dict(run, f"{path}: arms[{i}] ({arm.name})", arm.overrides)
         for key, values in tune.items():
             for value in values:
@@ -200,6 +205,8 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
                 )
             if not set(arm.seeds) <= set(source.seeds):
                 raise ConfigError(f"{path}: arm {arm.name!r} runs seeds its m1_from arm does not.")
+        if arm.versus is not None and arm.versus not in names:
+            raise ConfigError(f"{path}: arm {arm.name!r}: versus names no arm ({arm.versus!r}).")
     train_size = raw.get("train_size")
     if train_size is not None and (not isinstance(train_size, int) or train_size < 1):
         raise ConfigError(f"{path}: train_size must be a positive integer or null; got {train_size!r}.")
