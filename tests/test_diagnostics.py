@@ -164,3 +164,35 @@ def test_sample_rows_is_seeded_sorted_and_without_repeats():
     assert a == sample_rows(100, 10, seed=7) != sample_rows(100, 10, seed=8)
     assert a == sorted(set(a)) and len(a) == 10 and all(0 <= i < 100 for i in a)
     assert sample_rows(5, 10, seed=0) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_saturation_statistics_against_a_direct_computation(tokenizer, fused):
+    from wmss.data import CompletionCollator
+    from wmss.diagnostics import saturation_statistics
+
+    strong, weak = build_model(len(tokenizer), seed=3), build_model(len(tokenizer), seed=4)
+    dataset, _ = tokenize_examples(arithmetic_rows(5), tokenizer, DataConfig(prompt_template="{question}",
+                                   completion_template="{answer}"), 96)  # fmt: skip
+    batch = CompletionCollator(tokenizer.pad_token_id)([dataset[i] for i in range(5)])
+    with torch.no_grad():
+        zs = strong.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        zw = weak.eval()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    keep = batch["labels"][:, 1:] != -100
+    zs, zw, y = zs[:, :-1][keep], zw[:, :-1][keep], batch["labels"][:, 1:][keep]
+    onehot = torch.nn.functional.one_hot(y, zs.shape[-1]).float()
+    p = zs.softmax(-1)
+    p_y = p.gather(1, y[:, None]).squeeze(1)
+    threshold = float(p_y.median())
+    hot = p_y > threshold
+    sft = (p - onehot).norm(dim=-1)
+    wdjt = 0.3 * ((0.3 * zs + 0.7 * zw).softmax(-1) - onehot).norm(dim=-1)
+
+    got = saturation_statistics(strong, dataset, tokenizer.pad_token_id, weak, 0.3, threshold, 2, fused)
+    assert got["tokens"] == y.numel() and got["saturated_share"] == pytest.approx(hot.float().mean().item())
+    assert got["saturated_gradient_share"] == pytest.approx((sft[hot].sum() / sft.sum()).item(), rel=1e-4)
+    assert got["loss"] == pytest.approx(torch.nn.functional.cross_entropy(zs, y).item(), rel=1e-4)
+    assert got["gradient_norm"] == pytest.approx(sft.mean().item(), rel=1e-4)
+    assert got["wdjt_saturated_gradient_norm"] == pytest.approx(wdjt[hot].mean().item(), rel=1e-4)
+    ratio = (wdjt[hot].sum() / sft[hot].sum()).item()
+    assert got["wdjt_over_sft_on_saturated"] == pytest.approx(ratio, rel=1e-4)

@@ -237,6 +237,84 @@ def logit_statistics(
     }
 
 
+# ---------------------------------------------------------------- saturation (the paper's premise)
+
+
+def saturation_statistics(
+    strong: nn.Module,
+    dataset: Dataset,
+    pad_token_id: int,
+    weak: nn.Module | None = None,
+    mix_lambda: float = 0.5,
+    threshold: float = 0.99,
+    batch_size: int = 8,
+    fused: bool = True,
+) -> dict[str, Any]:
+    """How saturated SFT is on ``dataset``'s completion tokens, and (with ``weak``) what WD-JT gives back.
+
+    A token is *saturated* when the model's probability of its target exceeds ``threshold``. The
+    cross-entropy gradient w.r.t. the logits is ``p − e_y``; its L2 norm per token,
+    ``√((1 − p_y)² + Σ_{k≠y} p_k²)``, measures how much the token still teaches. Returned (means over
+    positions unless said): ``tokens``, ``saturated_share``, ``saturated_gradient_share`` (the saturated
+    tokens' share of the summed gradient norms), ``loss``, ``target_prob``, ``entropy``, ``gradient_norm``.
+    With ``weak``: the strong model's gradient under WD-JT, ``λ·(P_mix − e_y)`` with
+    ``z_mix = λ·z_strong + (1−λ)·z_weak`` (Eq. 5-6), as ``wdjt_gradient_norm`` and
+    ``wdjt_saturated_gradient_norm`` (mean over the saturated tokens, with ``saturated_gradient_norm``
+    the SFT one beside it), and their ratio ``wdjt_over_sft_on_saturated``."""
+    models = [strong] if weak is None else [strong, weak]
+    sums: dict[str, float] = {}
+    tokens = saturated = 0
+
+    def add(key: str, values: torch.Tensor) -> None:
+        sums[key] = sums.get(key, 0.0) + values.double().sum().item()
+
+    for logits, targets in completion_logit_chunks(models, dataset, pad_token_id, batch_size, fused):
+        z = logits[0]
+        logp = torch.log_softmax(z, dim=-1)
+        p = logp.exp()
+        p_y = p.gather(1, targets[:, None]).squeeze(1)
+        norm = ((1 - p_y) ** 2 + (p**2).sum(dim=-1) - p_y**2).clamp(min=0).sqrt()
+        hot = p_y > threshold
+        tokens += targets.numel()
+        saturated += int(hot.sum())
+        add("loss", -logp.gather(1, targets[:, None]).squeeze(1))
+        add("target_prob", p_y)
+        add("entropy", -(p * logp).sum(dim=-1))
+        add("gradient_norm", norm)
+        add("saturated_gradient_norm", norm[hot])
+        if weak is not None:
+            p_mix = torch.softmax(mix_lambda * z + (1 - mix_lambda) * logits[1], dim=-1)
+            q_y = p_mix.gather(1, targets[:, None]).squeeze(1)
+            wdjt = mix_lambda * ((1 - q_y) ** 2 + (p_mix**2).sum(dim=-1) - q_y**2).clamp(min=0).sqrt()
+            add("wdjt_gradient_norm", wdjt)
+            add("wdjt_saturated_gradient_norm", wdjt[hot])
+    if tokens == 0:
+        raise WmssError(f"the {len(dataset)} examples measured have no completion token.")
+    out: dict[str, Any] = {
+        "examples": len(dataset),
+        "tokens": tokens,
+        "threshold": threshold,
+        "saturated_share": saturated / tokens,
+        "saturated_gradient_share": sums["saturated_gradient_norm"] / sums["gradient_norm"]
+        if sums["gradient_norm"] > 0
+        else None,
+    }
+    out.update({k: sums[k] / tokens for k in ("loss", "target_prob", "entropy", "gradient_norm")})
+    out["saturated_gradient_norm"] = sums["saturated_gradient_norm"] / saturated if saturated else None
+    if weak is not None:
+        out["mix_lambda"] = mix_lambda
+        out["wdjt_gradient_norm"] = sums["wdjt_gradient_norm"] / tokens
+        out["wdjt_saturated_gradient_norm"] = (
+            sums["wdjt_saturated_gradient_norm"] / saturated if saturated else None
+        )
+        out["wdjt_over_sft_on_saturated"] = (
+            sums["wdjt_saturated_gradient_norm"] / sums["saturated_gradient_norm"]
+            if saturated and sums["saturated_gradient_norm"] > 0
+            else None
+        )
+    return out
+
+
 # ---------------------------------------------------------------- automatic λ (Appendix D)
 
 
