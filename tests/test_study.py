@@ -214,3 +214,39 @@ def test_fixed_setting_and_an_arm_tuned_on_the_validation_split(tmp_path, tiny_m
         load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, arms=[{"name": "A", "versus": "B"}]))
     with pytest.raises(ConfigError, match="tune maps config keys"):
         load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, arms=[{"name": "A", "tune": {"x": 1}}]))
+
+
+def test_learning_curve_stops_at_the_plateau_and_arms_start_from_it(tmp_path, tiny_model_dir, mawps_dir):
+    from wmss.study.report import write_study_report
+    from wmss.study.runner import run_study
+
+    arms = [
+        {"name": "SFT +1 epoch", "overrides": ["method=sft", "sft.epochs=2"], "from_curve": True},
+        {"name": "WMSS K=1", "from_curve": True, "versus": "SFT +1 epoch"},
+    ]
+    curve = {"max_epochs": 4, "patience": 1, "train_sample": 3, "seeds": [1]}
+    study = load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, arms=arms, curve=curve,
+                                   tuning={"fixed": {"train.learning_rate": 1e-3}}))  # fmt: skip
+    run_study(study)
+    root = study.output_dir / "curve" / "seed-1"
+    result = read_json(root / "curve.json")
+    rows = result["epochs"]
+    assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+    best = max(reversed(rows), key=lambda r: r["val_accuracy"])
+    assert result["plateau_epoch"] == best["epoch"]
+    assert len(rows) == 4 or rows[-1]["epoch"] - best["epoch"] == 1  # stopped once patience ran out
+    assert all(r["train_problems"] == 3 and r["val_problems"] == 4 for r in rows)
+    assert all(0 <= r["saturated_share"] <= 1 and r["train_loss"] > 0 for r in rows)
+    manifest = read_json(root / "manifest.json")
+    assert manifest["phases"]["sft"]["steps"] == 3 * len(rows)  # 12 rows / batch 4, per epoch
+    for r in rows:
+        assert (root / "epochs" / f"epoch-{r['epoch']}" / "config.json").is_file()
+    wmss = read_json(study.output_dir / "arms" / "wmss-k-1" / "seed-1" / "manifest.json")
+    assert wmss["phases"]["sft"]["model"] == str((root / "epochs" / f"epoch-{best['epoch']}").resolve())
+    run_study(study, "curve")  # finished: nothing is measured again
+    assert read_json(root / "curve.json") == result
+    text = write_study_report(study).read_text()
+    assert "**Learning curve**" in text and f"seed 1: E* = {best['epoch']}" in text
+    assert (study.output_dir / "report" / "learning_curve.png").is_file()
+    with pytest.raises(ConfigError, match="weak: previous needs from_curve"):
+        load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, arms=[{"name": "A", "weak": "previous"}]))

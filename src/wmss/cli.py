@@ -400,7 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "overrides", nargs="*", help="key=value for top-level study keys, or run.<config key>=value"
     )
-    p.add_argument("--stage", choices=("tune", "arms", "all"), default="all", help="(run) what to run")
+    p.add_argument(
+        "--stage", choices=("tune", "curve", "arms", "all"), default="all", help="(run) what to run"
+    )
     p.add_argument("--arm", action="append", help="(run) only this arm (repeat); default: all arms")
     p.add_argument(
         "--into",

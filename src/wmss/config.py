@@ -153,6 +153,9 @@ class WMSSConfig:
     """Draw m·|D| indices instead of |D|."""
     freeze_weak: bool = False
     """Ablation: keep the weak model fixed (no gradient, eval mode) during WD-JT."""
+    weak: str | None = None
+    """The weak model of iteration 1: a checkpoint of ``model`` (e.g. an SFT epoch before M1). Unset:
+    M0, the base, as in Algorithm 1. Later iterations take M_{t−1} as always."""
     learning_rate: float | None = None
     """Peak learning rate of WD-JT (both models). Unset: ``train.learning_rate``, as in the paper."""
     lr_schedule: str = "per_phase"

@@ -499,6 +499,8 @@ def run_pipeline(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None)
         last = from_m1_baseline(run, chain[1], tokenizer, dataset)
         return _finish(run, last, tokenizer, len(dataset))
 
+    if cfg.wmss.weak:  # another checkpoint than M0 as the first weak model
+        chain[0] = resolve_model(cfg.wmss.weak)
     for t in range(1, cfg.wmss.iterations + 1):
         weak, strong = chain[t - 1], chain[t]  # (M_{t-1}, M_t)
         # WD-DS: entropies under weak and strong, Eq. 9 weights, draw |D| with replacement, de-duplicate

@@ -114,8 +114,21 @@ def collect(study: Study) -> dict[str, Any]:
         for arm in study.arms
         if arm.tune and arm_tuning_path(study, arm).is_file()
     }
-    return {"study": study.name, "baseline": baseline, "tuning": tuning, "arm_tuning": arm_tuning,
-            "arms": rows, "missing": missing}  # fmt: skip
+    curves = {}
+    if study.curve is not None:
+        from wmss.study.curve import read_curve
+        from wmss.study.runner import curve_dir
+
+        curves = {s: c for s in study.curve["seeds"] if (c := read_curve(curve_dir(study, s))) is not None}
+    return {
+        "study": study.name,
+        "baseline": baseline,
+        "tuning": tuning,
+        "arm_tuning": arm_tuning,
+        "curves": curves,
+        "arms": rows,
+        "missing": missing,
+    }
 
 
 def _pct(x: float | None) -> str:
@@ -157,6 +170,28 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
     fig.savefig(made[-1])
     plt.close(fig)
 
+    if results.get("curves"):
+        curve = _curve_rows(results["curves"])
+        epochs = [e for e, _, _ in curve]
+        fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.4), dpi=120)
+        for key, label in (("val_accuracy", "validation"), ("train_accuracy", "training sample")):
+            axes[0].plot(epochs, [100 * (m[key] or np.nan) for _, _, m in curve], marker="o", label=label)
+        axes[0].set_ylabel("accuracy (%)")
+        axes[0].legend(fontsize=8)
+        for key, label in (("saturated_share", "saturated tokens (p > 0.99)"),
+                           ("saturated_gradient_share", "their share of the gradient")):  # fmt: skip
+            axes[1].plot(epochs, [m[key] if m[key] is not None else np.nan for _, _, m in curve], marker="o",
+                         label=label)  # fmt: skip
+        axes[1].plot(epochs, [m["train_loss"] or np.nan for _, _, m in curve], marker="s", label="train loss")
+        axes[1].legend(fontsize=8)
+        for ax in axes:
+            ax.set_xlabel("SFT epoch")
+        fig.suptitle(f"{results['study']}: SFT learning curve (mean over seeds)", fontsize=9)
+        fig.tight_layout()
+        made.append(out_dir / "learning_curve.png")
+        fig.savefig(made[-1])
+        plt.close(fig)
+
     sweep = sorted((lam, a) for a in arms if (lam := _lambda(a)) is not None)
     if len(sweep) >= 2:
         fig, ax = plt.subplots(figsize=(5.0, 3.4), dpi=120)
@@ -175,6 +210,44 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
         fig.savefig(made[-1])
         plt.close(fig)
     return made
+
+
+CURVE_COLUMNS = (
+    ("train_loss", "train loss", "{:.3f}"),
+    ("saturated_share", "saturated tokens (p > 0.99)", "{:.1%}"),
+    ("saturated_gradient_share", "their gradient share", "{:.1%}"),
+    ("target_prob", "target prob.", "{:.3f}"),
+    ("mean_entropy", "mean entropy (Eq. 7)", "{:.3f}"),
+    ("train_accuracy", "train-sample accuracy", "{:.1%}"),
+    ("val_accuracy", "validation accuracy", "{:.1%}"),
+)
+
+
+def _curve_rows(curves: dict) -> list[tuple[int, list[int], dict[str, float | None]]]:
+    """Per epoch: the seeds that reached it and the mean of each ``CURVE_COLUMNS`` value over them."""
+    epochs = sorted({r["epoch"] for c in curves.values() for r in c["epochs"]})
+    out = []
+    for epoch in epochs:
+        rows = {s: r for s, c in curves.items() for r in c["epochs"] if r["epoch"] == epoch}
+        means = {key: _mean([r.get(key) for r in rows.values()]) for key, _, _ in CURVE_COLUMNS}
+        out.append((epoch, sorted(rows), means))
+    return out
+
+
+def _curve_table(curves: dict) -> str:
+    plateaus = ", ".join(f"seed {s}: E* = {c['plateau_epoch']}" for s, c in sorted(curves.items()))
+    header = ["epoch", "seeds", *[label for _, label, _ in CURVE_COLUMNS]]
+    rows = [
+        [str(epoch), ",".join(map(str, seeds)),
+         *["–" if means[key] is None else fmt.format(means[key]) for key, _, fmt in CURVE_COLUMNS]]
+        for epoch, seeds, means in _curve_rows(curves)
+    ]  # fmt: skip
+    return (
+        "**Learning curve** (SFT on the training subset, one schedule over `curve.max_epochs`, measured "
+        "after every epoch; means over the seeds that reached the epoch; training stops when validation "
+        f"accuracy has not improved for `curve.patience` epochs; plateau {plateaus}):\n\n"
+        + markdown_table(header, rows)
+    )
 
 
 def _tuning_table(tuning: dict, name: Any, wall_label: str) -> str:
@@ -218,6 +291,8 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
             ),
             "",
         ]
+    if results.get("curves"):
+        lines += [_curve_table(results["curves"]), ""]
     base = results["baseline"]
     lines += [
         f"**Test** (`testset.json`): accuracy in %; Δ vs {base} (or the arm named after it) on the same"

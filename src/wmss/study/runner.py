@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from wmss.config import config_from_dict
+from wmss.config import RunConfig, config_from_dict
 from wmss.errors import WmssError
 from wmss.io import atomic_write_json, read_json
 from wmss.pipeline import run_pipeline
@@ -63,12 +63,12 @@ def training_file(study: Study, fmt: str) -> Path:
     return out / "train.jsonl"
 
 
-def run_one(study: Study, out: Path, seed: int, fmt: str, overrides: list[str], split: str) -> dict[str, Any]:
-    """One `wmss run` of the study (``split``: validset or testset is evaluated)."""
+def study_config(study: Study, out: Path, seed: int, fmt: str, overrides: list[str], split: str) -> RunConfig:
+    """The `wmss run` config of one run of the study (``split``: validset or testset is evaluated)."""
     eval_path = study.data_dir / f"{split}.json"
     if not eval_path.is_file():
         raise WmssError(f"{eval_path} does not exist; check the study's data_dir ({study.data_dir}).")
-    cfg = config_from_dict(
+    return config_from_dict(
         study.run,
         f"{study.path}: run",
         [
@@ -80,8 +80,21 @@ def run_one(study: Study, out: Path, seed: int, fmt: str, overrides: list[str], 
             *overrides,
         ],
     )
+
+
+def run_one(
+    study: Study,
+    out: Path,
+    seed: int,
+    fmt: str,
+    overrides: list[str],
+    split: str,
+    callbacks: list | None = None,
+) -> dict[str, Any]:
+    """One `wmss run` of the study (``split``: validset or testset is evaluated)."""
+    cfg = study_config(study, out, seed, fmt, overrides, split)
     log.info("study: %s (seed %d)", out, seed)
-    manifest = run_pipeline(cfg)
+    manifest = run_pipeline(cfg, callbacks=callbacks)
     if not (out / "machine.json").is_file():
         atomic_write_json(out / "machine.json", {"machine": machine()})
     return manifest
@@ -170,6 +183,13 @@ def arm_dir(study: Study, arm: Arm, seed: int) -> Path:
 
 def _arm_overrides(study: Study, arm: Arm, seed: int, setting: dict[str, Any]) -> list[str]:
     overrides = setting_overrides(setting) + arm.overrides
+    if arm.from_curve:
+        plateau = plateau_epoch(study, seed)
+        overrides.append(f"sft.checkpoint={curve_model(study, seed, plateau).resolve()}")
+        if arm.weak == "previous":
+            if plateau < 2:
+                raise WmssError(f"arm {arm.name!r}: the curve of seed {seed} peaks at epoch 1; no M_(E*-1).")
+            overrides.append(f"wmss.weak={curve_model(study, seed, plateau - 1).resolve()}")
     if arm.m1_from is not None:
         source = arm_dir(study, study.arm(arm.m1_from), seed)
         m1 = source / "models" / "M1"
@@ -212,11 +232,61 @@ def run_arm(study: Study, arm: Arm, seed: int, setting: dict[str, Any]) -> dict[
     return run_one(study, arm_dir(study, arm, seed), seed, setting["format"], overrides, "testset")
 
 
+def curve_dir(study: Study, seed: int) -> Path:
+    return study.output_dir / "curve" / f"seed-{seed}"
+
+
+def curve_model(study: Study, seed: int, epoch: int) -> Path:
+    path = curve_dir(study, seed) / "epochs" / f"epoch-{epoch}"
+    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        raise WmssError(
+            f"{path} does not exist: run the learning curve first (`wmss study run --stage curve`)."
+        )
+    return path
+
+
+def plateau_epoch(study: Study, seed: int) -> int:
+    from wmss.study.curve import read_curve
+
+    curve = read_curve(curve_dir(study, seed))
+    if curve is None:
+        raise WmssError(
+            f"the learning curve of seed {seed} is missing ({curve_dir(study, seed)}); run "
+            f"`wmss study run {study.path} --stage curve` first."
+        )
+    return int(curve["plateau_epoch"])
+
+
+def run_curve(study: Study, seed: int, setting: dict[str, Any]) -> dict[str, Any]:
+    """SFT of the first seed … for up to ``curve.max_epochs`` epochs, measured after each and stopped at
+    the plateau (``wmss.study.curve``)."""
+    from wmss.study.curve import EpochProbe
+
+    curve, out = study.curve, curve_dir(study, seed)
+    overrides = [
+        *setting_overrides(setting),
+        "method=sft",
+        f"sft.epochs={curve['max_epochs']}",
+        "wmss.iterations=0",
+    ]
+    cfg = study_config(study, out, seed, setting["format"], overrides, "validset")
+    probe = EpochProbe(
+        cfg, out, training_file(study, setting["format"]), study.data_dir / "validset.json",
+        curve["train_sample"], curve["patience"],
+    )  # fmt: skip
+    return run_one(study, out, seed, setting["format"], overrides, "validset", callbacks=[probe])
+
+
 def run_study(study: Study, stage: str = "all", arms: list[str] | None = None) -> None:
-    """``stage``: ``tune``, ``arms`` or ``all``. The arms with several seeds (the main comparison) run
-    first, seed by seed; then the single-seed arms. An interrupted study resumes where it stopped."""
+    """``stage``: ``tune``, ``curve``, ``arms`` or ``all`` (in that order). The arms with several seeds (the
+    main comparison) run first, seed by seed; then the single-seed arms. An interrupted study resumes
+    where it stopped."""
     if stage in ("tune", "all"):
         tune(study)
+    if stage in ("curve", "all") and study.curve is not None:
+        setting = chosen_setting(study)
+        for seed in study.curve["seeds"]:
+            run_curve(study, seed, setting)
     if stage in ("arms", "all"):
         setting = chosen_setting(study)
         selected = [study.arm(name) for name in arms] if arms else study.arms

@@ -55,6 +55,12 @@ class Arm:
     tune: dict[str, list] = field(default_factory=dict)
     versus: str | None = None
     """The arm this one's Δ is taken against (default: the first arm of the study)."""
+    from_curve: bool = False
+    """Start from the plateau model M_{E*} of the study's learning curve (same seed) instead of M0:
+    it becomes ``sft.checkpoint``, so ``sft.epochs`` counts it as one epoch."""
+    weak: str | None = None
+    """``previous``: the weak model of iteration 1 is M_{E*−1} of the learning curve (``wmss.weak``);
+    unset: M0."""
     """Config keys searched for this arm on the validation split (first seed; one key at a time, the
     first value of each list is where the search starts, ties keep the earlier value)."""
 
@@ -76,6 +82,8 @@ class Study:
     tuning_start: dict[str, Any]
     tuning_search: dict[str, list]
     arms: list[Arm]
+    curve: dict[str, Any] | None = None
+    """``curve``: the SFT learning curve (``wmss.study.curve``): max_epochs, patience, train_sample, seeds."""
     tuning_fixed: dict[str, Any] | None = None
     """A setting taken as chosen without tuning runs (``tuning.fixed``), with ``tuning_source`` saying
     where it was chosen."""
@@ -90,7 +98,18 @@ class Study:
         )
 
 
-KEYS = ("name", "output_dir", "data_dir", "train_size", "subset_seed", "seeds", "run", "tuning", "arms")
+KEYS = (
+    "name",
+    "output_dir",
+    "data_dir",
+    "train_size",
+    "subset_seed",
+    "seeds",
+    "run",
+    "tuning",
+    "arms",
+    "curve",
+)
 
 
 def data_dir(raw: str) -> Path:
@@ -117,7 +136,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         key, value = parse_override(item)
         if key.startswith("run."):
             run_overrides.append(item[len("run.") :])
-        elif key in KEYS and key not in ("run", "tuning", "arms"):
+        elif key in KEYS and key not in ("run", "tuning", "arms", "curve"):
             raw[key] = value
         else:
             raise ConfigError(f"override {item!r}: use one of {', '.join(KEYS[:6])} or run.<config key>.")
@@ -164,7 +183,9 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     for i, entry in enumerate(raw["arms"]):
         if not isinstance(entry, dict) or "name" not in entry:
             raise ConfigError(f"{path}: arms[{i}] needs a 'name'.")
-        extra = sorted(set(entry) - {"name", "overrides", "seeds", "m1_from", "tune", "versus"})
+        extra = sorted(
+            set(entry) - {"name", "overrides", "seeds", "m1_from", "tune", "versus", "from_curve", "weak"}
+        )
         if extra:
             raise ConfigError(f"{path}: arms[{i}] ({entry['name']}): unknown key(s) {', '.join(extra)}.")
         arm_seeds = entry.get("seeds", [seeds[0]])
@@ -180,8 +201,12 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             )
         arm = Arm(
             entry["name"], list(entry.get("overrides") or []), arm_seeds, entry.get("m1_from"), tune,
-            entry.get("versus"),
+            entry.get("versus"), bool(entry.get("from_curve", False)), entry.get("weak"),
         )  # fmt: skip
+        if arm.weak not in (None, "previous") or (arm.weak and not arm.from_curve):
+            raise ConfigError(f"{path}: arms[{i}] ({arm.name}): weak: previous needs from_curve: true.")
+        if arm.from_curve and arm.m1_from:
+            raise ConfigError(f"{path}: arms[{i}] ({arm.name}): from_curve and m1_from exclude each other.")
         config_from_dict(run, f"{path}: arms[{i}] ({arm.name})", arm.overrides)
         for key, values in tune.items():
             for value in values:
@@ -207,6 +232,20 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
                 raise ConfigError(f"{path}: arm {arm.name!r} runs seeds its m1_from arm does not.")
         if arm.versus is not None and arm.versus not in names:
             raise ConfigError(f"{path}: arm {arm.name!r}: versus names no arm ({arm.versus!r}).")
+    curve = raw.get("curve")
+    if curve is not None:
+        curve = {"max_epochs": 10, "patience": 2, "train_sample": 64, "seeds": "all", **curve}
+        extra = sorted(set(curve) - {"max_epochs", "patience", "train_sample", "seeds"})
+        if extra:
+            raise ConfigError(f"{path}: curve: unknown key(s) {', '.join(extra)}.")
+        for key in ("max_epochs", "patience", "train_sample"):
+            if not isinstance(curve[key], int) or curve[key] < 1:
+                raise ConfigError(f"{path}: curve.{key} must be a positive integer; got {curve[key]!r}.")
+        curve["seeds"] = list(seeds) if curve["seeds"] == "all" else curve["seeds"]
+        if not isinstance(curve["seeds"], list) or not set(curve["seeds"]) <= set(seeds):
+            raise ConfigError(f"{path}: curve.seeds must be 'all' or a subset of {seeds}.")
+    if any(a.from_curve for a in arms) and curve is None:
+        raise ConfigError(f"{path}: an arm has from_curve: true but the study has no curve section.")
     train_size = raw.get("train_size")
     if train_size is not None and (not isinstance(train_size, int) or train_size < 1):
         raise ConfigError(f"{path}: train_size must be a positive integer or null; got {train_size!r}.")
@@ -222,6 +261,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         tuning_start=start,
         tuning_search=search,
         arms=arms,
+        curve=curve,
         tuning_fixed=fixed,
         tuning_source=tuning.get("source") if fixed is None else raw["tuning"].get("source"),
     )
