@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import torch
 
 from tests.conftest import arithmetic_rows, build_model
 from tests.test_pipeline import _config
@@ -38,11 +39,19 @@ def _manual_gradient_norms(weak, strong, dataset, pad_id, mix_lambda):
 def test_wdjt_logs_each_branch_gradient_norm_and_clip_factor(tmp_path, tokenizer, max_grad_norm):
     dataset = _data(tokenizer)
     expected = _manual_gradient_norms(
-        build_model(len(tokenizer), seed=1), build_model(len(tokenizer), seed=2), dataset,
-        tokenizer.pad_token_id, 0.3,
-    )  # fmt: skip
-    train = TrainConfig(learning_rate=1e-3, per_device_batch_size=4, logging_steps=1, save_steps=100,
-                        max_grad_norm=max_grad_norm)  # fmt: skip
+        build_model(len(tokenizer), seed=1),
+        build_model(len(tokenizer), seed=2),
+        dataset,
+        tokenizer.pad_token_id,
+        0.3,
+    )
+    train = TrainConfig(
+        learning_rate=1e-3,
+        per_device_batch_size=4,
+        logging_steps=1,
+        save_steps=100,
+        max_grad_norm=max_grad_norm,
+    )
     weak, strong = build_model(len(tokenizer), seed=1), build_model(len(tokenizer), seed=2)
     result = train_joint(
         weak, strong, tokenizer, dataset, train, 1.0, 0.3, False, PhaseTraining(tmp_path / "ck", 0)
@@ -102,8 +111,14 @@ def test_whole_run_schedule_is_the_schedule_of_sft_for_the_same_passes(tmp_path,
 def test_wdjt_learning_rate_replaces_the_peak_of_the_second_pass(
     tmp_path, tiny_model_dir, train_file, mix_lambda
 ):
-    cfg = _config(tiny_model_dir, train_file, tmp_path / "run", "wmss.learning_rate=0.02",
-                  f"wmss.mix_lambda={mix_lambda}", "train.lr_scheduler_type=constant")  # fmt: skip
+    cfg = _config(
+        tiny_model_dir,
+        train_file,
+        tmp_path / "run",
+        "wmss.learning_rate=0.02",
+        f"wmss.mix_lambda={mix_lambda}",
+        "train.lr_scheduler_type=constant",
+    )
     manifest = run_pipeline(cfg)
     assert set(_learning_rates(tmp_path / "run", "sft")) == {3e-3}
     assert set(_learning_rates(tmp_path / "run", "wdjt-1")) == {0.02}
@@ -115,3 +130,61 @@ def test_bad_schedule_settings_are_refused():
         load_config(None, ["wmss.lr_schedule=global"])
     with pytest.raises(ConfigError, match="wmss.learning_rate must be > 0"):
         load_config(None, ["wmss.learning_rate=0"])
+
+
+def test_annealed_lambda_moves_linearly_to_its_end_value(tmp_path, tokenizer):
+    dataset = _data(tokenizer, n=8)
+    train = TrainConfig(learning_rate=1e-3, per_device_batch_size=2, logging_steps=1, save_steps=100)
+    weak, strong = build_model(len(tokenizer), seed=1), build_model(len(tokenizer), seed=2)
+    result = train_joint(
+        weak,
+        strong,
+        tokenizer,
+        dataset,
+        train,
+        1.0,
+        0.4,
+        False,
+        PhaseTraining(tmp_path / "ck", 0),
+        mix_lambda_end=1.0,
+    )
+    lambdas = [r["mix_lambda"] for r in result["log_history"] if "loss" in r]
+    assert lambdas == pytest.approx([0.4, 0.6, 0.8, 1.0])
+
+
+def test_strong_learning_rate_scale_scales_the_strong_step_only(tmp_path, tokenizer):
+    """Adam's first step moves each weight by the learning rate (times the sign of its gradient): with the
+    strong model's learning rate doubled, its step doubles and the weak model's stays the same."""
+    dataset = _data(tokenizer)
+    train = TrainConfig(
+        learning_rate=1e-3,
+        per_device_batch_size=4,
+        save_steps=100,
+        warmup_ratio=0.0,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+    )
+    steps = {}
+    for scale in (1.0, 2.0):
+        weak, strong = build_model(len(tokenizer), seed=1), build_model(len(tokenizer), seed=2)
+        train_joint(
+            weak,
+            strong,
+            tokenizer,
+            dataset,
+            train,
+            1.0,
+            0.5,
+            False,
+            PhaseTraining(tmp_path / f"{scale}", 0),
+            strong_lr_scale=scale,
+        )
+        start = build_model(len(tokenizer), seed=1), build_model(len(tokenizer), seed=2)
+        steps[scale] = [
+            {k: m.state_dict()[k] - s.state_dict()[k] for k in s.state_dict()}
+            for m, s in zip((weak, strong), start, strict=True)
+        ]
+    for key, one in steps[1.0][1].items():
+        torch.testing.assert_close(steps[2.0][1][key], 2 * one, rtol=1e-3, atol=1e-7, msg=key)
+    for key, one in steps[1.0][0].items():
+        torch.testing.assert_close(steps[2.0][0][key], one, rtol=1e-5, atol=1e-8, msg=key)

@@ -153,6 +153,12 @@ class WMSSConfig:
     """Draw m·|D| indices instead of |D|."""
     freeze_weak: bool = False
     """Ablation: keep the weak model fixed (no gradient, eval mode) during WD-JT."""
+    mix_lambda_end: float | None = None
+    """Variant beyond the paper: λ moves linearly over each WD-JT pass from ``mix_lambda`` (first step) to
+    this value (last step), e.g. 1.0 to hand the step back to the strong model as the pass ends."""
+    strong_lr_scale: float = 1.0
+    """Variant beyond the paper: the strong model's learning rate in WD-JT is multiplied by this (e.g.
+    1/λ, so that its own step λ·(P_mix − e_y) is scaled back to SFT's size); the weak model's is not."""
     weak: str | None = None
     """The weak model of iteration 1: a checkpoint of ``model`` (e.g. an SFT epoch before M1). Unset:
     M0, the base, as in Algorithm 1. Later iterations take M_{t−1} as always."""
@@ -207,6 +213,12 @@ class WMSSConfig:
             )
         if self.iterations < 0:
             raise ConfigError(f"wmss.iterations must be >= 0; got {self.iterations}.")
+        if self.mix_lambda_end is not None and not 0.0 <= self.mix_lambda_end <= 1.0:
+            raise ConfigError(f"wmss.mix_lambda_end must lie in [0, 1]; got {self.mix_lambda_end}.")
+        if self.mix_lambda_end is not None and self.mix_lambda == 1.0:
+            raise ConfigError("wmss.mix_lambda_end needs wmss.mix_lambda < 1 (at 1 WD-JT runs as plain SFT).")
+        if not self.strong_lr_scale > 0:
+            raise ConfigError(f"wmss.strong_lr_scale must be > 0; got {self.strong_lr_scale}.")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(
                 f"wmss.lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {self.lr_schedule!r}."

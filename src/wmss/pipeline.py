@@ -275,9 +275,11 @@ def phase_joint_training(
         weak, strong = load_model(weak_path), load_model(strong_path)
     mix_lambda, auto = resolve_mix_lambda(cfg, weak, strong, dataset, tokenizer, name)
     where = run.training(name, save_to=out, learning_rate=cfg.wmss.learning_rate)
+    w = cfg.wmss
     result = train_joint(
-        weak, strong, tokenizer, active, cfg.train, cfg.wmss.epochs, mix_lambda, cfg.wmss.freeze_weak, where
-    )
+        weak, strong, tokenizer, active, cfg.train, w.epochs, mix_lambda, w.freeze_weak, where,
+        mix_lambda_end=w.mix_lambda_end, strong_lr_scale=w.strong_lr_scale,
+    )  # fmt: skip
     del weak, strong
     _free_memory()
     return {
@@ -286,6 +288,8 @@ def phase_joint_training(
         "strong": strong_path,
         "mix_lambda": mix_lambda,
         **({"mix_lambda_auto": auto} if auto else {}),
+        **({"mix_lambda_end": w.mix_lambda_end} if w.mix_lambda_end is not None else {}),
+        **({"strong_lr_scale": w.strong_lr_scale} if w.strong_lr_scale != 1.0 else {}),
         "freeze_weak": cfg.wmss.freeze_weak,
         "epochs": cfg.wmss.epochs,
         "examples": len(active),

@@ -53,7 +53,6 @@ TEXT_CHARS = 400
 """Characters of a prompt or completion shown in the table of highest-weight examples."""
 
 
-
 def _example_texts(cfg: RunConfig, wanted: set) -> tuple[dict[Any, tuple[str, str]], str | None]:
     """``{idx: (prompt, completion)}`` for the ``wanted`` ids, read from the run's training data."""
     from wmss.data import read_rows, row_to_text

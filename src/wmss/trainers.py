@@ -335,10 +335,14 @@ class WeakStrongPair(nn.Module):
         mix_lambda: float,
         freeze_weak: bool = False,
         fused_loss: bool = True,
+        mix_lambda_end: float | None = None,
+        strong_lr_scale: float = 1.0,
     ):
         super().__init__()
         self.weak, self.strong = weak, strong
         self.mix_lambda, self.freeze_weak = mix_lambda, freeze_weak
+        self.mix_lambda_start, self.mix_lambda_end = mix_lambda, mix_lambda_end
+        self.strong_lr_scale = strong_lr_scale
         self.config = strong.config
         self._no_split_modules = sorted(
             set(getattr(strong, "_no_split_modules", None) or [])
@@ -348,6 +352,12 @@ class WeakStrongPair(nn.Module):
             weak.requires_grad_(False)
             weak.eval()
         self.fused_loss = use_fused_head([strong, weak], fused_loss, "WD-JT")
+
+    def anneal(self, progress: float) -> None:
+        """With ``mix_lambda_end`` (a variant beyond the paper), λ moves linearly from its start value at
+        progress 0 to ``mix_lambda_end`` at progress 1 (the share of the phase's optimizer steps done)."""
+        if self.mix_lambda_end is not None:
+            self.mix_lambda = self.mix_lambda_start + (self.mix_lambda_end - self.mix_lambda_start) * progress
 
     def train(self, mode: bool = True) -> WeakStrongPair:
         super().train(mode)
@@ -409,6 +419,31 @@ class JointTrainer(SegmentedScheduleTrainer):
         self._gradient_steps: list[dict[str, float]] = []  # since the last log line
         self.gradient_history: list[dict[str, float]] = []  # every optimizer step of this session
 
+    def create_optimizer(self, model: nn.Module | None = None) -> Any:
+        """Trainer's AdamW; with ``strong_lr_scale`` ≠ 1 (a variant beyond the paper) the strong model's
+        parameters get their own groups at that multiple of the learning rate."""
+        optimizer = super().create_optimizer(model)
+        pair: WeakStrongPair = self.accelerator.unwrap_model(self.model)
+        if pair.strong_lr_scale != 1.0 and not getattr(self, "_strong_groups_made", False):
+            strong = {id(p) for p in pair.strong.parameters()}
+            groups = []
+            for group in optimizer.param_groups:
+                for mine in (True, False):
+                    params = [p for p in group["params"] if (id(p) in strong) == mine]
+                    if params:
+                        scale = pair.strong_lr_scale if mine else 1.0
+                        groups.append({**group, "params": params, "lr": group["lr"] * scale})
+            optimizer.param_groups.clear()
+            for group in groups:
+                optimizer.add_param_group(group)
+            self._strong_groups_made = True
+        return optimizer
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        pair: WeakStrongPair = self.accelerator.unwrap_model(self.model)
+        pair.anneal(self.state.global_step / max(self.state.max_steps - 1, 1))
+        return super().training_step(model, inputs, num_items_in_batch)
+
     def _clip_grad_norm(self, model: nn.Module) -> Any:
         """Trainer's clipping, after measuring each branch's gradient norm (before clipping)."""
         pair: WeakStrongPair = self.accelerator.unwrap_model(self.model)
@@ -416,6 +451,8 @@ class JointTrainer(SegmentedScheduleTrainer):
         total = super()._clip_grad_norm(model)
         if None not in norms.values():
             stats = gradient_statistics(norms["strong"], norms["weak"], float(total), self.args.max_grad_norm)
+            if pair.mix_lambda_end is not None:
+                stats["mix_lambda"] = pair.mix_lambda
             self._gradient_steps.append(stats)
             self.gradient_history.append({"step": self.state.global_step + 1, **stats})
         return total
@@ -520,13 +557,18 @@ def train_joint(
     mix_lambda: float,
     freeze_weak: bool,
     where: PhaseTraining,
+    mix_lambda_end: float | None = None,
+    strong_lr_scale: float = 1.0,
 ) -> dict[str, Any]:
     """WD-JT (Eq. 5-6): train weak and strong together on the mixed-logit loss; both updated in place,
     as ``where`` says; ``where.save_to`` receives the strong model alone, with ``tokenizer``.
+    ``mix_lambda_end`` and ``strong_lr_scale``: variants beyond the paper (``WeakStrongPair``).
 
     Under DDP ``find_unused_parameters`` is off: every trainable parameter of the pair gets a gradient
     from the mixed loss in every step, and a frozen weak model has no trainable parameter."""
-    pair = WeakStrongPair(weak, strong, mix_lambda, freeze_weak, train.fused_loss)
+    pair = WeakStrongPair(
+        weak, strong, mix_lambda, freeze_weak, train.fused_loss, mix_lambda_end, strong_lr_scale
+    )
     return fit(
         JointTrainer,
         pair,
