@@ -184,3 +184,14 @@ def test_joint_refuses_a_selection_made_for_other_data(tmp_path, tiny_model_dir,
     err = capsys.readouterr().err
     assert f"{selection} was made for other examples than this data: 24 of its 24" in err
     assert "Traceback" not in err
+
+
+def test_overrides_may_follow_the_options(tmp_path):
+    from wmss.cli import parse_arguments
+
+    args = parse_arguments(["eval", "cfg.yaml", "--model", "m=path", "--task", "t", "eval.limit=20", "--output", "d"])
+    assert args.config == ["cfg.yaml", "eval.limit=20"] and args.model == ["m=path"] and args.output == "d"
+    args = parse_arguments(["study", "run", "s.yaml", "--arm", "A", "train_size=8"])
+    assert args.overrides == ["train_size=8"] and args.arm == ["A"]
+    with pytest.raises(SystemExit):
+        parse_arguments(["eval", "cfg.yaml", "--model", "m", "--output", "d", "stray"])

@@ -170,3 +170,28 @@ def test_joint_training_on_any_causal_lm(tmp_path, tokenizer, arch, tie, freeze_
     assert changed(strong, strong_before)
     assert changed(weak, weak_before) is not freeze_weak
     assert not weak.training if freeze_weak else True
+
+
+@pytest.mark.parametrize("damage", ["empty_state", "cut_weights"])
+def test_a_damaged_checkpoint_is_skipped_for_the_previous_one(
+    tmp_path, tiny_model_dir, train_file, damage, caplog
+):
+    reference = tmp_path / "reference"
+    run_pipeline(_config(tiny_model_dir, train_file, reference, "wmss.iterations=0"))
+    out = tmp_path / "run"
+    cfg = _config(tiny_model_dir, train_file, out, "wmss.iterations=0")
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, callbacks=[InterruptAfterSave("sft", 4)])
+    last = out / "checkpoints" / "sft" / "checkpoint-4"
+    assert (out / "checkpoints" / "sft" / "checkpoint-2").is_dir()
+    if damage == "empty_state":  # a full disk: the file was created, nothing written into it
+        (last / "trainer_state.json").write_text("")
+    else:
+        weights = last / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    manifest = run_pipeline(cfg)
+    assert "checkpoint-4 is damaged" in caplog.text and manifest["phases"]["sft"]["attempts"] == 2
+    for (name, a), b in zip(
+        _weights(reference / "final").items(), _weights(out / "final").values(), strict=True
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)

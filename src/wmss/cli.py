@@ -415,8 +415,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """Like ``parse_args``, but ``key=value`` overrides may come anywhere on the line, also after options
+    (argparse alone takes the positionals only where they first appear)."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    target = "config" if isinstance(getattr(args, "config", None), list) else "overrides"
+    extra = [t for t in rest if "=" in t and not t.startswith("-")]
+    if len(extra) != len(rest) or not isinstance(getattr(args, target, None), list):
+        parser.parse_args(argv)  # exits with argparse's own message about what it does not recognise
+    getattr(args, target).extend(extra)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     rank = distributed.launched_rank()  # under several processes only the main one logs progress
     prefix = "[wmss]" if distributed.launched_world_size() == 1 else f"[wmss {rank}]"
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.ERROR, format=f"{prefix} %(message)s")

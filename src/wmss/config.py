@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -88,7 +89,9 @@ class TrainConfig:
     ``false``: the naive path on full logits (also used, with a log line, for models whose logits
     are post-processed, e.g. soft-capped)."""
     logging_steps: int = 10
-    save_steps: int = 200
+    save_steps: int | None = None
+    """Steps between Trainer checkpoints (a killed run resumes from the last one). Unset: a quarter of the
+    phase's steps, so every phase keeps about four."""
     save_total_limit: int = 2
     report_to: str = "none"
     """``none``, ``tensorboard``, ``wandb``, … exactly as in ``TrainingArguments``."""
@@ -102,8 +105,28 @@ class TrainConfig:
         for key in ("per_device_batch_size", "gradient_accumulation_steps", "max_length", "ddp_timeout"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1; got {getattr(self, key)}.")
-        if self.learning_rate <= 0:
+        for key in ("logging_steps", "save_steps", "save_total_limit"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1; got {getattr(self, key)}.")
+        for key in ("learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm"):
+            if not math.isfinite(getattr(self, key)):
+                raise ConfigError(f"train.{key} must be a finite number; got {getattr(self, key)}.")
+        if not self.learning_rate > 0:
             raise ConfigError(f"train.learning_rate must be > 0; got {self.learning_rate}.")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(
+                f"train.warmup_ratio must lie in [0, 1) (a share of the steps); got {self.warmup_ratio}."
+            )
+        if self.weight_decay < 0 or self.max_grad_norm < 0:
+            raise ConfigError("train.weight_decay and train.max_grad_norm must be >= 0 (0: off).")
+        from transformers import SchedulerType
+
+        names = [t.value for t in SchedulerType]
+        if self.lr_scheduler_type not in names:
+            raise ConfigError(
+                f"train.lr_scheduler_type {self.lr_scheduler_type!r} is not a scheduler transformers knows: "
+                f"{', '.join(names)}."
+            )
 
 
 @dataclass
@@ -193,6 +216,8 @@ class WMSSConfig:
                 f"wmss.mix_lambda must lie in [0, 1] (Eq. 5 mixes the two models' logits); "
                 f"got {self.mix_lambda}."
             )
+        if self.entropy_batch_size < 1:
+            raise ConfigError(f"wmss.entropy_batch_size must be >= 1; got {self.entropy_batch_size}.")
         if self.diagnostic_examples < 1:
             raise ConfigError(f"wmss.diagnostic_examples must be >= 1; got {self.diagnostic_examples}.")
         if self.min_entropy_gap < 0:
@@ -399,6 +424,10 @@ class RunConfig:
     tokenizer: str | None = None
     """Tokenizer source when it differs from ``model``."""
     output_dir: str = "runs/wmss"
+    allow_existing_output: bool = False
+    """Let ``output_dir`` be an existing, non-empty directory that wmss did not make (no ``manifest.json``
+    nor ``.wmss-run`` marker in it). Off: such a directory is refused, since a run replaces its
+    ``final/`` and ``models/`` folders."""
     seed: int = 42
     method: str = "wmss"
     """What to train: ``wmss`` (Algorithm 1), or a baseline the paper compares against in the same

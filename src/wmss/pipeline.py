@@ -485,6 +485,15 @@ def run_pipeline(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None)
     Launched as several processes, every process calls this; see the module docstring for who does what.
     """
     base, tokenizer, dataset, run = _start(cfg, callbacks)
+    try:
+        return algorithm_1(run, base, tokenizer, dataset)
+    finally:
+        run.release()
+
+
+def algorithm_1(run: RunDir, base: str, tokenizer: Any, dataset: Dataset) -> dict[str, Any]:
+    """Algorithm 1 in the run directory ``run`` (or the baseline ``method`` names): see ``run_pipeline``."""
+    cfg = run.cfg
     models_dir = run.root / "models"
     run.phase(M0, lambda: {"model": base, "source": cfg.model})
     if cfg.method in ("sft", "neftune"):  # baselines that are SFT from M0 for the whole budget
@@ -552,7 +561,10 @@ def run_sft(cfg: RunConfig, output: str | Path) -> dict[str, Any]:
     cfg = dataclasses.replace(cfg, output_dir=str(output))
     base, tokenizer, dataset, run = _start(cfg, None)
     out = run.root / "model"
-    return run.phase(SFT, lambda: phase_sft(run, base, tokenizer, dataset, out, cfg.sft_epochs))
+    try:
+        return run.phase(SFT, lambda: phase_sft(run, base, tokenizer, dataset, out, cfg.sft_epochs))
+    finally:
+        run.release()
 
 
 def run_joint(
@@ -565,11 +577,14 @@ def run_joint(
     weak_path, strong_path = resolve_model(weak), resolve_model(strong)
     inputs = {"weak": weak_path, "strong": strong_path, "selection": str(selection) if selection else None}
     _, tokenizer, dataset, run = _start(cfg, None, inputs)
-    active = dataset
-    if selection:
-        active = active_set(dataset, read_selection_draws(selection, dataset["idx"]), cfg.dedup)
     out = run.root / "model"
-    return run.phase(
-        wdjt_phase(1),
-        partial(phase_joint_training, run, 1, weak_path, strong_path, tokenizer, dataset, active, out),
-    )
+    try:
+        active = dataset
+        if selection:
+            active = active_set(dataset, read_selection_draws(selection, dataset["idx"]), cfg.dedup)
+        return run.phase(
+            wdjt_phase(1),
+            partial(phase_joint_training, run, 1, weak_path, strong_path, tokenizer, dataset, active, out),
+        )
+    finally:
+        run.release()

@@ -76,6 +76,7 @@ def wdjt_phase(t: int) -> str:
 
 NON_RESULT_KEYS = (
     "output_dir",
+    "allow_existing_output",
     "eval",
     "train.logging_steps",
     "train.report_to",
@@ -136,11 +137,24 @@ class RunDir:
         self.cfg, self.callbacks = cfg, callbacks
         self.root = Path(cfg.output_dir)
         self.manifest_path = self.root / "manifest.json"
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._locked = False
+        if distributed.is_main():
+            claim(self.root, cfg.allow_existing_output)
+            self._locked = lock(self.root)
+        distributed.barrier()
         wanted = result_config(cfg)
         if self.manifest_path.is_file():
-            self.manifest = json.loads(self.manifest_path.read_text())
-            self._check_same_run(wanted, inputs or {})
+            try:
+                self.manifest = json.loads(self.manifest_path.read_text())
+                self._check_same_run(wanted, inputs or {})
+            except (ConfigError, json.JSONDecodeError) as err:
+                self.release()
+                if isinstance(err, json.JSONDecodeError):
+                    raise WmssError(
+                        f"{self.manifest_path} is damaged ({err.msg}, line {err.lineno}); the run cannot be "
+                        "resumed. Use a new output_dir (or move this one away)."
+                    ) from None
+                raise
         else:
             self.manifest = {
                 "wmss_version": __version__,
@@ -184,6 +198,12 @@ class RunDir:
                 "Resuming would mix two experiments: use a new output_dir, or restore those "
                 f"values to resume the run.{processes}"
             )
+
+    def release(self) -> None:
+        """Give the directory's lock back (``lock``); the run is over or has stopped."""
+        if self._locked:
+            (self.root / LOCK).unlink(missing_ok=True)
+            self._locked = False
 
     def save(self) -> None:
         if distributed.is_main():
@@ -268,6 +288,78 @@ class RunDir:
         self.manifest["budget"] = budget(self.manifest["phases"], num_examples, self.cfg)
         self.save()
         return self.manifest["budget"]
+
+
+MARKER, LOCK = ".wmss-run", ".wmss-lock"
+
+
+def claim(root: Path, allow_existing: bool) -> None:
+    """Make ``root`` a wmss directory (``MARKER``), refusing a file, an unwritable place, or an existing
+    directory with other contents that wmss did not make (unless ``allow_existing``)."""
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"output_dir {root} is a file, not a directory: give a directory path.")
+    ours = (root / MARKER).is_file() or (root / "manifest.json").is_file()
+    if root.is_dir() and not ours and any(root.iterdir()) and not allow_existing:
+        raise ConfigError(
+            f"output_dir {root} already holds files that wmss did not write; a run there would replace its "
+            "final/ and models/ folders. Give a new directory, or set allow_existing_output=true to use it."
+        )
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if not (root / MARKER).is_file():
+            atomic_write_json(root / MARKER, {"wmss_version": __version__, "created": _now()})
+    except OSError as err:
+        raise ConfigError(f"cannot write to output_dir {root}: {err.strerror or err}.") from None
+
+
+def lock(root: Path) -> bool:
+    """Take ``root``'s lock (``LOCK``: pid and host of its holder); refuse while another live process
+    holds it. A lock left by a process that has ended (a crash, a kill -9) is taken over."""
+    import os
+    import socket
+
+    path, me = root / LOCK, {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
+    for _ in range(2):
+        try:
+            with open(path, "x") as handle:
+                json.dump(me, handle)
+            return True
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text() or "{}")
+            except (OSError, json.JSONDecodeError):
+                holder = {}
+            if _alive(holder) and holder.get("pid") != me["pid"]:
+                raise ConfigError(
+                    f"{root} is in use by another wmss run (pid {holder['pid']} on {holder['host']}, since "
+                    f"{holder.get('since')}). Wait for it to finish or stop it: two runs in one directory "
+                    "would overwrite each other."
+                ) from None
+            if holder.get("pid") != me["pid"]:
+                log.warning(
+                    "%s: taking over the lock of a run that ended without releasing it (%s).", root, holder
+                )
+            path.unlink(missing_ok=True)
+    raise ConfigError(f"could not take the lock {path}; remove it if no wmss run is using {root}.")
+
+
+def _alive(holder: dict) -> bool:
+    """Whether the lock's holder is a running process (on another host: assumed so)."""
+    import os
+    import socket
+
+    pid = holder.get("pid")
+    if not isinstance(pid, int):
+        return False
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def schedule_segments(cfg: RunConfig, num_examples: int) -> dict[str, ScheduleSegment]:

@@ -21,10 +21,12 @@ writes a standard checkpoint (``save_trained``).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -109,11 +111,38 @@ def _last_complete_checkpoint(root: Path, processes: int) -> str | None:
         needed += [f"rng_state_{r}.pth" for r in range(processes)]
     best = None
     for _, path in found:
-        if all((path / name).is_file() for name in needed):
-            best = path
-        else:
+        missing = [name for name in needed if not (path / name).is_file()]
+        damage = checkpoint_damage(path)
+        if missing or damage:
+            if damage and not missing:  # written to the end, then damaged (a full disk, a bad copy)
+                log.warning("checkpoint %s is damaged (%s): skipped, removed.", path, damage)
             shutil.rmtree(path, ignore_errors=True)
+        else:
+            best = path
     return str(best) if best else None
+
+
+def checkpoint_damage(path: Path) -> str | None:
+    """Why a checkpoint directory cannot be resumed from (an empty or unreadable file), or None."""
+    from safetensors import safe_open
+
+    for file in sorted(path.rglob("*")):
+        if not file.is_file():
+            continue
+        if file.stat().st_size == 0:
+            return f"{file.relative_to(path)} is empty"
+        try:
+            if file.suffix == ".json":
+                json.loads(file.read_text())
+            elif file.suffix == ".safetensors":
+                with safe_open(str(file), "pt") as handle:  # checks that the data fills the file
+                    handle.keys()
+            elif file.suffix in (".pt", ".pth", ".bin"):
+                with zipfile.ZipFile(file):  # torch.save's zip: a cut file has no central directory
+                    pass
+        except Exception as err:  # any failure to read it means it cannot be resumed from
+            return f"{file.relative_to(path)} cannot be read ({type(err).__name__}: {err})"
+    return None
 
 
 def train_sft(
@@ -292,6 +321,9 @@ def fit(
             "pip install tensorboard (or set train.report_to=none)."
         )
     overrides = {"learning_rate": where.learning_rate or train.learning_rate, **(args_overrides or {})}
+    if train.save_steps is None:  # about four checkpoints per phase
+        passes = math.ceil(epochs * steps_per_pass(len(dataset), train))
+        overrides["save_steps"] = max(1, math.ceil(passes / 4))
     trainer = trainer_class(
         model=model,
         args=training_arguments(train, where.checkpoint_dir, epochs, where.seed, **overrides),
