@@ -170,7 +170,11 @@ def test_phase_commands_and_run_share_one_code_path(tmp_path, tiny_model_dir, tr
     # the same output directory with another strong model: refused, not a silent reuse
     other = ["joint", *common, "--weak", str(tiny_model_dir), "--strong", str(tmp_path / "sft" / "model")]
     assert main([*other, *selection, "--output", str(tmp_path / "joint")]) == 2
-    assert "made from other inputs (strong:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert (
+        "made from other inputs (" in err
+        and f"strong: {run / 'models' / 'M1'} -> {tmp_path / 'sft' / 'model'}" in err
+    )
 
 
 def test_joint_refuses_a_selection_made_for_other_data(tmp_path, tiny_model_dir, train_file, capsys):
@@ -189,7 +193,9 @@ def test_joint_refuses_a_selection_made_for_other_data(tmp_path, tiny_model_dir,
 def test_overrides_may_follow_the_options(tmp_path):
     from wmss.cli import parse_arguments
 
-    args = parse_arguments(["eval", "cfg.yaml", "--model", "m=path", "--task", "t", "eval.limit=20", "--output", "d"])
+    args = parse_arguments(
+        ["eval", "cfg.yaml", "--model", "m=path", "--task", "t", "eval.limit=20", "--output", "d"]
+    )
     assert args.config == ["cfg.yaml", "eval.limit=20"] and args.model == ["m=path"] and args.output == "d"
     args = parse_arguments(["study", "run", "s.yaml", "--arm", "A", "train_size=8"])
     assert args.overrides == ["train_size=8"] and args.arm == ["A"]

@@ -7,7 +7,9 @@ overrides of any config key, e.g. ``wmss run configs/demo.yaml wmss.mix_lambda=0
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -428,6 +430,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_arguments(argv)
     rank = distributed.launched_rank()  # under several processes only the main one logs progress
@@ -440,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    previous = signal.signal(signal.SIGTERM, _terminated)  # `kill`, a scheduler's stop: like Ctrl-C
     try:
         args.func(args)
     except WmssError as err:
@@ -448,7 +455,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("wmss: interrupted. Re-run the same command to resume where it stopped.", file=sys.stderr)
         return 130
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" while writing {err.filename}" if err.filename else ""
+        print(
+            f"wmss: error: no space left on the device{where}. Nothing written so far is lost: free some "
+            "space, then re-run the same command to resume where it stopped.",
+            file=sys.stderr,
+        )
+        return 2
     finally:
+        signal.signal(signal.SIGTERM, previous)
         distributed.shutdown()
     return 0
 

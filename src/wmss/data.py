@@ -22,7 +22,7 @@ from datasets import Dataset
 
 from wmss.config import DataConfig
 from wmss.errors import DataError
-from wmss.io import read_jsonl
+from wmss.io import read_jsonl, read_text
 
 IGNORE_INDEX = -100
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -33,7 +33,7 @@ LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 def _read_json(path: Path) -> list[dict]:
     try:
-        obj = json.loads(path.read_text())
+        obj = json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}, line {err.lineno}: not valid JSON ({err.msg}).") from None
     if isinstance(obj, dict) and isinstance(obj.get("data"), list):
@@ -143,6 +143,16 @@ def row_to_text(row: dict, cfg: DataConfig, where: str) -> tuple[str | list[dict
             f"{where}: cannot tell prompt from completion. The row has columns "
             f"{', '.join(sorted(row))}; expected 'prompt' and 'completion', or 'messages', or set "
             "data.prompt_template and data.completion_template (e.g. '{question}' and '{answer}')."
+        )
+    if not isinstance(prompt, (str, list)):
+        raise DataError(
+            f"{where}: the prompt must be text (or a list of chat messages); got {type(prompt).__name__} "
+            f"{prompt!r}. Quote it in the data file, or build it with data.prompt_template."
+        )
+    if completion is not None and not isinstance(completion, str):
+        raise DataError(
+            f"{where}: the completion must be text; got {type(completion).__name__} {completion!r}. Quote it "
+            "in the data file, or build it with data.completion_template (e.g. '{answer}')."
         )
     if not isinstance(completion, str) or not completion.strip():
         raise DataError(

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from wmss import distributed
 from wmss.data import IGNORE_INDEX, CompletionCollator
+from wmss.errors import DataError
 from wmss.heads import final_hidden_states, output_head, use_fused_head
 from wmss.io import atomic_write_jsonl, read_jsonl
 from wmss.losses import completion_positions, default_chunk_size
@@ -134,8 +135,15 @@ def write_entropy_file(path: str | Path, idx: list, values: np.ndarray) -> None:
 
 
 def read_entropy_file(path: str | Path) -> tuple[list, np.ndarray]:
-    """``(idx, entropies)`` from a file written by ``write_entropy_file``."""
+    """``(idx, entropies)`` from a file written by ``write_entropy_file`` (``wmss entropy``)."""
+    if not Path(path).is_file():
+        raise DataError(f"entropy file {path} does not exist; write it with `wmss entropy`.")
     rows = read_jsonl(path)
-    return [r["idx"] for r in rows], np.array(
-        [np.nan if r["entropy"] is None else r["entropy"] for r in rows], dtype=np.float64
-    )
+    try:
+        values = [np.nan if r["entropy"] is None else float(r["entropy"]) for r in rows]
+        return [r["idx"] for r in rows], np.array(values, dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as err:
+        raise DataError(
+            f"{path} is not an entropy file (JSON lines with idx and entropy, as `wmss entropy` writes): "
+            f"{type(err).__name__}: {err}."
+        ) from None

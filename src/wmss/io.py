@@ -43,8 +43,29 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[dict], ensure_ascii: boo
 
 
 def read_json(path: str | Path) -> Any:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file; any other encoding is a ``DataError`` naming the file and the byte offset."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path} is not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8 and try again."
+        ) from None
+
+
+def _utf8_lines(handle: Any, path: str | Path) -> Iterator[str]:
+    lineno = 0
+    try:
+        for lineno, line in enumerate(handle, start=1):  # noqa: B007 — the number is needed if it fails
+            yield line
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path}, line {lineno + 1}: not UTF-8 text ({err.reason}); save the file as UTF-8 and try again."
+        ) from None
 
 
 def read_jsonl(path: str | Path, bad_lines: list[int] | None = None) -> list[dict]:
@@ -55,7 +76,7 @@ def read_jsonl(path: str | Path, bad_lines: list[int] | None = None) -> list[dic
     """
     rows = []
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+        for lineno, line in enumerate(_utf8_lines(f, path), start=1):
             if not line.strip():
                 continue
             try:

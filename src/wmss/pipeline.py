@@ -48,7 +48,10 @@ from wmss.rundir import (
     PAIRS,
     SFT,
     RunDir,
+    data_identity,
     entropy_phase,
+    file_digest,
+    model_identity,
     selection_phase,
     wdjt_phase,
 )
@@ -470,7 +473,14 @@ def _start(
         base = resolve_model(cfg.model)
         tokenizer = load_tokenizer(cfg.tokenizer or base)
         dataset, report = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
-    run = RunDir(cfg, inputs, callbacks)
+    identities = {
+        "data": data_identity(cfg.data.path, cfg.data.split, cfg.data.subset),
+        "base": model_identity(base),
+    }
+    for key, path in (("m1", cfg.sft.checkpoint), ("first_weak", cfg.wmss.weak)):
+        if path:
+            identities[key] = model_identity(resolve_model(path))
+    run = RunDir(cfg, {**identities, **(inputs or {})}, callbacks)
     run.record_data(report)
     return base, tokenizer, dataset, run
 
@@ -575,7 +585,11 @@ def run_joint(
     run directory ``output``; the strong model is saved at ``output/model``. Returns the phase's record."""
     cfg = dataclasses.replace(cfg, output_dir=str(output), model=strong, tokenizer=cfg.tokenizer or strong)
     weak_path, strong_path = resolve_model(weak), resolve_model(strong)
-    inputs = {"weak": weak_path, "strong": strong_path, "selection": str(selection) if selection else None}
+    inputs = {
+        "weak": model_identity(weak_path),
+        "strong": model_identity(strong_path),
+        "selection": file_digest(selection) if selection and Path(selection).is_file() else selection,
+    }
     _, tokenizer, dataset, run = _start(cfg, None, inputs)
     out = run.root / "model"
     try:

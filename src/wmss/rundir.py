@@ -162,8 +162,8 @@ class RunDir:
                 "result_config": wanted,
                 "phases": {},
             }
-            if inputs:
-                self.manifest["inputs"] = inputs
+        if inputs:
+            self.manifest["inputs"] = {**self.manifest.get("inputs", {}), **inputs}
         self.manifest["config"] = cfg.to_dict()
         distributed.barrier()  # every process has read the old manifest before the main one rewrites it
         if distributed.is_main():
@@ -172,13 +172,14 @@ class RunDir:
         self.sync()
 
     def _check_same_run(self, wanted: dict[str, Any], inputs: dict[str, Any]) -> None:
-        old_inputs = self.manifest.get("inputs", {})
-        changed = sorted(k for k in set(old_inputs) | set(inputs) if old_inputs.get(k) != inputs.get(k))
+        old_inputs = self.manifest.get("inputs", {})  # a run made before inputs were recorded: not compared
+        changed = sorted(k for k in set(old_inputs) & set(inputs) if old_inputs[k] != inputs[k])
         if changed:
-            details = "; ".join(f"{k}: {old_inputs.get(k)!r} -> {inputs.get(k)!r}" for k in changed)
+            details = "; ".join(f"{k}: {_describe(old_inputs[k], inputs[k])}" for k in changed)
             raise ConfigError(
                 f"{self.root} holds a run made from other inputs ({details}). Resuming would mix two "
-                "experiments: use a new output directory, or give the same inputs to resume it."
+                "experiments: use a new output directory (or move this one away to start afresh), or give "
+                "the same inputs to resume it."
             )
         old = self.manifest.get("result_config", {})
         # A key added to the config since the run was made counts as its default value.
@@ -291,6 +292,53 @@ class RunDir:
 
 
 MARKER, LOCK = ".wmss-run", ".wmss-lock"
+
+
+def _describe(old: Any, new: Any) -> str:
+    """One input's change in words: another file or model, or the same path with other contents."""
+
+    def name(identity: Any) -> str:
+        if isinstance(identity, dict):
+            return str(identity.get("model") or identity.get("file") or identity.get("dataset"))
+        return str(identity)
+
+    if name(old) == name(new):
+        return f"{name(new)} has changed since"
+    return f"{name(old)} -> {name(new)}"
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (read in blocks)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_identity(path: str, split: str, subset: str | None) -> dict[str, Any]:
+    """What a run's training data is: a local file's path and content hash, or a hub dataset's name."""
+    local = Path(path).expanduser()
+    if local.is_file():
+        return {"file": str(local.resolve()), "sha256": file_digest(local)}
+    return {"dataset": path, "split": split, "subset": subset}
+
+
+def model_identity(path: str) -> dict[str, Any]:
+    """What a checkpoint is, cheaply: its path, the hash of its config, and the names, sizes and
+    modification times of its weight files (a hub id: the id)."""
+    root = Path(path)
+    if not root.is_dir():
+        return {"model": path}
+    config = next((root / n for n in ("config.json", "adapter_config.json") if (root / n).is_file()), None)
+    weights = sorted(p for p in root.iterdir() if p.suffix in (".safetensors", ".bin"))
+    return {
+        "model": str(root.resolve()),
+        "config_sha256": file_digest(config) if config else None,
+        "weights": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in weights],
+    }
 
 
 def claim(root: Path, allow_existing: bool) -> None:
