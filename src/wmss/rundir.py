@@ -29,6 +29,7 @@ file of the run); after each phase the others wait for it and read the manifest 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -357,6 +358,8 @@ def claim(root: Path, allow_existing: bool) -> None:
         if not (root / MARKER).is_file():
             atomic_write_json(root / MARKER, {"wmss_version": __version__, "created": _now()})
     except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk: reported as such by the CLI
+            raise
         raise ConfigError(f"cannot write to output_dir {root}: {err.strerror or err}.") from None
 
 

@@ -1,0 +1,249 @@
+"""What a user can get wrong ends in one `wmss: error: …` (exit 2) that names the key, file or line, before
+any work starts and without leaving a run directory behind; faults (a kill, SIGTERM, a full disk, a second
+run, a foreign directory) leave nothing lost and nothing that looks finished."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from wmss.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _base(model, data, out):
+    return [
+        f"model={model}",
+        f"data.path={data}",
+        "data.prompt_template={question}",
+        "data.completion_template={answer}",
+        "train.max_length=96",
+        "train.per_device_batch_size=4",
+        "train.learning_rate=3e-3",
+        f"output_dir={out}",
+    ]
+
+
+def _fails(capsys, args, message):
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err, err
+    assert "Traceback" not in err and err.startswith("wmss: error: ")
+    return err
+
+
+CONFIG_CASES = [
+    ("train.learning_rate=.nan", "train.learning_rate must be a finite number"),
+    ("train.learning_rate=-1e-5", "train.learning_rate must be > 0"),
+    ("train.lr_scheduler_type=cosinus", "'cosinus' is not a scheduler transformers knows"),
+    ("train.warmup_ratio=1.5", "train.warmup_ratio must lie in [0, 1)"),
+    ("train.save_steps=0", "train.save_steps must be >= 1"),
+    ("train.per_device_batch_size=0", "train.per_device_batch_size must be >= 1"),
+    ("wmss.entropy_batch_size=0", "wmss.entropy_batch_size must be >= 1"),
+    ("wmss.mix_lambda=2", "wmss.mix_lambda must lie in [0, 1]"),
+    ("wmss.mix_lambda=half", "wmss.mix_lambda must be a number in [0, 1] or 'auto'"),
+    ("wmss.lr_schedule=global", "wmss.lr_schedule must be one of per_phase, whole_run"),
+    ("wmss.strong_lr_scale=0", "wmss.strong_lr_scale must be > 0"),
+    ("wmss.mix_lambda_end=1.5", "wmss.mix_lambda_end must lie in [0, 1]"),
+    ("wmss.selection=best", "wmss.selection must be one of"),
+    ("peft.r=0", "peft.r must be >= 1"),
+    ("peft.dropout=1.0", "peft.dropout must lie in [0, 1)"),
+    ("method=ppo", "method must be one of"),
+    ("wmss.mixlambda=0.5", "Did you mean 'wmss.mix_lambda'"),
+    ("train.learning_rate=fast", "'train.learning_rate' must be float"),
+    ("eval.num_samples=4", "needs eval.temperature > 0"),
+]
+
+
+@pytest.mark.parametrize("override,message", CONFIG_CASES)
+def test_bad_config_values_stop_before_any_work(
+    tmp_path, capsys, tiny_model_dir, train_file, override, message
+):
+    out = tmp_path / "out"
+    _fails(capsys, ["run", *_base(tiny_model_dir, train_file, out), override], message)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("model: [unclosed", "is not valid YAML"),
+        ("- just\n- a list\n", "the top level must be a mapping"),
+        ("train: 3\n", "'train' is a section"),
+    ],
+)
+def test_bad_config_files(tmp_path, capsys, content, message):
+    config = tmp_path / "cfg.yaml"
+    config.write_text(content)
+    _fails(capsys, ["run", str(config)], message)
+    _fails(capsys, ["run", str(tmp_path / "missing.yaml")], "missing.yaml does not exist")
+
+
+DATA_CASES = [
+    ('{"question": 5, "answer": "1"}\n', "prompt", "line 1"),
+    ('{"prompt": 7, "completion": "x"}\n', "raw", "the prompt must be text"),
+    ('{"prompt": "q", "completion": 3}\n', "raw", "the completion must be text"),
+    ('{"question": "q", "answer": ""}\n', "prompt", "the completion is empty"),
+    ('{"question": "q"}\n', "prompt", "refers to the column 'answer'"),
+    ('{"question": "q", "answer": "a"}\n{"question": "q", "answer"\n', "prompt", "line 2: not valid JSON"),
+    ("[1, 2]\n", "prompt", "expected a JSON object"),
+]
+
+
+@pytest.mark.parametrize("text,layout,message", DATA_CASES)
+def test_bad_training_rows_are_named(tmp_path, capsys, tiny_model_dir, text, layout, message):
+    data = tmp_path / "train.jsonl"
+    data.write_text(text)
+    out = tmp_path / "out"
+    args = _base(tiny_model_dir, data, out)
+    if layout == "raw":
+        args = [a for a in args if not a.startswith(("data.prompt_template", "data.completion_template"))]
+    if message == "line 1":  # a number where the template expects text is formatted, so it is fine
+        assert main(["config", *args]) == 0
+        return
+    _fails(capsys, ["run", *args], message)
+    assert not out.exists()
+
+
+def test_a_file_that_is_not_utf8(tmp_path, capsys, tiny_model_dir):
+    data = tmp_path / "train.jsonl"
+    data.write_bytes('{"question": "caf\xe9", "answer": "1"}\n'.encode("latin-1"))
+    _fails(capsys, ["run", *_base(tiny_model_dir, data, tmp_path / "out")], "line 1: not UTF-8 text")
+    data = tmp_path / "train.json"
+    data.write_bytes('[{"question": "caf\xe9", "answer": "1"}]'.encode("latin-1"))
+    _fails(capsys, ["run", *_base(tiny_model_dir, data, tmp_path / "out")], "is not UTF-8 text (byte")
+
+
+def test_output_dir_that_is_a_file_or_cannot_be_made(tmp_path, capsys, tiny_model_dir, train_file):
+    target = tmp_path / "a-file"
+    target.write_text("keep me")
+    _fails(capsys, ["run", *_base(tiny_model_dir, train_file, target)], "is a file, not a directory")
+    assert target.read_text() == "keep me"
+    _fails(
+        capsys,
+        ["run", *_base(tiny_model_dir, train_file, "/proc/wmss-test/run")],
+        "cannot write to output_dir",
+    )
+
+
+def test_a_foreign_directory_is_refused_unless_allowed(tmp_path, capsys, tiny_model_dir, train_file):
+    foreign = tmp_path / "mine"
+    (foreign / "final").mkdir(parents=True)
+    (foreign / "final" / "notes.txt").write_text("precious")
+    args = [*_base(tiny_model_dir, train_file, foreign), "wmss.iterations=0", "sft.epochs=1"]
+    _fails(capsys, ["run", *args], "already holds files that wmss did not write")
+    assert (foreign / "final" / "notes.txt").read_text() == "precious"
+    assert sorted(p.name for p in foreign.iterdir()) == ["final"]
+    assert main(["run", *args, "allow_existing_output=true"]) == 0
+    assert (foreign / "manifest.json").is_file() and (foreign / ".wmss-run").is_file()
+
+
+def test_a_second_run_in_the_same_directory_is_refused_and_a_dead_lock_recovered(
+    tmp_path, capsys, tiny_model_dir, train_file
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".wmss-run").write_text("{}")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".wmss-lock").write_text(
+            json.dumps({"pid": holder.pid, "host": os.uname().nodename, "since": "x"})
+        )
+        args = [*_base(tiny_model_dir, train_file, out), "wmss.iterations=0", "sft.epochs=1"]
+        _fails(capsys, ["run", *args], f"is in use by another wmss run (pid {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["run", *args]) == 0  # the holder has ended: its lock is taken over
+    assert not (out / ".wmss-lock").exists()  # and given back at the end
+
+
+def test_phase_commands_refuse_to_resume_another_setting(tmp_path, capsys, tiny_model_dir, train_file):
+    base = _base(tiny_model_dir, train_file, tmp_path / "unused")
+    assert main(["sft", *base, "--output", str(tmp_path / "sft")]) == 0
+    capsys.readouterr()
+    before = (tmp_path / "sft" / "model" / "model.safetensors").read_bytes()
+    _fails(capsys, ["sft", *base, "train.learning_rate=1e-2", "--output", str(tmp_path / "sft")],
+           "different configuration (train.learning_rate: 0.003 -> 0.01)")  # fmt: skip
+    assert (tmp_path / "sft" / "model" / "model.safetensors").read_bytes() == before
+
+
+def test_training_data_edited_between_a_kill_and_the_rerun(tmp_path, capsys, tiny_model_dir, train_file):
+    out = tmp_path / "out"
+    args = [*_base(tiny_model_dir, train_file, out), "wmss.iterations=0", "sft.epochs=1"]
+    assert main(["run", *args]) == 0
+    capsys.readouterr()
+    rows = train_file.read_text().splitlines()
+    train_file.write_text("\n".join(rows[1:] + rows[:1]) + "\n")  # same path, other contents
+    _fails(capsys, ["run", *args], f"data: {train_file.resolve()} has changed since")
+
+
+def test_a_damaged_manifest(tmp_path, capsys, tiny_model_dir, train_file):
+    out = tmp_path / "out"
+    args = [*_base(tiny_model_dir, train_file, out), "wmss.iterations=0", "sft.epochs=1"]
+    assert main(["run", *args]) == 0
+    capsys.readouterr()
+    (out / "manifest.json").write_text('{"phases": ')
+    _fails(capsys, ["run", *args], "manifest.json is damaged")
+
+
+def test_missing_or_malformed_entropy_and_selection_files(tmp_path, capsys, tiny_model_dir, train_file):
+    base = _base(tiny_model_dir, train_file, tmp_path / "unused")
+    good = tmp_path / "h.jsonl"
+    good.write_text("".join(json.dumps({"idx": i, "entropy": 1.0}) + "\n" for i in range(24)))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"idx": 0, "ent": 1}\n')
+    select = ["select", *base, "--output", str(tmp_path / "sel.jsonl")]
+    _fails(capsys, [*select, "--weak", str(tmp_path / "none.jsonl"), "--strong", str(good)], "does not exist")
+    _fails(capsys, [*select, "--weak", str(bad), "--strong", str(good)], "is not an entropy file")
+    joint = ["joint", *base, "--weak", str(tiny_model_dir), "--strong", str(tiny_model_dir)]
+    _fails(capsys, [*joint, "--selection", str(tmp_path / "none.jsonl"), "--output", str(tmp_path / "j1")],
+           "selection file")  # fmt: skip
+    _fails(
+        capsys, [*joint, "--selection", str(bad), "--output", str(tmp_path / "j2")], "is not a selection file"
+    )
+
+
+def test_a_full_disk_is_reported_as_such(tmp_path, capsys, tiny_model_dir, train_file, monkeypatch):
+    import wmss.rundir
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "manifest.json"))
+
+    monkeypatch.setattr(wmss.rundir, "atomic_write_json", full)
+    args = [*_base(tiny_model_dir, train_file, tmp_path / "out"), "wmss.iterations=0"]
+    err = _fails(capsys, ["run", *args], "no space left on the device while writing")
+    assert "re-run the same command to resume" in err
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes(tmp_path, tiny_model_dir, train_file):
+    out = tmp_path / "out"
+    args = [
+        *_base(tiny_model_dir, train_file, out),
+        "sft.epochs=30",
+        "wmss.iterations=0",
+        "train.save_steps=5",
+    ]
+    process = subprocess.Popen([sys.executable, "-m", "wmss", "run", *args], cwd=ROOT, stderr=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, text=True)  # fmt: skip
+    deadline = time.time() + 120
+    while not list((out / "checkpoints" / "sft").glob("checkpoint-*")) and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "interrupted. Re-run the same command to resume" in err and "Traceback" not in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["phases"]["sft"]["status"] == "running" and not (out / ".wmss-lock").exists()
+    assert main(["run", *args]) == 0
+    assert json.loads((out / "manifest.json").read_text())["phases"]["sft"]["attempts"] == 2
