@@ -247,3 +247,58 @@ def test_sigterm_stops_a_run_like_ctrl_c_and_it_resumes(tmp_path, tiny_model_dir
     assert manifest["phases"]["sft"]["status"] == "running" and not (out / ".wmss-lock").exists()
     assert main(["run", *args]) == 0
     assert json.loads((out / "manifest.json").read_text())["phases"]["sft"]["attempts"] == 2
+
+
+def _mawps_file(path, answers):
+    rows = [{"original_text": f"Tom has {i} apples and buys 2 more .", "equation": "x=1+1", "ans": a}
+            for i, a in enumerate(answers)]  # fmt: skip
+    path.write_text(json.dumps(rows))
+    return path
+
+
+def test_missing_and_unparsable_golds_are_counted_apart_and_said(tmp_path, capsys, caplog, tiny_model_dir):
+    task = _mawps_file(tmp_path / "test.json", [3, None, "?", 5])
+    args = ["eval", "eval.max_new_tokens=4", "--model", f"m={tiny_model_dir}", "--task", f"mawps={task}"]
+    assert main([*args, "--output", str(tmp_path / "a")]) == 0
+    summary = json.loads((tmp_path / "a" / "m" / "mawps" / "predictions.jsonl").read_text().splitlines()[1])
+    assert summary["gold"] == "" and summary["missing_gold"] is True  # never the text "None"
+    assert "1 of 4 problems have no gold answer and 1 one that cannot be read" in caplog.text
+    assert "graded as wrong (eval.exclude_bad_golds=true" in caplog.text
+    results = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert '"num_missing_gold": 1' in json.dumps(results) and '"num_unparsable_gold": 1' in json.dumps(
+        results
+    )
+    assert main([*args, "eval.exclude_bad_golds=true", "--output", str(tmp_path / "b")]) == 0
+    assert "left out of the accuracy" in caplog.text
+
+
+def test_an_interrupted_evaluation_resumed_with_another_model_starts_afresh(tmp_path, tokenizer, monkeypatch):
+    from tests.conftest import build_model
+    from wmss.evaluation import evaluate as evaluate_module
+
+    other = tmp_path / "other"
+    build_model(len(tokenizer), seed=9).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    task = _mawps_file(tmp_path / "test.json", [1, 2, 3, 4])
+    common = ["eval", "eval.max_new_tokens=4", "eval.batch_size=2", "--task", f"mawps={task}"]
+    real = evaluate_module.generate
+
+    def stop_after_one_batch(*args, on_batch=None, **kwargs):
+        def save(batch, generations):
+            on_batch(batch, generations)
+            raise KeyboardInterrupt
+
+        return real(*args, on_batch=save, **kwargs)
+
+    first = tmp_path / "first"
+    build_model(len(tokenizer), seed=3).save_pretrained(tmp_path / "first-model")
+    tokenizer.save_pretrained(tmp_path / "first-model")
+    monkeypatch.setattr(evaluate_module, "generate", stop_after_one_batch)
+    assert main([*common, "--model", f"m={tmp_path / 'first-model'}", "--output", str(first)]) == 130
+    partial = first / "m" / "mawps" / ".predictions.partial.jsonl"
+    assert len(partial.read_text().splitlines()) == 3  # settings + one batch of two problems
+    monkeypatch.undo()
+    assert main([*common, "--model", f"m={other}", "--output", str(first)]) == 0  # same name, other model
+    assert main([*common, "--model", f"m={other}", "--output", str(tmp_path / "clean")]) == 0
+    resumed = (first / "m" / "mawps" / "predictions.jsonl").read_text()
+    assert resumed == (tmp_path / "clean" / "m" / "mawps" / "predictions.jsonl").read_text()

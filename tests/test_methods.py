@@ -428,7 +428,7 @@ def test_method_defaults():
 
 
 def test_a_run_made_before_the_method_keys_existed_still_resumes(tmp_path, train_file):
-    cfg = load_config(None, [f"output_dir={tmp_path}", f"data.path={train_file}"])
+    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", f"data.path={train_file}"])
     run = RunDir(cfg)
     old = {k: v for k, v in run.manifest["result_config"].items() if k.split(".")[0] not in NEW_SECTIONS}
     old["sft.epochs"] = 1.0  # what such a run recorded for the then-default
@@ -437,7 +437,9 @@ def test_a_run_made_before_the_method_keys_existed_still_resumes(tmp_path, train
     run.save()
     RunDir(cfg)  # the keys added since are at their defaults: the same run
     with pytest.raises(ConfigError, match=r"method: 'wmss' -> 'undial'"):
-        RunDir(load_config(None, [f"output_dir={tmp_path}", f"data.path={train_file}", "method=undial"]))
+        RunDir(
+            load_config(None, [f"output_dir={tmp_path / 'run'}", f"data.path={train_file}", "method=undial"])
+        )
 
 
 NEW_SECTIONS = ("method", "neftune", "undial", "dpo")

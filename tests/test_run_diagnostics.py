@@ -135,12 +135,12 @@ def test_a_pair_too_close_is_warned_about(tmp_path, tiny_model_dir, data_file, c
 
 
 def test_resume_accepts_a_manifest_from_before_new_config_keys(tmp_path):
-    common = [f"output_dir={tmp_path}", "wmss.mix_lambda=auto"]
+    common = [f"output_dir={tmp_path / 'run'}", "wmss.mix_lambda=auto"]
     cfg = load_config(None, common)
     RunDir(cfg)
-    manifest = read_json(tmp_path / "manifest.json")
+    manifest = read_json(tmp_path / "run" / "manifest.json")
     del manifest["result_config"]["wmss.diagnostic_examples"]  # a run made before the key existed
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps(manifest))
     RunDir(cfg)  # the missing key counts as its default
     with pytest.raises(ConfigError, match=r"wmss.diagnostic_examples: 200 -> 7"):
         RunDir(load_config(None, [*common, "wmss.diagnostic_examples=7"]))
@@ -148,8 +148,12 @@ def test_resume_accepts_a_manifest_from_before_new_config_keys(tmp_path):
 
 
 def test_the_diagnostic_sample_matters_to_a_run_only_with_automatic_lambda(tmp_path):
-    RunDir(load_config(None, [f"output_dir={tmp_path}", "wmss.mix_lambda=0.4"]))
-    RunDir(load_config(None, [f"output_dir={tmp_path}", "wmss.mix_lambda=0.4", "wmss.diagnostic_examples=7"]))
+    RunDir(load_config(None, [f"output_dir={tmp_path / 'run'}", "wmss.mix_lambda=0.4"]))
+    RunDir(
+        load_config(
+            None, [f"output_dir={tmp_path / 'run'}", "wmss.mix_lambda=0.4", "wmss.diagnostic_examples=7"]
+        )
+    )
 
 
 def test_diagnose_logits_of_a_run(auto_run, tiny_model_dir, capsys):

@@ -424,9 +424,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     args, rest = parser.parse_known_args(argv)
     target = "config" if isinstance(getattr(args, "config", None), list) else "overrides"
     extra = [t for t in rest if "=" in t and not t.startswith("-")]
-    if len(extra) != len(rest) or not isinstance(getattr(args, target, None), list):
+    if rest and (len(extra) != len(rest) or not isinstance(getattr(args, target, None), list)):
         parser.parse_args(argv)  # exits with argparse's own message about what it does not recognise
-    getattr(args, target).extend(extra)
+    if extra:
+        getattr(args, target).extend(extra)
     return args
 
 

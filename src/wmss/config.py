@@ -396,6 +396,9 @@ class EvalConfig:
     temperature: float = 0.0
     """0: greedy decoding (the paper's pass@1 protocol)."""
     top_p: float = 1.0
+    exclude_bad_golds: bool = False
+    """Problems whose gold answer is missing or cannot be read are graded as wrong (and counted apart in
+    the summary, with a warning); ``true`` leaves them out of the accuracy instead."""
     backend: str = "auto"
     """``hf`` (transformers' generate), ``vllm``, or ``auto``: vLLM when installed and a GPU is present."""
 

@@ -18,7 +18,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from wmss.errors import ModelError
-from wmss.io import atomic_directory
+from wmss.io import atomic_directory, file_digest
 
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -164,3 +164,18 @@ def save_model(
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return Path(path)
+
+
+def model_identity(path: str) -> dict[str, Any]:
+    """What a checkpoint is, cheaply: its path, the hash of its config, and the names, sizes and
+    modification times of its weight files (a hub id: the id)."""
+    root = Path(path)
+    if not root.is_dir():
+        return {"model": path}
+    config = next((root / n for n in ("config.json", "adapter_config.json") if (root / n).is_file()), None)
+    weights = sorted(p for p in root.iterdir() if p.suffix in (".safetensors", ".bin"))
+    return {
+        "model": str(root.resolve()),
+        "config_sha256": file_digest(config) if config else None,
+        "weights": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in weights],
+    }

@@ -39,8 +39,15 @@ from wmss.data import load_training_data
 from wmss.diagnostics import diagnostic_sample, entropy_separation, measure_auto_lambda, separation_warning
 from wmss.entropy import dataset_entropies, read_entropy_file, write_entropy_file
 from wmss.errors import WmssError
-from wmss.io import atomic_directory, atomic_write_json, atomic_write_jsonl, read_jsonl
-from wmss.models import check_compatible, load_model, load_tokenizer, resolve_model, save_model
+from wmss.io import atomic_directory, atomic_write_json, atomic_write_jsonl, file_digest, read_jsonl
+from wmss.models import (
+    check_compatible,
+    load_model,
+    load_tokenizer,
+    model_identity,
+    resolve_model,
+    save_model,
+)
 from wmss.rundir import (
     EVAL,
     FINAL,
@@ -50,8 +57,6 @@ from wmss.rundir import (
     RunDir,
     data_identity,
     entropy_phase,
-    file_digest,
-    model_identity,
     selection_phase,
     wdjt_phase,
 )

@@ -46,7 +46,7 @@ from wmss import __version__, distributed
 from wmss.config import RunConfig, config_from_dict
 from wmss.data import DataReport
 from wmss.errors import ConfigError, WmssError
-from wmss.io import atomic_write_json, atomic_write_text, read_json
+from wmss.io import atomic_write_json, atomic_write_text, file_digest, read_json
 from wmss.trainers import PhaseTraining, ScheduleSegment, steps_per_pass
 
 log = logging.getLogger("wmss")
@@ -308,38 +308,12 @@ def _describe(old: Any, new: Any) -> str:
     return f"{name(old)} -> {name(new)}"
 
 
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (read in blocks)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def data_identity(path: str, split: str, subset: str | None) -> dict[str, Any]:
     """What a run's training data is: a local file's path and content hash, or a hub dataset's name."""
     local = Path(path).expanduser()
     if local.is_file():
         return {"file": str(local.resolve()), "sha256": file_digest(local)}
     return {"dataset": path, "split": split, "subset": subset}
-
-
-def model_identity(path: str) -> dict[str, Any]:
-    """What a checkpoint is, cheaply: its path, the hash of its config, and the names, sizes and
-    modification times of its weight files (a hub id: the id)."""
-    root = Path(path)
-    if not root.is_dir():
-        return {"model": path}
-    config = next((root / n for n in ("config.json", "adapter_config.json") if (root / n).is_file()), None)
-    weights = sorted(p for p in root.iterdir() if p.suffix in (".safetensors", ".bin"))
-    return {
-        "model": str(root.resolve()),
-        "config_sha256": file_digest(config) if config else None,
-        "weights": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in weights],
-    }
 
 
 def claim(root: Path, allow_existing: bool) -> None:
@@ -506,7 +480,8 @@ def finished_phases(run_dir: str | Path) -> dict[str, dict] | None:
 def _model_path(root: Path, recorded: str) -> str:
     """A model path from the manifest: relative to the run directory when it lies there."""
     inside = root / recorded
-    return str(inside) if (inside / "config.json").is_file() else recorded
+    found = (inside / "config.json").is_file() or (inside / "adapter_config.json").is_file()
+    return str(inside) if found else recorded
 
 
 def run_chain(root: Path, manifest: dict[str, Any]) -> list[str]:

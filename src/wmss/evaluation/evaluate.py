@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -19,7 +21,11 @@ from wmss.io import atomic_write_jsonl, read_jsonl
 
 
 def score(generation: str, gold: str, answer_type: str) -> dict:
-    """Extracted answer and verdict of one generation; ``unparsable_gold`` when the gold cannot be read."""
+    """Extracted answer and verdict of one generation; ``missing_gold`` when the problem has no gold answer,
+    ``unparsable_gold`` when it cannot be read (both graded as wrong, and counted apart)."""
+    if gold is None or not str(gold).strip():
+        return {"extracted": extract_answer(generation), "correct": False, "error": "no gold answer",
+                "missing_gold": True}  # fmt: skip
     if answer_type == "choice":
         extracted = extract_choice(generation)
         return {"extracted": extracted, "correct": extracted == gold.strip().upper(), "error": None}
@@ -45,6 +51,8 @@ def evaluate_task(
     top_p: float = 1.0,
     seed: int = 0,
     show_progress: bool = True,
+    exclude_bad_golds: bool = False,
+    model_identity: Any = None,
 ) -> dict:
     """Generate, extract and grade every problem of a task; write ``predictions.jsonl`` and return a summary.
 
@@ -61,6 +69,13 @@ def evaluate_task(
         "temperature": temperature,
         "top_p": top_p,
         "seed": seed,
+        # another model or other problems under the same output directory start afresh, never merged
+        "model": model_identity,
+        "problems": hashlib.sha256(
+            json.dumps(
+                [[str(p["id"]), p["question"], p["answer"]] for p in data.problems], default=str
+            ).encode()
+        ).hexdigest(),
     }
     done = _read_partial(progress, settings)
     todo = [i for i, p in enumerate(data.problems) if str(p["id"]) not in done]
@@ -98,7 +113,7 @@ def evaluate_task(
     records = [done[str(p["id"])] for p in data.problems]
     atomic_write_jsonl(final, records, ensure_ascii=False)
     progress.unlink()
-    return _summary(data, records, num_samples, final, elapsed)
+    return _summary(data, records, num_samples, final, elapsed, exclude_bad_golds)
 
 
 def _record(problem: dict, prompt: str, samples: list[Generation], answer_type: str) -> dict:
@@ -128,9 +143,14 @@ def _read_partial(path: Path, settings: dict) -> dict[str, dict]:
     return {str(record["id"]): record for record in rows[1:] if "id" in record}
 
 
-def _summary(data: TaskData, records: list[dict], num_samples: int, path: Path, elapsed: float) -> dict:
+def _summary(
+    data: TaskData, records: list[dict], num_samples: int, path: Path, elapsed: float, exclude_bad_golds: bool
+) -> dict:
     samples = [r.get("samples", [r]) for r in records]
     flat = [s for group in samples for s in group]
+    bad = [bool(group[0].get("missing_gold") or group[0].get("unparsable_gold")) for group in samples]
+    if exclude_bad_golds:  # the user asked: problems without a usable gold are not scored at all
+        samples = [group for group, b in zip(samples, bad, strict=True) if not b]
     correct = [sum(s["correct"] for s in group) for group in samples]
     tokens = sum(s["num_tokens"] for s in flat)
     ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, num_samples) if k <= num_samples})
@@ -138,13 +158,16 @@ def _summary(data: TaskData, records: list[dict], num_samples: int, path: Path, 
         "task": data.task.name,
         "source": data.source,
         "num_problems": len(records),
-        "accuracy": mean_pass_at_k(correct, num_samples, 1),
+        "num_scored": len(correct),
+        "accuracy": mean_pass_at_k(correct, num_samples, 1) if correct else 0.0,
         "num_correct": sum(correct),
         "pass_at_k": {str(k): mean_pass_at_k(correct, num_samples, k) for k in ks},
         "num_samples": num_samples,
         "num_malformed_rows": len(data.malformed),
         "malformed_rows": data.malformed[:20],
+        "num_missing_gold": sum(bool(r.get("missing_gold")) for r in flat) // max(num_samples, 1),
         "num_unparsable_gold": sum(bool(r.get("unparsable_gold")) for r in flat) // max(num_samples, 1),
+        "bad_golds_excluded": exclude_bad_golds,
         "num_empty_generation": sum(not s["generation"].strip() for s in flat),
         "num_hit_length_limit": sum(s["finish"] == "length" for s in flat),
         "generated_tokens": tokens,

@@ -48,7 +48,7 @@ def evaluate_one(
         shots = load_task(task, e.fewshot_path, "train", e.num_fewshot).problems
         fewshot = [(p, p.get("solution")) for p in shots]
     prompts = build_prompts(data.problems, task, tokenizer, cfg.data, e, fewshot)
-    return evaluate_task(
+    summary = evaluate_task(
         model,
         tokenizer,
         data,
@@ -60,7 +60,26 @@ def evaluate_one(
         temperature=e.temperature,
         top_p=e.top_p,
         seed=cfg.seed,
+        exclude_bad_golds=e.exclude_bad_golds,
+        model_identity=_identity(model),
     )
+    missing, unparsable = summary["num_missing_gold"], summary["num_unparsable_gold"]
+    if missing or unparsable:
+        treated = "left out of the accuracy" if e.exclude_bad_golds else "graded as wrong"
+        hint = "" if e.exclude_bad_golds else " (eval.exclude_bad_golds=true leaves them out of the accuracy)"
+        log.warning(
+            "eval %s: %d of %d problems have no gold answer and %d one that cannot be read (%s): %s%s.",
+            task.name, missing, summary["num_problems"], unparsable, data.source, treated, hint,
+        )  # fmt: skip
+    return summary
+
+
+def _identity(model: Any) -> Any:
+    """Which model generated (for resuming an evaluation only with the same one)."""
+    from wmss.models import model_identity
+
+    path = getattr(model, "name_or_path", None) or getattr(model, "path", None)
+    return model_identity(str(path)) if path else None
 
 
 def backend_model(path: str, tokenizer: Any, cfg: RunConfig) -> Any:

@@ -77,6 +77,8 @@ def register_task(task: Task) -> Task:
 
 def _number(value: Any) -> str:
     """A gold number as text: 12.0 -> "12", "1,234" -> "1234", 1.8333333333333335 kept as is."""
+    if value is None:
+        return ""  # no gold answer: kept, graded as wrong and counted as missing (never the text "None")
     if isinstance(value, bool):
         raise ValueError(f"not a number: {value!r}")
     if isinstance(value, (int, float)):
