@@ -71,3 +71,41 @@ def test_no_completion_token_is_nan_and_eval_mode_is_used(tokenizer):
     np.testing.assert_allclose(
         first[1], brute_force_entropy(model, dataset[1]["input_ids"], dataset[1]["labels"]), rtol=1e-5
     )
+
+
+def test_an_interrupted_entropy_pass_resumes_by_batch(tmp_path, tokenizer, monkeypatch):
+    from tests.conftest import arithmetic_rows, build_model
+    from wmss import entropy as entropy_module
+    from wmss.config import DataConfig
+    from wmss.data import tokenize_examples
+
+    model = build_model(len(tokenizer), seed=5)
+    dataset, _ = tokenize_examples(arithmetic_rows(10), tokenizer, DataConfig(prompt_template="{question}",
+                                   completion_template="{answer}"), 96)  # fmt: skip
+    reference = entropy_module.dataset_entropies(model, dataset, tokenizer.pad_token_id, batch_size=3)
+    progress = tmp_path / "h.partial.jsonl"
+    real, calls = entropy_module.chunked_sequence_entropy, []
+
+    def dies_on_the_third_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(entropy_module, "chunked_sequence_entropy", dies_on_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        entropy_module.dataset_entropies(
+            model, dataset, tokenizer.pad_token_id, batch_size=3, progress=progress
+        )
+    partial = progress.with_name(progress.name + ".rank0")
+    assert len(partial.read_text().splitlines()) == 3  # settings + the two finished batches
+    calls.clear()
+    monkeypatch.setattr(
+        entropy_module, "chunked_sequence_entropy", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    resumed = entropy_module.dataset_entropies(
+        model, dataset, tokenizer.pad_token_id, batch_size=3, progress=progress
+    )
+    assert len(calls) == 2  # only the two batches (of four) not finished before
+    np.testing.assert_array_equal(resumed, reference)
+    assert not partial.exists()

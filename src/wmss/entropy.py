@@ -7,12 +7,13 @@ token has no defined entropy: it gets NaN (and selection gives it weight 0).
 
 from __future__ import annotations
 
+import contextlib
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from datasets import Dataset
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from wmss import distributed
@@ -78,8 +79,12 @@ def dataset_entropies(
     batch_size: int = 8,
     desc: str = "entropy",
     fused: bool = True,
+    progress: str | Path | None = None,
 ) -> np.ndarray:
     """Eq. 7 for every row of ``dataset`` (in row order), as float64, on every process.
+
+    With ``progress`` (a file path), each process appends its finished batches to its own file beside
+    it, so an interrupted pass resumes by batch, to the same values; the files are removed at the end.
 
     ``fused`` (the default) runs the model without its output head and projects only the
     completion-predicting positions, a chunk at a time (``chunked_sequence_entropy``); models whose
@@ -102,17 +107,43 @@ def dataset_entropies(
     mine = batches[distributed.rank() :: distributed.world_size()]
     rows = np.concatenate(mine) if mine else np.empty(0, dtype=np.int64)
     collate = CompletionCollator(pad_token_id)
-    loader = DataLoader(dataset.select(rows.tolist()), batch_size=batch_size, collate_fn=collate)
+    settings = {
+        "rows": len(dataset),
+        "batch_size": batch_size,
+        "fused": fused,
+        "processes": distributed.world_size(),
+    }
+    own = (
+        None
+        if progress is None
+        else Path(progress).with_name(f"{Path(progress).name}.rank{distributed.rank()}")
+    )
+    done = _read_progress(own, settings)
     values = []
-    for batch in tqdm(loader, desc=desc, unit="batch", leave=False, disable=not distributed.is_main()):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        if fused:
-            hidden = final_hidden_states(model, batch["input_ids"], batch["attention_mask"])
-            entropy = chunked_sequence_entropy(hidden, output_head(model), batch["labels"])
-        else:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            entropy = sequence_entropy(logits, batch["labels"])
-        values.append(entropy.double().cpu())
+    with contextlib.ExitStack() as stack:
+        sink = None
+        if own is not None:
+            own.parent.mkdir(parents=True, exist_ok=True)
+            sink = stack.enter_context(open(own, "a", encoding="utf-8"))
+            if not done:
+                sink.write(json.dumps({"settings": settings}) + "\n")
+        for batch_rows in tqdm(mine, desc=desc, unit="batch", leave=False, disable=not distributed.is_main()):
+            key = int(batch_rows[0])
+            if key in done:
+                values.append(torch.tensor(done[key], dtype=torch.float64))
+                continue
+            batch = collate([dataset[int(i)] for i in batch_rows])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            if fused:
+                hidden = final_hidden_states(model, batch["input_ids"], batch["attention_mask"])
+                entropy = chunked_sequence_entropy(hidden, output_head(model), batch["labels"])
+            else:
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                entropy = sequence_entropy(logits, batch["labels"])
+            values.append(entropy.double().cpu())
+            if sink is not None:
+                sink.write(json.dumps({"first": key, "values": values[-1].tolist()}) + "\n")
+                sink.flush()
     model.train(was_training)
     mine_values = torch.cat(values).numpy() if values else np.empty(0)
     shares = distributed.gather((rows, mine_values))
@@ -123,7 +154,24 @@ def dataset_entropies(
         )
     out = np.empty(len(dataset), dtype=np.float64)
     out[all_rows] = np.concatenate([v for _, v in shares])
+    if own is not None:
+        own.unlink(missing_ok=True)
     return out
+
+
+def _read_progress(path: Path | None, settings: dict) -> dict[int, list[float]]:
+    """Batches finished before an interruption (keyed by their first row), if made with these settings."""
+    if path is None or not path.is_file():
+        return {}
+    bad: list[int] = []
+    lines = read_jsonl(path, bad)  # a line cut by the interruption: that batch is computed again
+    if not lines or lines[0].get("settings") != settings:
+        path.unlink()
+        return {}
+    done = {int(r["first"]): r["values"] for r in lines[1:] if "first" in r}
+    if bad:  # drop the cut line, so that what is appended next starts on a line of its own
+        atomic_write_jsonl(path, [lines[0], *({"first": k, "values": v} for k, v in done.items())])
+    return done
 
 
 def write_entropy_file(path: str | Path, idx: list, values: np.ndarray) -> None:

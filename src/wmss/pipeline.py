@@ -152,6 +152,7 @@ def entropies(run: RunDir, name: str, model_path: str, dataset: Dataset, tokeniz
             run.cfg.wmss.entropy_batch_size,
             desc=f"entropy {name}",
             fused=run.cfg.train.fused_loss,
+            progress=run.root / "entropy" / f".{name}.partial.jsonl",
         )
         del model
         _free_memory()
