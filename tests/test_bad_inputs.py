@@ -302,3 +302,30 @@ def test_an_interrupted_evaluation_resumed_with_another_model_starts_afresh(tmp_
     assert main([*common, "--model", f"m={other}", "--output", str(tmp_path / "clean")]) == 0
     resumed = (first / "m" / "mawps" / "predictions.jsonl").read_text()
     assert resumed == (tmp_path / "clean" / "m" / "mawps" / "predictions.jsonl").read_text()
+
+
+def test_evaluation_inputs_are_checked_before_training(tmp_path, capsys, tiny_model_dir, train_file):
+    out = tmp_path / "out"
+    args = [*_base(tiny_model_dir, train_file, out), f"eval.path={tmp_path / 'no-such-test.jsonl'}"]
+    _fails(capsys, ["run", *args], "no-such-test.jsonl does not exist")
+    assert not out.exists()
+    _fails(capsys, ["run", *_base(tiny_model_dir, train_file, out), "eval.task=gsm9k"], "gsm9k")
+
+
+def test_checkpoints_by_default_about_four_per_phase(tmp_path, tiny_model_dir, train_file):
+    from transformers import TrainerCallback
+
+    from wmss.config import load_config
+    from wmss.pipeline import run_pipeline
+
+    saved = []
+
+    class Saves(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            saved.append(state.global_step)
+
+    cfg = load_config(None, [*_base(tiny_model_dir, train_file, tmp_path / "out"), "wmss.iterations=0",
+                             "sft.epochs=2"])  # fmt: skip
+    assert cfg.train.save_steps is None
+    run_pipeline(cfg, callbacks=[Saves()])
+    assert saved == [3, 6, 9, 12]  # 12 steps (24 rows / 4, two epochs): a quarter of them apart

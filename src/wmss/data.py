@@ -61,7 +61,9 @@ def read_rows(
             return Dataset.from_parquet(str(local)).to_list()
         raise DataError(f"{local}: unsupported file type '{local.suffix}'; use .jsonl, .json or .parquet.")
     if local.suffix in LOCAL_SUFFIXES or path.startswith((".", "/", "~")) or local.exists():
-        raise DataError(f"data file {local} does not exist (or is not a file). Check data.path.")
+        raise DataError(
+            f"data file {local} does not exist (or is not a file). Check the path (data.path, eval.path)."
+        )
     from datasets import load_dataset
 
     try:

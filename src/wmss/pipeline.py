@@ -500,6 +500,10 @@ def run_pipeline(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None)
 
     Launched as several processes, every process calls this; see the module docstring for who does what.
     """
+    if cfg.eval.path or cfg.eval.task != "generic":  # the evaluation's inputs, before hours of training
+        from wmss.evaluation.harness import load_problems, parse_task_spec
+
+        load_problems(*parse_task_spec(None, cfg.eval), cfg.eval)
     base, tokenizer, dataset, run = _start(cfg, callbacks)
     try:
         return algorithm_1(run, base, tokenizer, dataset)
