@@ -329,3 +329,62 @@ def test_checkpoints_by_default_about_four_per_phase(tmp_path, tiny_model_dir, t
     assert cfg.train.save_steps is None
     run_pipeline(cfg, callbacks=[Saves()])
     assert saved == [3, 6, 9, 12]  # 12 steps (24 rows / 4, two epochs): a quarter of them apart
+
+
+@pytest.mark.parametrize("phase", ["entropy", "eval"])
+def test_a_kill_in_the_entropy_pass_or_the_evaluation_resumes_to_the_same_result(
+    tmp_path, tiny_model_dir, train_file, monkeypatch, phase
+):
+    from wmss import entropy as entropy_module
+    from wmss.config import load_config
+    from wmss.evaluation import evaluate as evaluate_module
+    from wmss.pipeline import run_pipeline
+
+    extra = ["wmss.entropy_batch_size=4", f"eval.path={train_file}", "eval.answer_field=final",
+             "eval.max_new_tokens=4", "eval.batch_size=8"]  # fmt: skip
+    reference = run_pipeline(
+        load_config(None, [*_base(tiny_model_dir, train_file, tmp_path / "ref"), *extra])
+    )
+    cfg = load_config(None, [*_base(tiny_model_dir, train_file, tmp_path / "run"), *extra])
+    module, name = (
+        (entropy_module, "chunked_sequence_entropy") if phase == "entropy" else (evaluate_module, "generate")
+    )
+    real, calls = getattr(module, name), []
+
+    def dies_later(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == (9 if phase == "entropy" else 1):  # entropy: M0's 6 batches, then M1's third
+            if phase == "eval":
+                on_batch = kwargs.pop("on_batch")
+
+                def save(batch, generations):
+                    on_batch(batch, generations)
+                    raise KeyboardInterrupt
+
+                return real(*args, on_batch=save, **kwargs)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, dies_later)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg)
+    monkeypatch.undo()
+    manifest = run_pipeline(cfg)
+    killed = "entropy-M1" if phase == "entropy" else "eval"
+    assert manifest["phases"][killed]["attempts"] == 2
+    out, ref = tmp_path / "run", tmp_path / "ref"
+    assert (out / "entropy" / "M1.jsonl").read_text() == (ref / "entropy" / "M1.jsonl").read_text()
+    assert (out / "final" / "model.safetensors").read_bytes() == (
+        ref / "final" / "model.safetensors"
+    ).read_bytes()
+    assert manifest["phases"]["eval"]["num_correct"] == reference["phases"]["eval"]["num_correct"]
+    drop = ("wall_time_s",)
+    mine = [
+        {k: v for k, v in r.items() if k not in drop}
+        for r in map(json.loads, (out / "eval" / "predictions.jsonl").read_text().splitlines())
+    ]
+    theirs = [
+        {k: v for k, v in r.items() if k not in drop}
+        for r in map(json.loads, (ref / "eval" / "predictions.jsonl").read_text().splitlines())
+    ]
+    assert mine == theirs
