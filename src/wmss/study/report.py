@@ -144,6 +144,15 @@ def _lambda(arm: dict) -> float | None:
     return 0.5 if plain and arm["m1_from"] is None else None
 
 
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plots(results: dict, out_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -165,10 +174,7 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
     ax.set_xticks(x, [a["arm"] for a in arms], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{results['study']}: mean over seeds (bars), each seed (dots), ±1 std", fontsize=9)
-    fig.tight_layout()
-    made.append(out_dir / "accuracy_by_arm.png")
-    fig.savefig(made[-1])
-    plt.close(fig)
+    made.append(_save(fig, out_dir / "accuracy_by_arm.png"))
 
     if results.get("curves"):
         curve = _curve_rows(results["curves"])
@@ -187,10 +193,7 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
         for ax in axes:
             ax.set_xlabel("SFT epoch")
         fig.suptitle(f"{results['study']}: SFT learning curve (mean over seeds)", fontsize=9)
-        fig.tight_layout()
-        made.append(out_dir / "learning_curve.png")
-        fig.savefig(made[-1])
-        plt.close(fig)
+        made.append(_save(fig, out_dir / "learning_curve.png"))
 
     sweep = sorted((lam, a) for a in arms if (lam := _lambda(a)) is not None)
     if len(sweep) >= 2:
@@ -205,10 +208,7 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
         ax.set_xlabel("λ (weight of the strong logits; 1 = plain SFT on the selected set)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{results['study']}: λ sweep (same M1 and selection)", fontsize=9)
-        fig.tight_layout()
-        made.append(out_dir / "lambda_sweep.png")
-        fig.savefig(made[-1])
-        plt.close(fig)
+        made.append(_save(fig, out_dir / "lambda_sweep.png"))
     return made
 
 
