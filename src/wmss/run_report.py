@@ -468,6 +468,12 @@ def _wdjt(root: Path, t: int, entry: dict, figures: _Figures) -> str:
                 ),
             )
         )
+    if entry.get("mix_lambda_end") is not None:
+        items.append(("λ at the last step (variant: annealed)", _num(entry["mix_lambda_end"])))
+    if entry.get("strong_lr_scale") is not None:
+        items.append(("strong model's learning-rate scale (variant)", _num(entry["strong_lr_scale"])))
+    if entry.get("learning_rate") is not None:
+        items.append(("peak learning rate", _num(entry["learning_rate"], 8)))
     items += [
         ("weak frozen", _num(entry.get("freeze_weak"))),
         ("examples (active set)", _num(entry.get("examples"))),
