@@ -207,7 +207,7 @@ def test_fixed_setting_and_an_arm_tuned_on_the_validation_split(tmp_path, tiny_m
     assert test_run["wdjt-1"]["learning_rate"] == chosen and test_run["eval"]["num_problems"] == 4
     assert test_run["sft"]["reused"]  # the candidates and the test run start from WMSS's M1
     text = write_study_report(study).read_text()
-    assert "fixed, not tuned here (chosen elsewhere)" in text and "Tuning of arm WMSS tuned" in text
+    assert "fixed, not tuned here; chosen elsewhere" in text and "Tuning of arm WMSS tuned" in text
     jt_row = next(line for line in text.splitlines() if line.startswith("| WD-JT only |"))
     assert "] vs WMSS |" in jt_row  # its Δ is taken against the arm it names, not the first arm
     with pytest.raises(ConfigError, match="versus names no arm"):

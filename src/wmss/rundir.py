@@ -223,7 +223,8 @@ class RunDir:
         return entry if entry and entry.get("status") == "done" else None
 
     def phase(self, name: str, work: Callable[[], dict[str, Any]], alone: bool = False) -> dict[str, Any]:
-        """Run ``work`` unless ``name`` is already done; record status, timing and its outputs.
+        """Run ``work`` unless ``name`` is already done; record status, timing and its outputs. The wall
+        time includes earlier attempts that were interrupted (not those of a process killed outright).
 
         Every process calls it, and waits for the others at the end, unless ``alone``: a phase the main
         process runs after the others have finished (evaluation).
@@ -238,9 +239,17 @@ class RunDir:
         self.save()
         log.info("phase %s: started%s", name, f" (attempt {attempts}, resuming)" if attempts > 1 else "")
         start = time.perf_counter()
-        outputs = work()
+        try:
+            outputs = work()
+        except BaseException:  # an interrupted attempt's time still counts towards the phase's
+            entry["interrupted_time_s"] = round(
+                entry.get("interrupted_time_s", 0.0) + time.perf_counter() - start, 2
+            )
+            self.save()
+            raise
         entry.update(outputs)
-        entry.update(status="done", finished=_now(), wall_time_s=round(time.perf_counter() - start, 2))
+        elapsed = time.perf_counter() - start + entry.get("interrupted_time_s", 0.0)
+        entry.update(status="done", finished=_now(), wall_time_s=round(elapsed, 2))
         self.save()
         if not alone:
             self.sync()

@@ -140,8 +140,7 @@ def _lambda(arm: dict) -> float | None:
         if item.startswith("wmss.mix_lambda="):
             value = item.split("=", 1)[1]
             return None if value.strip() == "auto" else float(value)
-    plain = not any(o.startswith(("wmss.", "sft.", "method=")) for o in arm["overrides"])
-    return 0.5 if plain and arm["m1_from"] is None else None
+    return 0.5 if not arm["overrides"] and arm["m1_from"] is None else None  # the plain WMSS arm
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -195,7 +194,7 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
         fig.suptitle(f"{results['study']}: SFT learning curve (mean over seeds)", fontsize=9)
         made.append(_save(fig, out_dir / "learning_curve.png"))
 
-    sweep = sorted((lam, a) for a in arms if (lam := _lambda(a)) is not None)
+    sweep = sorted(((lam, a) for a in arms if (lam := _lambda(a)) is not None), key=lambda pair: pair[0])
     if len(sweep) >= 2:
         fig, ax = plt.subplots(figsize=(5.0, 3.4), dpi=120)
         lams = [lam for lam, _ in sweep]
@@ -272,7 +271,7 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
     lines = [f"Produced by `{cmd_run}` then `{cmd_report}`.", ""]
     tuning = results["tuning"]
     if tuning and tuning.get("fixed"):
-        source = f" ({tuning['source']})" if tuning.get("source") else ""
+        source = f"; {tuning['source']}" if tuning.get("source") else ""
         lines += [f"**Setting** (fixed, not tuned here{source}): `{setting_name(tuning['chosen'])}`.", ""]
     elif tuning:
         lines += [
