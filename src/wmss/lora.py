@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
@@ -26,6 +27,9 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from wmss.config import PEFTConfig
 from wmss.errors import ModelError
 from wmss.models import load_model
+
+if TYPE_CHECKING:
+    from peft import LoraConfig, PeftModel
 
 log = logging.getLogger("wmss")
 
@@ -51,7 +55,7 @@ def base_of(path: str | Path) -> str:
     return adapter_base(path) if is_adapter(path) else str(path)
 
 
-def lora_config(cfg: PEFTConfig):  # -> peft.LoraConfig
+def lora_config(cfg: PEFTConfig) -> LoraConfig:
     from peft import LoraConfig
 
     names = cfg.target_modules.strip()
@@ -74,10 +78,10 @@ def twin(model: PreTrainedModel) -> PreTrainedModel:
             copy.get_submodule(module_name).register_buffer(attr, buffer, persistent=False)
     copy.generation_config = model.generation_config
     copy.tie_weights()
-    return copy.eval() if not model.training else copy.train()
+    return copy.train(model.training)
 
 
-def attach(model: PreTrainedModel, path: str | Path, cfg: PEFTConfig, seed: int):  # -> peft.PeftModel
+def attach(model: PreTrainedModel, path: str | Path, cfg: PEFTConfig, seed: int) -> PeftModel:
     """``model`` (a base) with a trainable adapter: ``path``'s when it is an adapter directory, else a
     new one (its B matrices start at zero, so the wrapped model equals the base; A is seeded)."""
     from peft import PeftModel, get_peft_model
@@ -101,7 +105,7 @@ def trainable_model(
 
 def trainable_pair(
     weak_path: str, strong_path: str, cfg: PEFTConfig, seed: int, dtype: torch.dtype = torch.float32
-) -> tuple:
+) -> tuple[PeftModel, PeftModel]:
     """(weak, strong) for WD-JT with LoRA: two adapters on one copy of the base weights. When the two
     start from different bases (e.g. a full M1 given as ``sft.checkpoint`` and M0), each keeps its own."""
     strong_base = load_model(base_of(strong_path), dtype)
