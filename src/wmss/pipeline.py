@@ -8,7 +8,8 @@ directory, resume, the budget record and evaluation.
 The run directory (its layout, manifest, phase names and budget) belongs to ``wmss.rundir``.
 Re-running the same command skips finished phases and resumes an unfinished training phase from
 its last complete checkpoint. The per-phase commands ``wmss sft`` and ``wmss joint`` run the same
-phase functions in a run directory of their own (``run_sft``, ``run_joint``).
+phase functions in a run directory of their own (``run_sft``, ``run_joint``). With ``peft.enabled`` every
+training phase trains LoRA adapters on one frozen base (``wmss.lora``).
 
 Under several processes (``accelerate launch``, ``torchrun``; see ``wmss.distributed``) every process runs
 this same code: training phases are data-parallel, the entropy pass is sharded and merged, WD-DS is
