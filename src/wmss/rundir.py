@@ -33,7 +33,9 @@ import errno
 import json
 import logging
 import math
+import os
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -349,9 +351,6 @@ def claim(root: Path, allow_existing: bool) -> None:
 def lock(root: Path) -> bool:
     """Take ``root``'s lock (``LOCK``: pid and host of its holder); refuse while another live process
     holds it. A lock left by a process that has ended (a crash, a kill -9) is taken over."""
-    import os
-    import socket
-
     path, me = root / LOCK, {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
     for _ in range(2):
         try:
@@ -379,9 +378,6 @@ def lock(root: Path) -> bool:
 
 def _alive(holder: dict) -> bool:
     """Whether the lock's holder is a running process (on another host: assumed so)."""
-    import os
-    import socket
-
     pid = holder.get("pid")
     if not isinstance(pid, int):
         return False

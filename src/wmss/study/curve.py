@@ -43,6 +43,7 @@ class EpochProbe(TrainerCallback):
         self.train_file, self.val_file, self.train_sample = train_file, val_file, train_sample
         path = out / CURVE_FILE
         self.rows: list[dict[str, Any]] = read_json(path)["epochs"] if path.is_file() else []
+        self._inputs: tuple[Any, Any, Any, Any] | None = None
 
     def plateau(self) -> dict[str, Any] | None:
         """The row of the best validation accuracy so far (ties: the earlier epoch)."""
@@ -70,17 +71,35 @@ class EpochProbe(TrainerCallback):
         control.should_training_stop = self.stop()
         return control
 
-    def measure(self, model: Any, tokenizer: Any, epoch: int) -> dict[str, Any]:
+    def inputs(self, tokenizer: Any) -> tuple[Any, Any, Any, Any]:
+        """(tokenised training data, task, fixed training-problem sample, validation problems), read and
+        tokenised at the first epoch's end and kept for the others."""
+        if self._inputs is not None:
+            return self._inputs
         from wmss.data import load_training_data
+        from wmss.evaluation.harness import load_problems, parse_task_spec
+        from wmss.evaluation.tasks import TaskData
+
+        cfg = self.cfg
+        dataset, _ = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
+        task, _ = parse_task_spec("mawps", cfg.eval)
+        rows = read_jsonl(self.train_file)
+        picked = sorted(random.Random(cfg.seed).sample(range(len(rows)), min(self.train_sample, len(rows))))
+        problems = [{"id": rows[i]["id"], "question": rows[i]["question"], "answer": rows[i]["answer"]}
+                    for i in picked]  # fmt: skip
+        sample = TaskData(task, str(self.train_file), problems, [])
+        self._inputs = dataset, task, sample, load_problems(task, str(self.val_file), cfg.eval)
+        return self._inputs
+
+    def measure(self, model: Any, tokenizer: Any, epoch: int) -> dict[str, Any]:
         from wmss.diagnostics import saturation_statistics
         from wmss.entropy import dataset_entropies
-        from wmss.evaluation.harness import evaluate_one, load_problems, parse_task_spec
-        from wmss.evaluation.tasks import TaskData
+        from wmss.evaluation.harness import evaluate_one
         from wmss.models import save_model
 
         cfg, where = self.cfg, self.out / "epochs" / f"epoch-{epoch}"
         save_model(model, tokenizer, where)
-        dataset, _ = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
+        dataset, task, sample, validation = self.inputs(tokenizer)
         model.eval()
         saturation = saturation_statistics(
             model,
@@ -92,23 +111,8 @@ class EpochProbe(TrainerCallback):
         entropy = dataset_entropies(
             model, dataset, tokenizer.pad_token_id, cfg.wmss.entropy_batch_size, fused=cfg.train.fused_loss
         )
-        task, _ = parse_task_spec("mawps", cfg.eval)
-        rows = read_jsonl(self.train_file)
-        picked = sorted(random.Random(cfg.seed).sample(range(len(rows)), min(self.train_sample, len(rows))))
-        problems = [
-            {"id": rows[i]["id"], "question": rows[i]["question"], "answer": rows[i]["answer"]}
-            for i in picked
-        ]
-        on_train = evaluate_one(
-            model,
-            tokenizer,
-            task,
-            TaskData(task, str(self.train_file), problems, []),
-            cfg,
-            where / "eval-train",
-        )
-        on_val = evaluate_one(model, tokenizer, task, load_problems(task, str(self.val_file), cfg.eval), cfg,
-                              where / "eval-valid")  # fmt: skip
+        on_train = evaluate_one(model, tokenizer, task, sample, cfg, where / "eval-train")
+        on_val = evaluate_one(model, tokenizer, task, validation, cfg, where / "eval-valid")
         return {
             "epoch": epoch,
             "model": str(where),
