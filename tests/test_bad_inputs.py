@@ -388,3 +388,28 @@ def test_a_kill_in_the_entropy_pass_or_the_evaluation_resumes_to_the_same_result
         for r in map(json.loads, (ref / "eval" / "predictions.jsonl").read_text().splitlines())
     ]
     assert mine == theirs
+
+
+def test_a_finished_evaluation_is_redone_only_when_its_settings_changed(tmp_path, tiny_model_dir, train_file):
+    """A key added to the eval section since a run was evaluated counts as its default (upgrading wmss does
+    not re-evaluate finished runs); a changed key re-evaluates."""
+    from wmss.config import load_config
+    from wmss.pipeline import run_pipeline
+
+    task = _mawps_file(tmp_path / "test.json", [1, 2, 3])
+    out = tmp_path / "out"
+    args = [*_base(tiny_model_dir, train_file, out), "wmss.iterations=0", "eval.task=mawps",
+            f"eval.path={task}", "eval.max_new_tokens=4"]  # fmt: skip
+    run_pipeline(load_config(None, args))
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["phases"]["eval"]["attempts"] == 1
+    del manifest["phases"]["eval"]["eval_config"]["exclude_bad_golds"]  # as written before the key existed
+    manifest_path.write_text(json.dumps(manifest))
+    run_pipeline(load_config(None, args))
+    assert json.loads(manifest_path.read_text())["phases"]["eval"]["attempts"] == 1  # not evaluated again
+    run_pipeline(load_config(None, [*args, "eval.exclude_bad_golds=true"]))
+    assert json.loads(manifest_path.read_text())["phases"]["eval"]["attempts"] == 2
+    run_pipeline(load_config(None, [*args, "eval.exclude_bad_golds=true", "eval.max_new_tokens=6"]))
+    evaluated = json.loads(manifest_path.read_text())["phases"]["eval"]
+    assert evaluated["attempts"] == 3 and evaluated["eval_config"]["max_new_tokens"] == 6

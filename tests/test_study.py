@@ -223,6 +223,8 @@ def test_learning_curve_stops_at_the_plateau_and_arms_start_from_it(tmp_path, ti
     arms = [
         {"name": "SFT +1 epoch", "overrides": ["method=sft", "sft.epochs=2"], "from_curve": True},
         {"name": "WMSS K=1", "from_curve": True, "versus": "SFT +1 epoch"},
+        {"name": "M_E*", "overrides": ["method=sft", "sft.epochs=1"], "from_curve": True},
+        {"name": "WMSS K=1, weak M_(E*-1)", "from_curve": True, "weak": "previous"},
     ]
     curve = {"max_epochs": 4, "patience": 1, "train_sample": 3, "seeds": [1]}
     study = load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, arms=arms, curve=curve,
@@ -248,5 +250,26 @@ def test_learning_curve_stops_at_the_plateau_and_arms_start_from_it(tmp_path, ti
     text = write_study_report(study).read_text()
     assert "**Learning curve**" in text and f"seed 1: E* = {best['epoch']}" in text
     assert (study.output_dir / "report" / "learning_curve.png").is_file()
+    assert (study.output_dir / "report" / "accuracy_vs_k.png").is_file()
+
+    # B3: M_E* measured alone and with each weak model the arms use; every arm's final model alone
+    mechanism = read_json(root / "mechanism.json")
+    assert mechanism["plateau_epoch"] == best["epoch"]
+    weak = {"M0"} | ({"M_(E*-1)"} if best["epoch"] >= 2 else set())
+    assert set(mechanism["start"]) == weak
+    finished = {"SFT +1 epoch", "WMSS K=1", "M_E*"} | (
+        {"WMSS K=1, weak M_(E*-1)"} if best["epoch"] >= 2 else set()
+    )
+    assert set(mechanism["arms"]) == finished
+    start = mechanism["start"]["M0"]
+    assert (
+        start["mix_lambda"] == 0.5 and 0 <= start["saturated_share"] <= 1 and start["wdjt_gradient_norm"] > 0
+    )
+    # M_E* with one more epoch of nothing is M_E* itself: its saturation is the start's
+    assert mechanism["arms"]["M_E*"]["loss"] == pytest.approx(start["loss"], rel=1e-5)
+    assert mechanism["arms"]["SFT +1 epoch"]["loss"] != pytest.approx(start["loss"], rel=1e-5)
+    assert "**Mechanism**" in text and "after WMSS K=1" in text and "M_E* (start), weak M0" in text
+    run_study(study, "arms")  # measured: not again
+    assert read_json(root / "mechanism.json") == mechanism
     with pytest.raises(ConfigError, match="weak: previous needs from_curve"):
         load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, arms=[{"name": "A", "weak": "previous"}]))

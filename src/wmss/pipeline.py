@@ -35,7 +35,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from wmss import distributed
-from wmss.config import RunConfig
+from wmss.config import EvalConfig, RunConfig
 from wmss.data import load_training_data
 from wmss.diagnostics import diagnostic_sample, entropy_separation, measure_auto_lambda, separation_warning
 from wmss.entropy import dataset_entropies, read_entropy_file, write_entropy_file
@@ -556,6 +556,16 @@ def algorithm_1(run: RunDir, base: str, tokenizer: Any, dataset: Dataset) -> dic
     return _finish(run, chain[-1], tokenizer, len(dataset))
 
 
+def eval_changed(recorded: dict[str, Any] | None, current: EvalConfig) -> bool:
+    """Whether an evaluation made with the eval section ``recorded`` is out of date for ``current``. A key
+    the recorded section lacks (added to wmss since) counts as its default value, so upgrading wmss does
+    not re-evaluate finished runs whose results the new key would not change."""
+    if recorded is None:
+        return True
+    now, defaults = dataclasses.asdict(current), dataclasses.asdict(EvalConfig())
+    return set(recorded) - set(now) != set() or any(recorded.get(k, defaults[k]) != v for k, v in now.items())
+
+
 def _finish(run: RunDir, last: str, tokenizer: Any, num_examples: int) -> dict[str, Any]:
     """Publish ``last`` as ``final/``, record the budget, evaluate when a task is set; the manifest."""
     cfg = run.cfg
@@ -566,7 +576,7 @@ def _finish(run: RunDir, last: str, tokenizer: Any, num_examples: int) -> dict[s
         return run.manifest
     if cfg.eval.path or cfg.eval.task != "generic":
         evaluated = run.done(EVAL)
-        if evaluated and evaluated.get("eval_config") != dataclasses.asdict(cfg.eval):
+        if evaluated and eval_changed(evaluated.get("eval_config"), cfg.eval):
             evaluated["status"] = "stale"  # the eval section changed since: evaluate again
         run.phase(EVAL, lambda: phase_eval(run, str(final), tokenizer), alone=True)
     log.info("run finished: final model at %s", final)

@@ -120,12 +120,19 @@ def collect(study: Study) -> dict[str, Any]:
         from wmss.study.runner import curve_dir
 
         curves = {s: c for s in study.curve["seeds"] if (c := read_curve(curve_dir(study, s))) is not None}
+    mechanism = {}
+    if curves:
+        from wmss.study.mechanism import read_mechanism
+
+        mechanism = {s: m for s in curves if (m := read_mechanism(study, s)) is not None}
     return {
         "study": study.name,
         "baseline": baseline,
         "tuning": tuning,
         "arm_tuning": arm_tuning,
         "curves": curves,
+        "mechanism": mechanism,
+        "passes": {arm.name: extra_passes(study, arm) for arm in study.arms},
         "arms": rows,
         "missing": missing,
     }
@@ -141,6 +148,24 @@ def _lambda(arm: dict) -> float | None:
             value = item.split("=", 1)[1]
             return None if value.strip() == "auto" else float(value)
     return 0.5 if not arm["overrides"] and arm["m1_from"] is None else None  # the plain WMSS arm
+
+
+def extra_passes(study: Study, arm: Arm) -> tuple[str, int] | None:
+    """``("SFT", k)`` or ``("WMSS", k)`` for an arm of the accuracy-vs-K curve: it starts from the plateau
+    model M_E*, pairs with the paper's weak model, and changes nothing but the number of extra passes
+    (``sft.epochs`` = k + 1 with ``method=sft``, M_E* counting as one epoch; or ``wmss.iterations`` = k).
+    ``None`` for every other arm (variants, other weak models, arms not from the curve)."""
+    if not arm.from_curve or arm.weak is not None:
+        return None
+    settings = dict(item.split("=", 1) for item in arm.overrides)
+    if set(settings) - {"method", "sft.epochs", "wmss.iterations"}:
+        return None
+    if settings.get("method", study.run.get("method", "wmss")) == "sft":
+        epochs = settings.get("sft.epochs", (study.run.get("sft") or {}).get("epochs", 1))
+        return ("SFT", int(float(epochs)) - 1)
+    if "method" in settings and settings["method"] != "wmss":
+        return None
+    return ("WMSS", int(settings.get("wmss.iterations", (study.run.get("wmss") or {}).get("iterations", 1))))
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -193,6 +218,27 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
             ax.set_xlabel("SFT epoch")
         fig.suptitle(f"{results['study']}: SFT learning curve (mean over seeds)", fontsize=9)
         made.append(_save(fig, out_dir / "learning_curve.png"))
+
+    series: dict[str, list[tuple[int, dict]]] = {}
+    for arm in arms:
+        if (where := results.get("passes", {}).get(arm["arm"])) is not None:
+            series.setdefault(where[0], []).append((where[1], arm))
+    start = [p for p in series.get("SFT", []) if p[0] == 0]
+    if start and "WMSS" in series:  # M_E* is K = 0 of both curves
+        series["WMSS"].append(start[0])
+    if sum(len(points) > 1 for points in series.values()) == 2:
+        fig, ax = plt.subplots(figsize=(5.0, 3.4), dpi=120)
+        for name, points in sorted(series.items()):
+            points.sort(key=lambda p: p[0])
+            ax.errorbar([k for k, _ in points], [100 * a["mean"] for _, a in points],
+                        yerr=[100 * (a["std"] or 0) for _, a in points], marker="o", capsize=3,
+                        label="SFT: k more epochs" if name == "SFT" else "WMSS: K iterations")  # fmt: skip
+        ax.set_xticks(sorted({k for points in series.values() for k, _ in points}))
+        ax.set_xlabel("extra passes over the data after the plateau model M_E* (k = K)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(fontsize=8)
+        ax.set_title(f"{results['study']}: accuracy vs K (mean ± std over seeds)", fontsize=9)
+        made.append(_save(fig, out_dir / "accuracy_vs_k.png"))
 
     sweep = sorted(((lam, a) for a in arms if (lam := _lambda(a)) is not None), key=lambda pair: pair[0])
     if len(sweep) >= 2:
@@ -249,6 +295,43 @@ def _curve_table(curves: dict) -> str:
     )
 
 
+def _mechanism_table(mechanism: dict) -> str:
+    """B3: saturation at the plateau model and after each arm, means over the seeds measured."""
+
+    def mean(entries: list[dict], key: str) -> float | None:
+        return _mean([e.get(key) for e in entries])
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "–" if value is None else spec.format(value)
+
+    seeds = sorted(mechanism)
+    rows = []
+    for weak in sorted({w for m in mechanism.values() for w in m["start"]}):
+        entries = [m["start"][weak] for m in mechanism.values() if weak in m["start"]]
+        rows.append([
+            f"M_E* (start), weak {weak}", str(len(entries)), fmt(mean(entries, "saturated_share"), "{:.1%}"),
+            fmt(mean(entries, "saturated_gradient_share"), "{:.1%}"), fmt(mean(entries, "loss"), "{:.3f}"),
+            fmt(mean(entries, "saturated_gradient_norm"), "{:.4f}"),
+            fmt(mean(entries, "wdjt_saturated_gradient_norm"), "{:.4f}"),
+            fmt(mean(entries, "wdjt_over_sft_on_saturated"), "{:.2f}×"),
+        ])  # fmt: skip
+    for name in dict.fromkeys(n for s in seeds for n in mechanism[s]["arms"]):
+        entries = [m["arms"][name] for m in mechanism.values() if name in m["arms"]]
+        rows.append([
+            f"after {name}", str(len(entries)), fmt(mean(entries, "saturated_share"), "{:.1%}"),
+            fmt(mean(entries, "saturated_gradient_share"), "{:.1%}"), fmt(mean(entries, "loss"), "{:.3f}"),
+            fmt(mean(entries, "saturated_gradient_norm"), "{:.4f}"), "–", "–",
+        ])  # fmt: skip
+    header = ["model", "seeds", "saturated tokens (p > 0.99)", "their share of the SFT gradient",
+              "train loss", "SFT gradient norm on them", "WD-JT gradient norm on them (λ 0.5)",
+              "WD-JT ÷ SFT on them"]  # fmt: skip
+    return (
+        "**Mechanism** (`wmss.study.mechanism`, on every training example; gradient norms are the per-token "
+        "L2 norms of the logit gradient: SFT `p − e_y`, WD-JT's strong branch `λ·(P_mix − e_y)`; means over "
+        f"seeds {', '.join(map(str, seeds))}):\n\n" + markdown_table(header, rows)
+    )
+
+
 def _tuning_table(tuning: dict, name: Any, wall_label: str) -> str:
     """One row per candidate of a tuning search (``tuning.json``), the chosen one marked."""
     rows = []
@@ -292,6 +375,8 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
         ]
     if results.get("curves"):
         lines += [_curve_table(results["curves"]), ""]
+    if results.get("mechanism"):
+        lines += [_mechanism_table(results["mechanism"]), ""]
     base = results["baseline"]
     lines += [
         f"**Test** (`testset.json`): accuracy in %; Δ vs {base} (or the arm named after it) on the same"

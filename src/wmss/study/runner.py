@@ -279,8 +279,9 @@ def run_curve(study: Study, seed: int, setting: dict[str, Any]) -> dict[str, Any
 
 def run_study(study: Study, stage: str = "all", arms: list[str] | None = None) -> None:
     """``stage``: ``tune``, ``curve``, ``arms`` or ``all`` (in that order). The arms with several seeds (the
-    main comparison) run first, seed by seed; then the single-seed arms. An interrupted study resumes
-    where it stopped."""
+    main comparison) run first, seed by seed; then the single-seed arms; then, for a study with a learning
+    curve, the saturation measurements of ``wmss.study.mechanism``. An interrupted study resumes where it
+    stopped."""
     if stage in ("tune", "all"):
         tune(study)
     if stage in ("curve", "all") and study.curve is not None:
@@ -296,3 +297,9 @@ def run_study(study: Study, stage: str = "all", arms: list[str] | None = None) -
                 for arm in group:
                     if seed in arm.seeds:
                         run_arm(study, arm, seed, setting)
+        if any(a.from_curve for a in selected):
+            from wmss.study.mechanism import measure_mechanism
+
+            for seed in study.curve["seeds"]:
+                if (curve_dir(study, seed) / "curve.json").is_file():
+                    measure_mechanism(study, seed, setting)
