@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -271,5 +272,29 @@ def test_learning_curve_stops_at_the_plateau_and_arms_start_from_it(tmp_path, ti
     assert "**Mechanism**" in text and "after WMSS K=1" in text and "M_E* (start), weak M0" in text
     run_study(study, "arms")  # measured: not again
     assert read_json(root / "mechanism.json") == mechanism
+
+    # the archive: every record, no weights; the same tables from it alone once the runs are gone
+    from wmss.cli import main
+
+    reported = read_json(study.output_dir / "report" / "results.json")
+    archive = tmp_path / "results" / "tiny"
+    assert main(["study", "archive", str(study.path), "--into", str(archive)]) == 0
+    kept = {p.relative_to(archive).as_posix() for p in archive.rglob("*") if p.is_file()}
+    assert "curve/seed-1/curve.json" in kept and "curve/seed-1/mechanism.json" in kept
+    assert "arms/wmss-k-1/seed-1/eval/predictions.jsonl" in kept and "tuning.json" in kept
+    assert not any(
+        p.endswith((".safetensors", ".bin", ".pt")) or "/final/" in p or "/models/" in p for p in kept
+    )
+    assert not any(p.startswith("curve/seed-1/epochs/epoch-1/") and p.count("/") == 4 for p in kept)
+    size = sum(p.stat().st_size for p in archive.rglob("*") if p.is_file())
+    assert size < sum(p.stat().st_size for p in study.output_dir.rglob("*") if p.is_file()) / 10
+    shutil.rmtree(study.output_dir)
+    again = load_study(study.path, [f"output_dir={archive}"])
+    write_study_report(again)
+    rebuilt = read_json(archive / "report" / "results.json")
+    assert rebuilt["arms"] == reported["arms"] and rebuilt["mechanism"] == reported["mechanism"]
+    assert rebuilt["curves"] == reported["curves"]
+    assert main(["study", "archive", str(study.path), "--into", str(archive)]) == 2  # no runs: an error
+    assert (archive / "report" / "results.json").is_file()  # and the archive there is left as it was
     with pytest.raises(ConfigError, match="weak: previous needs from_curve"):
         load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, arms=[{"name": "A", "weak": "previous"}]))

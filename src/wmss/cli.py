@@ -220,6 +220,12 @@ def cmd_study(args: argparse.Namespace) -> None:
 
         run_study(study, args.stage, args.arm)
         print(f"done: runs under {study.output_dir}; tables with `wmss study report {args.study}`")
+    elif args.action == "archive":
+        from wmss.study.archive import archive_study
+
+        into, files, size = archive_study(study, args.into or Path("results") / study.name)
+        print(f"archive: {files} files ({size / 2**20:.1f} MiB) in {into}; tables from it with "
+              f"`wmss study report {args.study} output_dir={into}`")  # fmt: skip
     else:
         from wmss.study.report import write_study_report
 
@@ -395,9 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_study,
         "A comparison study from a study YAML (configs/study/): `run` tunes SFT on the validation "
         "split, then trains and evaluates every arm and seed (resumable); `report` writes the tables "
-        "and plots.",
+        "and plots; `archive` copies the finished runs' records, without weights, to results/<name> "
+        "(`report ... output_dir=results/<name>` rebuilds the tables from them).",
     )
-    p.add_argument("action", choices=("run", "report"))
+    p.add_argument("action", choices=("run", "report", "archive"))
     p.add_argument("study", help="study YAML, e.g. configs/study/mawps-smollm2.yaml")
     p.add_argument(
         "overrides", nargs="*", help="key=value for top-level study keys, or run.<config key>=value"
@@ -408,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arm", action="append", help="(run) only this arm (repeat); default: all arms")
     p.add_argument(
         "--into",
-        help="(report) also replace the study's section of this Markdown file (e.g. docs/RESULTS.md)",
+        help="(report) also replace the study's section of this Markdown file (e.g. docs/RESULTS.md); "
+        "(archive) the archive's directory (default results/<study name>)",
     )
 
     p = add("config", cmd_config, "Print the resolved configuration (defaults + file + overrides).")

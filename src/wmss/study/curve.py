@@ -2,7 +2,8 @@
 
 One ``wmss run`` per seed (``method: sft``, ``sft.epochs: curve.max_epochs``, one schedule over all of
 them) with ``EpochProbe`` as a Trainer callback. After every epoch the probe saves the model
-(``epochs/epoch-<k>``) and measures, with the model as it is at that point:
+(``epochs/epoch-<k>``, a plain checkpoint; its graded answers go to ``epochs/eval-<k>``) and measures,
+with the model as it is at that point:
 
 - on every training example: the training loss (completion-token cross-entropy, eval mode), the
   saturation statistics (``wmss.diagnostics.saturation_statistics``: share of completion tokens whose
@@ -111,8 +112,9 @@ class EpochProbe(TrainerCallback):
         entropy = dataset_entropies(
             model, dataset, tokenizer.pad_token_id, cfg.wmss.entropy_batch_size, fused=cfg.train.fused_loss
         )
-        on_train = evaluate_one(model, tokenizer, task, sample, cfg, where / "eval-train")
-        on_val = evaluate_one(model, tokenizer, task, validation, cfg, where / "eval-valid")
+        graded = self.out / "epochs" / f"eval-{epoch}"  # beside the checkpoint, which stays a plain model
+        on_train = evaluate_one(model, tokenizer, task, sample, cfg, graded / "train")
+        on_val = evaluate_one(model, tokenizer, task, validation, cfg, graded / "valid")
         return {
             "epoch": epoch,
             "model": str(where),

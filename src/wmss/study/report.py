@@ -25,8 +25,22 @@ from wmss.study.runner import arm_dir, arm_tuning_path, setting_name
 from wmss.study.spec import Arm, Study
 
 
+def predictions_file(run: Path, recorded: str) -> Path:
+    """The predictions file a run's manifest names (a path as it was when the run was evaluated), or the
+    same file inside ``run`` when the run has moved since (an archive: ``wmss.study.archive``)."""
+    path = Path(recorded)
+    if path.is_file():
+        return path
+    parts = path.parts
+    if run.name in parts:
+        moved = run.joinpath(*parts[len(parts) - parts[::-1].index(run.name) :])
+        if moved.is_file():
+            return moved
+    raise WmssError(f"{run}: the predictions file {recorded} named in its manifest does not exist.")
+
+
 def _scores(run: Path, phases: dict) -> np.ndarray:
-    records = read_jsonl(phases[EVAL]["predictions_path"])
+    records = read_jsonl(predictions_file(run, phases[EVAL]["predictions_path"]))
     return np.array([float(r["correct"]) for r in sorted(records, key=lambda r: str(r["id"]))])
 
 

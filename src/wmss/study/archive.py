@@ -1,0 +1,77 @@
+"""A study's records without its weights (``wmss study archive``), small enough to keep beside the code.
+
+A study's run directories hold model weights and checkpoints (hundreds of MB per run) next to the few
+files its tables come from: manifests, per-problem predictions, selections, entropies, training logs,
+learning curves, tuning results. The archive keeps the latter, in the same layout, so that
+
+    wmss study report <study.yaml> output_dir=<archive>
+
+rebuilds every table, interval and plot of the finished runs on any machine without training again
+(intervals included: the per-problem predictions are there). It is not a place to resume training from:
+the weights are not in it.
+
+Left out: every file in a directory that holds model weights (``final/``, ``models/M*``, the learning
+curve's ``epochs/epoch-<k>``, checkpoints), ``checkpoints/`` directories, hidden files (locks, partial
+predictions) and anything not a text record (see ``RECORD_SUFFIXES``). The archive is built beside its
+destination and swapped in at the end: an interrupted archive leaves the previous one as it was.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from wmss.errors import WmssError
+from wmss.study.spec import Study
+
+RECORD_SUFFIXES = {".json", ".jsonl", ".md", ".yaml", ".csv"}
+WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt"}
+
+
+def _holds_weights(directory: Path, cache: dict[Path, bool]) -> bool:
+    if directory not in cache:
+        cache[directory] = any(p.suffix in WEIGHT_SUFFIXES for p in directory.iterdir() if p.is_file())
+    return cache[directory]
+
+
+def archive_files(root: Path) -> list[Path]:
+    """The files of the study directory ``root`` that go into its archive, relative to ``root``."""
+    cache: dict[Path, bool] = {}
+    kept = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if not path.is_file() or path.suffix not in RECORD_SUFFIXES:
+            continue
+        if any(p.startswith(".") or p == "checkpoints" or p.startswith("checkpoint-") for p in rel.parts):
+            continue
+        if _holds_weights(path.parent, cache):
+            continue
+        kept.append(rel)
+    return kept
+
+
+def archive_study(study: Study, into: str | Path) -> tuple[Path, int, int]:
+    """Copy the records of ``study``'s output directory to ``into`` (replacing an earlier archive there
+    once the new one is complete). Returns the archive, its number of files and their total bytes."""
+    root, into = study.output_dir, Path(into)
+    if not root.is_dir():
+        raise WmssError(f"{root} does not exist: run `wmss study run {study.path}` first.")
+    if into.resolve() == root.resolve() or root.resolve() in into.resolve().parents:
+        raise WmssError(f"the archive {into} must lie outside the study's output_dir {root}.")
+    files = archive_files(root)
+    staging = into.with_name(into.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    size = 0
+    for rel in files:
+        target = staging / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, target)
+        size += target.stat().st_size
+    old = into.with_name(into.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if into.exists():
+        into.rename(old)
+    staging.rename(into)
+    shutil.rmtree(old, ignore_errors=True)
+    return into, len(files), size
