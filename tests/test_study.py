@@ -282,6 +282,9 @@ def test_learning_curve_stops_at_the_plateau_and_arms_start_from_it(tmp_path, ti
     kept = {p.relative_to(archive).as_posix() for p in archive.rglob("*") if p.is_file()}
     assert "curve/seed-1/curve.json" in kept and "curve/seed-1/mechanism.json" in kept
     assert "arms/wmss-k-1/seed-1/eval/predictions.jsonl" in kept and "tuning.json" in kept
+    assert "data/worked/data.json" in kept and "data/worked/train.jsonl" not in kept  # no dataset text
+    predictions = read_jsonl(archive / "arms" / "wmss-k-1" / "seed-1" / "eval" / "predictions.jsonl")
+    assert predictions and all("prompt" not in r and "gold" not in r and "correct" in r for r in predictions)
     assert not any(
         p.endswith((".safetensors", ".bin", ".pt")) or "/final/" in p or "/models/" in p for p in kept
     )

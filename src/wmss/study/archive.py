@@ -10,7 +10,11 @@ rebuilds every table, interval and plot of the finished runs on any machine with
 (intervals included: the per-problem predictions are there). It is not a place to resume training from:
 the weights are not in it.
 
-Left out: every file in a directory that holds model weights (``final/``, ``models/M*``, the learning
+No text of the datasets goes in (they stay where the study reads them): the training subset
+``data/<format>/train.jsonl`` is left out (its ids are in ``data.json`` beside it), and JSONL rows lose
+their ``DATA_FIELDS`` (a prediction keeps its id, generation, extracted answer and correctness, not the
+prompt or the gold answer). Left out as well: the study's ``report/`` (derived from the rest), every file
+in a directory that holds model weights (``final/``, ``models/M*``, the learning
 curve's ``epochs/epoch-<k>``, checkpoints), ``checkpoints/`` directories, hidden files (locks, partial
 predictions) and anything not a text record (see ``RECORD_SUFFIXES``). The archive is built beside its
 destination and swapped in at the end: an interrupted archive leaves the previous one as it was.
@@ -22,9 +26,21 @@ import shutil
 from pathlib import Path
 
 from wmss.errors import WmssError
+from wmss.io import atomic_write_jsonl, read_jsonl
 from wmss.study.spec import Study
 
 RECORD_SUFFIXES = {".json", ".jsonl", ".md", ".yaml", ".csv"}
+DATA_FIELDS = (
+    "prompt",
+    "question",
+    "gold",
+    "answer",
+    "solution",
+    "completion",
+    "messages",
+    "chosen",
+    "rejected",
+)
 WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".gguf", ".ckpt"}
 
 
@@ -42,12 +58,24 @@ def archive_files(root: Path) -> list[Path]:
         rel = path.relative_to(root)
         if not path.is_file() or path.suffix not in RECORD_SUFFIXES:
             continue
+        if rel.parts[0] == "report":  # derived: `wmss study report` writes it again from the rest
+            continue
+        if rel.parts[0] == "data" and rel.name != "data.json":  # the training subset's text
+            continue
         if any(p.startswith(".") or p == "checkpoints" or p.startswith("checkpoint-") for p in rel.parts):
             continue
         if _holds_weights(path.parent, cache):
             continue
         kept.append(rel)
     return kept
+
+
+def _copy_record(source: Path, target: Path) -> None:
+    if source.suffix != ".jsonl":
+        shutil.copy2(source, target)
+        return
+    rows = read_jsonl(source)
+    atomic_write_jsonl(target, [{k: v for k, v in row.items() if k not in DATA_FIELDS} for row in rows])
 
 
 def archive_study(study: Study, into: str | Path) -> tuple[Path, int, int]:
@@ -66,7 +94,7 @@ def archive_study(study: Study, into: str | Path) -> tuple[Path, int, int]:
     for rel in files:
         target = staging / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(root / rel, target)
+        _copy_record(root / rel, target)
         size += target.stat().st_size
     old = into.with_name(into.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
