@@ -395,7 +395,12 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
     lines += [
         f"**Test** (`testset.json`): accuracy in %; Δ vs {base} (or the arm named after it) on the same"
         " seeds with a paired bootstrap 95% interval over problems; steps and wall time include the shared M1"
-        " where an arm starts from it.",
+        " where an arm starts from it"
+        + (
+            "; an arm that starts from the plateau model M_E* counts only what it trains after it."
+            if any(study.arm(a["arm"]).from_curve for a in results["arms"])
+            else "."
+        ),  # fmt: skip
         "",
     ]
     rows = []
