@@ -137,6 +137,11 @@ def test_study_file_errors_name_the_problem(tmp_path, tiny_model_dir, mawps_dir)
             load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, **changes))
     with pytest.raises(ConfigError, match="use one of"):
         load_study(write_study(tmp_path, tiny_model_dir, mawps_dir), ["colour=red"])
+    path = write_study(tmp_path, tiny_model_dir, mawps_dir)
+    study = load_study(path, ["seeds=[2]", "train_size=8"])  # top-level keys, lists included
+    assert study.seeds == [2] and study.train_size == 8 and study.arm("SFT").seeds == [2]
+    with pytest.raises(ConfigError, match="non-empty list"):
+        load_study(path, ["seeds=two"])
 
 
 def test_a_whole_study_on_a_tiny_model(tmp_path, tiny_model_dir, mawps_dir):

@@ -137,7 +137,10 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         if key.startswith("run."):
             run_overrides.append(item[len("run.") :])
         elif key in KEYS and key not in ("run", "tuning", "arms", "curve"):
-            raw[key] = value
+            try:  # a study key may be a list (seeds=[1,2])
+                raw[key] = yaml.safe_load(item.partition("=")[2])
+            except yaml.YAMLError:
+                raw[key] = value
         else:
             raise ConfigError(f"override {item!r}: use one of {', '.join(KEYS[:6])} or run.<config key>.")
     unknown = sorted(set(raw) - set(KEYS))
