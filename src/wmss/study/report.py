@@ -255,7 +255,7 @@ def plots(results: dict, out_dir: Path) -> list[Path]:
         made.append(_save(fig, out_dir / "accuracy_vs_k.png"))
 
     sweep = sorted(((lam, a) for a in arms if (lam := _lambda(a)) is not None), key=lambda pair: pair[0])
-    if len(sweep) >= 2:
+    if len({lam for lam, _ in sweep}) >= 2:  # a sweep needs two values of λ
         fig, ax = plt.subplots(figsize=(5.0, 3.4), dpi=120)
         lams = [lam for lam, _ in sweep]
         ax.errorbar(lams, [100 * a["mean"] for _, a in sweep], yerr=[100 * (a["std"] or 0) for _, a in sweep],
