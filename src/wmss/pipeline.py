@@ -563,7 +563,7 @@ def eval_changed(recorded: dict[str, Any] | None, current: EvalConfig) -> bool:
     if recorded is None:
         return True
     now, defaults = dataclasses.asdict(current), dataclasses.asdict(EvalConfig())
-    return set(recorded) - set(now) != set() or any(recorded.get(k, defaults[k]) != v for k, v in now.items())
+    return bool(set(recorded) - set(now)) or any(recorded.get(k, defaults[k]) != v for k, v in now.items())
 
 
 def _finish(run: RunDir, last: str, tokenizer: Any, num_examples: int) -> dict[str, Any]:

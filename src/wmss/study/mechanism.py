@@ -30,14 +30,13 @@ MECHANISM_FILE = "mechanism.json"
 MIX_LAMBDA = 0.5  # the paper's λ, at which the start is measured for every weak model
 
 
-def weak_models(study: Study, seed: int) -> dict[str, str]:
-    """The weak models the study's ``from_curve`` arms pair with M_E*: ``M0`` always, ``M_(E*-1)`` when an
-    arm has ``weak: previous`` and the curve has that epoch."""
+def weak_models(study: Study, seed: int, plateau: int) -> dict[str, str]:
+    """The weak models the study's ``from_curve`` arms pair with M_E* (``plateau``): ``M0`` always,
+    ``M_(E*-1)`` when an arm has ``weak: previous`` and the curve has that epoch."""
     from wmss.models import resolve_model
-    from wmss.study.runner import curve_model, plateau_epoch
+    from wmss.study.runner import curve_model
 
     weak = {"M0": resolve_model(str(study.run["model"]))}
-    plateau = plateau_epoch(study, seed)
     if plateau >= 2 and any(a.weak == "previous" for a in study.arms if a.from_curve):
         weak["M_(E*-1)"] = str(curve_model(study, seed, plateau - 1))
     return weak
@@ -71,7 +70,7 @@ def measure_mechanism(study: Study, seed: int, setting: dict[str, Any]) -> dict[
         run = arm_dir(study, arm, seed)
         if arm.from_curve and seed in arm.seeds and finished_phases(run) is not None:
             finals[arm.name] = run / "final"
-    weak = weak_models(study, seed)
+    weak = weak_models(study, seed, plateau)
     todo_start = [name for name in weak if name not in result["start"]]
     todo_arms = [name for name in finals if name not in result["arms"]]
     if not todo_start and not todo_arms:
