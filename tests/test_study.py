@@ -188,6 +188,31 @@ def test_a_whole_study_on_a_tiny_model(tmp_path, tiny_model_dir, mawps_dir):
     assert "| WMSS |" in text and "wmss study run" in text and "% distinct)" in text
     assert (root / "report" / "accuracy_by_arm.png").is_file()
 
+    # a study carried on on a second machine (no runs/ there): it re-runs SFT's seed 2 and has an
+    # interrupted copy of seed 1; archived into the same place, the archive keeps every finished run
+    from wmss.cli import main
+
+    archive = tmp_path / "results" / "tiny"
+    assert main(["study", "archive", str(study.path), "--into", str(archive)]) == 0
+    first = collect(load_study(study.path, [f"output_dir={archive}"]))
+    second = tmp_path / "second"
+    second.mkdir()
+    shutil.copy(root / "tuning.json", second / "tuning.json")
+    run_study(load_study(study.path, ["seeds=[2]", f"output_dir={second}"]), "arms", arms=["SFT"])
+    interrupted = read_json(root / "arms" / "sft" / "seed-1" / "manifest.json")
+    del interrupted["phases"]["eval"]
+    (second / "arms" / "sft" / "seed-1").mkdir(parents=True)
+    (second / "arms" / "sft" / "seed-1" / "manifest.json").write_text(json.dumps(interrupted))
+    assert main(["study", "archive", str(study.path), f"output_dir={second}", "--into", str(archive)]) == 0
+    manifest = read_json(archive / "arms" / "sft" / "seed-2" / "manifest.json")
+    assert manifest["created"] == read_json(second / "arms" / "sft" / "seed-2" / "manifest.json")["created"]
+    assert "eval" in read_json(archive / "arms" / "sft" / "seed-1" / "manifest.json")["phases"]
+    merged = collect(load_study(study.path, [f"output_dir={archive}"]))
+    def accuracies(results: dict) -> dict:
+        return {r["arm"]: (r["seeds"], r["accuracies"]) for r in results["arms"]}
+
+    assert accuracies(merged) == accuracies(first)  # every arm and seed kept; SFT's seed 2 the same again
+
 
 def test_fixed_setting_and_an_arm_tuned_on_the_validation_split(tmp_path, tiny_model_dir, mawps_dir):
     from wmss.study.report import write_study_report
