@@ -208,6 +208,7 @@ def test_a_whole_study_on_a_tiny_model(tmp_path, tiny_model_dir, mawps_dir):
     assert manifest["created"] == read_json(second / "arms" / "sft" / "seed-2" / "manifest.json")["created"]
     assert "eval" in read_json(archive / "arms" / "sft" / "seed-1" / "manifest.json")["phases"]
     merged = collect(load_study(study.path, [f"output_dir={archive}"]))
+
     def accuracies(results: dict) -> dict:
         return {r["arm"]: (r["seeds"], r["accuracies"]) for r in results["arms"]}
 

@@ -110,9 +110,7 @@ def archive_study(study: Study, into: str | Path) -> tuple[Path, int, int]:
         new = {rel for _, rel in sources}
         replaced = runs - kept_runs
         sources += [
-            (into, rel)
-            for rel in archive_files(into)
-            if rel not in new and not _inside(rel, replaced)
+            (into, rel) for rel in archive_files(into) if rel not in new and not _inside(rel, replaced)
         ]
     staging = into.with_name(into.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
