@@ -198,7 +198,10 @@ def test_a_whole_study_on_a_tiny_model(tmp_path, tiny_model_dir, mawps_dir):
     second = tmp_path / "second"
     second.mkdir()
     shutil.copy(root / "tuning.json", second / "tuning.json")
-    run_study(load_study(study.path, ["seeds=[2]", f"output_dir={second}"]), "arms", arms=["SFT"])
+    again = ["study", "run", str(study.path), f"output_dir={second}", "--stage", "arms", "--arm", "SFT"]
+    assert main([*again, "--seed", "7"]) == 2  # not a seed of the study: an error, nothing run
+    assert main([*again, "--seed", "2"]) == 0
+    assert not (second / "arms" / "sft" / "seed-1").exists() and not (second / "arms" / "wmss").exists()
     interrupted = read_json(root / "arms" / "sft" / "seed-1" / "manifest.json")
     del interrupted["phases"]["eval"]
     (second / "arms" / "sft" / "seed-1").mkdir(parents=True)

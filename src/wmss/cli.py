@@ -218,7 +218,7 @@ def cmd_study(args: argparse.Namespace) -> None:
     if args.action == "run":
         from wmss.study.runner import run_study
 
-        run_study(study, args.stage, args.arm)
+        run_study(study, args.stage, args.arm, args.seed)
         print(f"done: runs under {study.output_dir}; tables with `wmss study report {args.study}`")
     elif args.action == "archive":
         from wmss.study.archive import archive_study
@@ -413,6 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--stage", choices=("tune", "curve", "arms", "all"), default="all", help="(run) what to run"
     )
     p.add_argument("--arm", action="append", help="(run) only this arm (repeat); default: all arms")
+    p.add_argument(
+        "--seed",
+        action="append",
+        type=int,
+        help="(run) only this seed of the study's (repeat), e.g. the ones still missing from its archive; "
+        "default: all",
+    )
     p.add_argument(
         "--into",
         help="(report) also replace the study's section of this Markdown file (e.g. docs/RESULTS.md); "

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from wmss.config import RunConfig, config_from_dict
-from wmss.errors import WmssError
+from wmss.errors import ConfigError, WmssError
 from wmss.io import atomic_write_json, read_json
 from wmss.pipeline import run_pipeline
 from wmss.rundir import EVAL
@@ -277,23 +277,33 @@ def run_curve(study: Study, seed: int, setting: dict[str, Any]) -> dict[str, Any
     return run_one(study, out, seed, setting["format"], overrides, "validset", callbacks=[probe])
 
 
-def run_study(study: Study, stage: str = "all", arms: list[str] | None = None) -> None:
+def run_study(
+    study: Study, stage: str = "all", arms: list[str] | None = None, seeds: list[int] | None = None
+) -> None:
     """``stage``: ``tune``, ``curve``, ``arms`` or ``all`` (in that order). The arms with several seeds (the
     main comparison) run first, seed by seed; then the single-seed arms; then, for a study with a learning
-    curve, the saturation measurements of ``wmss.study.mechanism``. An interrupted study resumes where it
-    stopped."""
+    curve, the saturation measurements of ``wmss.study.mechanism``. ``arms`` and ``seeds`` run only those
+    arms and seeds (a study spread over machines: the seeds still missing from its archive). An
+    interrupted study resumes where it stopped."""
+    if seeds is not None and not set(seeds) <= set(study.seeds):
+        raise ConfigError(
+            f"{study.path}: seed(s) {sorted(set(seeds) - set(study.seeds))} are not among the study's "
+            f"seeds {study.seeds}."
+        )
+    wanted = [s for s in study.seeds if seeds is None or s in seeds]
     if stage in ("tune", "all"):
         tune(study)
     if stage in ("curve", "all") and study.curve is not None:
         setting = chosen_setting(study)
         for seed in study.curve["seeds"]:
-            run_curve(study, seed, setting)
+            if seed in wanted:
+                run_curve(study, seed, setting)
     if stage in ("arms", "all"):
         setting = chosen_setting(study)
         selected = [study.arm(name) for name in arms] if arms else study.arms
         main = [a for a in selected if len(a.seeds) > 1]
         for group in (main, [a for a in selected if a not in main]):
-            for seed in study.seeds:
+            for seed in wanted:
                 for arm in group:
                     if seed in arm.seeds:
                         run_arm(study, arm, seed, setting)
@@ -301,5 +311,5 @@ def run_study(study: Study, stage: str = "all", arms: list[str] | None = None) -
             from wmss.study.mechanism import measure_mechanism
 
             for seed in study.curve["seeds"]:
-                if (curve_dir(study, seed) / "curve.json").is_file():
+                if seed in wanted and (curve_dir(study, seed) / "curve.json").is_file():
                     measure_mechanism(study, seed, setting)
