@@ -365,7 +365,15 @@ def _tuning_table(tuning: dict, name: Any, wall_label: str) -> str:
 def markdown(study: Study, results: dict, figures: list[str]) -> str:
     cmd_run = f"wmss study run {study.path}"
     cmd_report = f"wmss study report {study.path} --into docs/RESULTS.md"
-    lines = [f"Produced by `{cmd_run}` then `{cmd_report}`.", ""]
+    produced = f"Produced by `{cmd_run}` then `{cmd_report}`."
+    archive = f"results/{study.name}"
+    if Path(archive).is_dir():
+        produced += (
+            f" The runs' records are in `{archive}` (`wmss study archive {study.path}`, which also adds "
+            f"seeds run on another machine with `--seed`); `wmss study report {study.path} "
+            f"output_dir={archive} --into docs/RESULTS.md` rebuilds this section from them alone."
+        )
+    lines = [produced, ""]
     tuning = results["tuning"]
     if tuning and tuning.get("fixed"):
         source = f"; {tuning['source']}" if tuning.get("source") else ""
