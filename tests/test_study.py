@@ -131,6 +131,8 @@ def test_study_file_errors_name_the_problem(tmp_path, tiny_model_dir, mawps_dir)
         ({"arms": [{"name": "A", "seeds": [7]}]}, "subset of"),
         ({"arms": [{"name": "A", "overrides": ["wmss.mix_lamda=0.3"]}]}, "Did you mean 'wmss.mix_lambda'"),
         ({"tuning": {"search": {"format": ["latex"]}}}, "not one of worked, equation"),
+        ({"contrasts": [{"arm": "WMSS", "versus": "SFT2"}]}, r"contrasts\[0\] must be .* naming two"),
+        ({"contrasts": {"arm": "WMSS"}}, r"contrasts\[0\] must be"),
     ]
     for changes, message in cases:
         with pytest.raises(ConfigError, match=message):
@@ -148,7 +150,8 @@ def test_a_whole_study_on_a_tiny_model(tmp_path, tiny_model_dir, mawps_dir):
     from wmss.study.report import collect, write_study_report
     from wmss.study.runner import run_study
 
-    study = load_study(write_study(tmp_path, tiny_model_dir, mawps_dir))
+    contrast = {"arm": "WD-JT only", "versus": "WD-DS only", "differs": "all of D, λ = 0.5"}
+    study = load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, contrasts=[contrast]))
     run_study(study)
     root = study.output_dir
     tuning = read_json(root / "tuning.json")
@@ -177,6 +180,11 @@ def test_a_whole_study_on_a_tiny_model(tmp_path, tiny_model_dir, mawps_dir):
     drawn = read_jsonl(root / "arms" / "released" / "seed-1" / "selection-1.jsonl")
     assert rows["released"]["active_fraction"] == sum(r["draws"] for r in drawn) / 12
     assert rows["released"]["distinct_fraction"] == sum(r["draws"] > 0 for r in drawn) / 12 < 1
+    # a contrast: one arm minus another on their shared seeds, named as the study file names it
+    [paired] = results["contrasts"]
+    assert paired["arm"] == "WD-JT only" and paired["versus"] == "WD-DS only" and paired["seeds"] == [1]
+    gap = rows["WD-JT only"]["accuracies"][0] - rows["WD-DS only"]["accuracies"][0]
+    assert paired["delta"] == pytest.approx(gap) and paired["low"] <= paired["delta"] <= paired["high"]
 
     doc = tmp_path / "RESULTS.md"
     doc.write_text(
@@ -186,6 +194,7 @@ def test_a_whole_study_on_a_tiny_model(tmp_path, tiny_model_dir, mawps_dir):
     text = doc.read_text()
     assert "kept above" in text and "kept below" in text and "\nold\n" not in text
     assert "| WMSS |" in text and "wmss study run" in text and "% distinct)" in text
+    assert "| WD-JT only | WD-DS only | all of D, λ = 0.5 | 1 |" in text
     assert (root / "report" / "accuracy_by_arm.png").is_file()
 
     # a study carried on on a second machine (no runs/ there): it re-runs SFT's seed 2 and has an

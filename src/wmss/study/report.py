@@ -85,6 +85,22 @@ def _mean(values: list) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def _paired(runs: dict[str, dict[int, dict | None]], arm: str, versus: str) -> dict | None:
+    """Accuracy of ``arm`` minus ``versus`` on the seeds both finished (per-problem scores averaged over
+    those seeds), with a paired bootstrap 95% interval; None when they share no finished seed."""
+    mine = {s: r for s, r in runs[arm].items() if r is not None}
+    theirs = {s: r for s, r in runs[versus].items() if r is not None}
+    shared = sorted(set(mine) & set(theirs))
+    if not shared:
+        return None
+    delta, low, high = paired_bootstrap(
+        np.mean([mine[s]["scores"] for s in shared], axis=0),
+        np.mean([theirs[s]["scores"] for s in shared], axis=0),
+        seed=0,
+    )
+    return {"arm": versus, "seeds": shared, "delta": delta, "low": low, "high": high}
+
+
 def collect(study: Study) -> dict[str, Any]:
     """Every finished run of the study, grouped by arm, with the comparisons to SFT."""
     tuning_path = study.output_dir / "tuning.json"
@@ -115,14 +131,14 @@ def collect(study: Study) -> dict[str, Any]:
             "machines": sorted({r["machine"] for r in done.values()}),
         }
         versus = arm.versus or baseline
-        base = {s: r for s, r in runs[versus].items() if r is not None}
-        shared = sorted(set(done) & set(base))
-        if arm.name != versus and shared:
-            mine = np.mean([done[s]["scores"] for s in shared], axis=0)
-            theirs = np.mean([base[s]["scores"] for s in shared], axis=0)
-            delta, low, high = paired_bootstrap(mine, theirs, seed=0)
-            row["vs_baseline"] = {"arm": versus, "seeds": shared, "delta": delta, "low": low, "high": high}
+        if arm.name != versus and (paired := _paired(runs, arm.name, versus)) is not None:
+            row["vs_baseline"] = paired
         rows.append(row)
+    contrasts = []
+    for contrast in study.contrasts:
+        paired = _paired(runs, contrast["arm"], contrast["versus"])
+        if paired is not None:
+            contrasts.append({**paired, **contrast})  # "arm" is the contrast's, not the one it is paired with
     arm_tuning = {
         arm.name: read_json(arm_tuning_path(study, arm))
         for arm in study.arms
@@ -148,12 +164,17 @@ def collect(study: Study) -> dict[str, Any]:
         "mechanism": mechanism,
         "passes": {arm.name: extra_passes(study, arm) for arm in study.arms},
         "arms": rows,
+        "contrasts": contrasts,
         "missing": missing,
     }
 
 
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _delta(paired: dict) -> str:
+    return f"{100 * paired['delta']:+.1f} [{100 * paired['low']:+.1f}, {100 * paired['high']:+.1f}]"
 
 
 def _lambda(arm: dict) -> float | None:
@@ -414,7 +435,7 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
     rows = []
     for a in results["arms"]:
         vs = a.get("vs_baseline")
-        delta = f"{100 * vs['delta']:+.1f} [{100 * vs['low']:+.1f}, {100 * vs['high']:+.1f}]" if vs else "–"
+        delta = _delta(vs) if vs else "–"
         if vs and vs["arm"] != base:
             delta += f" vs {vs['arm']}"
         std = f" ± {100 * a['std']:.1f}" if a["std"] is not None else ""
@@ -439,6 +460,20 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
     header = ["arm", "seeds", "accuracy per seed", "mean ± std", f"Δ vs {base} [95% CI]", "optimizer steps"]
     header += ["train wall time", "active fraction", "mean ΔH"]
     lines.append(markdown_table(header, rows))
+    if results.get("contrasts"):
+        lines += [
+            "",
+            "**Paired contrasts** (the study's `contrasts`: each difference on the seeds both arms ran, "
+            "paired bootstrap 95% interval over problems):",
+            "",
+            markdown_table(
+                ["arm", "versus", "what differs", "seeds", "Δ [95% CI]"],
+                [
+                    [c["arm"], c["versus"], c.get("differs", ""), ",".join(map(str, c["seeds"])), _delta(c)]
+                    for c in results["contrasts"]
+                ],
+            ),
+        ]
     if results["missing"]:
         lines += ["", "Not run yet: " + ", ".join(results["missing"]) + "."]
     machines = sorted({m for a in results["arms"] for m in a["machines"]})

@@ -21,6 +21,8 @@ A study YAML (see ``configs/study/``) has these keys::
       - {name: WMSS, seeds: all}
       - {name: WD-DS only, overrides: [wmss.mix_lambda=1.0], m1_from: WMSS}
       - {name: WMSS tuned, m1_from: WMSS, tune: {wmss.learning_rate: [5.0e-5, 1.0e-4]}}
+    contrasts:                         # more paired differences for the report (beside each arm's Δ)
+      - {arm: WD-DS only, versus: WMSS, differs: "λ = 1: no weak logits"}
 
 ``data_dir`` may be relative to the working directory; ``$WMSS_DATA_DIR`` (the folder holding
 ``mawps/``) replaces a leading ``../shared/data``. An arm with ``m1_from`` starts from that arm's
@@ -53,6 +55,8 @@ class Arm:
     seeds: list[int] = field(default_factory=list)
     m1_from: str | None = None
     tune: dict[str, list] = field(default_factory=dict)
+    """Config keys searched for this arm on the validation split (first seed; one key at a time, the
+    first value of each list is where the search starts, ties keep the earlier value)."""
     versus: str | None = None
     """The arm this one's Δ is taken against (default: the first arm of the study)."""
     from_curve: bool = False
@@ -61,8 +65,6 @@ class Arm:
     weak: str | None = None
     """``previous``: the weak model of iteration 1 is M_{E*−1} of the learning curve (``wmss.weak``);
     unset: M0."""
-    """Config keys searched for this arm on the validation split (first seed; one key at a time, the
-    first value of each list is where the search starts, ties keep the earlier value)."""
 
     @property
     def slug(self) -> str:
@@ -88,6 +90,9 @@ class Study:
     """A setting taken as chosen without tuning runs (``tuning.fixed``), with ``tuning_source`` saying
     where it was chosen."""
     tuning_source: str | None = None
+    contrasts: list[dict[str, str]] = field(default_factory=list)
+    """Paired differences the report adds, each ``{arm, versus, differs}``: accuracy of ``arm`` minus
+    ``versus`` on the seeds both ran, with a paired bootstrap interval, and what sets the two apart."""
 
     def arm(self, name: str) -> Arm:
         for arm in self.arms:
@@ -109,6 +114,7 @@ KEYS = (
     "tuning",
     "arms",
     "curve",
+    "contrasts",
 )
 
 
@@ -136,7 +142,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         key, value = parse_override(item)
         if key.startswith("run."):
             run_overrides.append(item[len("run.") :])
-        elif key in KEYS and key not in ("run", "tuning", "arms", "curve"):
+        elif key in KEYS and key not in ("run", "tuning", "arms", "curve", "contrasts"):
             try:  # a study key may be a list (seeds=[1,2])
                 raw[key] = yaml.safe_load(item.partition("=")[2])
             except yaml.YAMLError:
@@ -235,6 +241,17 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
                 raise ConfigError(f"{path}: arm {arm.name!r} runs seeds its m1_from arm does not.")
         if arm.versus is not None and arm.versus not in names:
             raise ConfigError(f"{path}: arm {arm.name!r}: versus names no arm ({arm.versus!r}).")
+    contrasts = raw.get("contrasts") or []
+    for i, entry in enumerate(contrasts if isinstance(contrasts, list) else [None]):
+        if (
+            not isinstance(entry, dict)
+            or set(entry) - {"arm", "versus", "differs"}
+            or not (entry.get("arm") in names and entry.get("versus") in names)
+        ):
+            raise ConfigError(
+                f"{path}: contrasts[{i}] must be {{arm: <arm name>, versus: <arm name>, differs: <text>}} "
+                f"naming two of the study's arms ({', '.join(names)}); got {entry!r}."
+            )
     curve = raw.get("curve")
     if curve is not None:
         curve = {"max_epochs": 10, "patience": 2, "train_sample": 64, "seeds": "all", **curve}
@@ -267,4 +284,5 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         curve=curve,
         tuning_fixed=fixed,
         tuning_source=tuning.get("source") if fixed is None else raw["tuning"].get("source"),
+        contrasts=[dict(c) for c in contrasts],
     )
