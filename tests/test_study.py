@@ -100,7 +100,13 @@ def write_study(tmp_path: Path, model: Path, data: Path, **changes) -> Path:
         "run": {
             "model": str(model),
             "data": {"prompt_template": "{question}", "completion_template": "{solution}"},
-            "train": {"per_device_batch_size": 4, "max_length": 96, "learning_rate": 1e-3, "save_steps": 100},
+            "train": {
+                "per_device_batch_size": 4,
+                "max_length": 96,
+                "learning_rate": 1e-3,
+                "save_steps": 100,
+                "logging_steps": 1,
+            },
             "wmss": {"entropy_batch_size": 4},
             "eval": {"instruction": "", "max_new_tokens": 8, "batch_size": 4},
         },
@@ -180,6 +186,11 @@ def test_a_whole_study_on_a_tiny_model(tmp_path, tiny_model_dir, mawps_dir):
     drawn = read_jsonl(root / "arms" / "released" / "seed-1" / "selection-1.jsonl")
     assert rows["released"]["active_fraction"] == sum(r["draws"] for r in drawn) / 12
     assert rows["released"]["distinct_fraction"] == sum(r["draws"] > 0 for r in drawn) / 12 < 1
+    # WD-JT's gradient statistics, per arm: the mean over its seeds of each run's own mean
+    per_seed = [read_json(root / "arms" / "wmss" / f"seed-{s}" / "manifest.json")["phases"] for s in (1, 2)]
+    norms = [p["wdjt-1"]["gradients"]["grad_norm_strong"] for p in per_seed]
+    assert rows["WMSS"]["gradients"]["runs"] == 2 and rows["SFT"]["gradients"] is None
+    assert rows["WMSS"]["gradients"]["grad_norm_strong"] == pytest.approx(sum(norms) / 2) and norms[0] > 0
     # a contrast: one arm minus another on their shared seeds, named as the study file names it
     [paired] = results["contrasts"]
     assert paired["arm"] == "WD-JT only" and paired["versus"] == "WD-DS only" and paired["seeds"] == [1]
@@ -195,6 +206,7 @@ def test_a_whole_study_on_a_tiny_model(tmp_path, tiny_model_dir, mawps_dir):
     assert "kept above" in text and "kept below" in text and "\nold\n" not in text
     assert "| WMSS |" in text and "wmss study run" in text and "% distinct)" in text
     assert "| WD-JT only | WD-DS only | all of D, λ = 0.5 | 1 |" in text
+    assert "**WD-JT gradients**" in text and "| WMSS | 2 |" in text
     assert (root / "report" / "accuracy_by_arm.png").is_file()
 
     # a study carried on on a second machine (no runs/ there): it re-runs SFT's seed 2 and has an

@@ -23,6 +23,7 @@ from wmss.reporting import markdown_table
 from wmss.rundir import EVAL, SFT, finished_phases, selection_phase, training_cost, wdjt_phase
 from wmss.study.runner import arm_dir, arm_tuning_path, setting_name
 from wmss.study.spec import Arm, Study
+from wmss.trainers import GRADIENT_KEYS
 
 
 def predictions_file(run: Path, recorded: str) -> Path:
@@ -77,12 +78,21 @@ def _run_row(study: Study, arm: Arm, seed: int) -> dict | None:
         "mean_entropy_gap": gap_source.get(selection_phase(1), {}).get("mean_entropy_gap"),
         "machine": read_json(machine)["machine"] if machine.is_file() else "unrecorded",
         "run_dir": str(run),
+        "gradients": phases.get(wdjt_phase(1), {}).get("gradients"),
     }
 
 
 def _mean(values: list) -> float | None:
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
+
+
+def _mean_gradients(per_seed: list[dict]) -> dict | None:
+    """WD-JT's per-run gradient means (``wmss.trainers.GRADIENT_KEYS``, iteration 1) averaged over seeds,
+    with the seeds' count; None for an arm without WD-JT."""
+    if not per_seed:
+        return None
+    return {"runs": len(per_seed), **{key: _mean([g.get(key) for g in per_seed]) for key in GRADIENT_KEYS}}
 
 
 def _paired(runs: dict[str, dict[int, dict | None]], arm: str, versus: str) -> dict | None:
@@ -129,6 +139,7 @@ def collect(study: Study) -> dict[str, Any]:
             "distinct_fraction": _mean([r["distinct_fraction"] for r in done.values()]),
             "mean_entropy_gap": _mean([r["mean_entropy_gap"] for r in done.values()]),
             "machines": sorted({r["machine"] for r in done.values()}),
+            "gradients": _mean_gradients([r["gradients"] for r in done.values() if r["gradients"]]),
         }
         versus = arm.versus or baseline
         if arm.name != versus and (paired := _paired(runs, arm.name, versus)) is not None:
@@ -171,6 +182,10 @@ def collect(study: Study) -> dict[str, Any]:
 
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def _delta(paired: dict) -> str:
@@ -460,6 +475,22 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
     header = ["arm", "seeds", "accuracy per seed", "mean ± std", f"Δ vs {base} [95% CI]", "optimizer steps"]
     header += ["train wall time", "active fraction", "mean ΔH"]
     lines.append(markdown_table(header, rows))
+    with_gradients = [a for a in results["arms"] if a.get("gradients")]
+    if with_gradients:
+        lines += [
+            "",
+            "**WD-JT gradients** (first WD-JT pass, each run's mean over its steps, then the mean over the "
+            "arm's seeds; norms before clipping; the strong model's share is of the pair's squared norm):",
+            "",
+            markdown_table(
+                ["arm", "runs", "strong ‖g‖", "weak ‖g‖", "clip factor", "strong share of ‖g‖²"],
+                [
+                    [a["arm"], str(g["runs"])] + [_number(g[key]) for key in GRADIENT_KEYS]
+                    for a in with_gradients
+                    for g in [a["gradients"]]
+                ],
+            ),
+        ]
     if results.get("contrasts"):
         lines += [
             "",
