@@ -308,8 +308,13 @@ def test_learning_curve_stops_at_the_plateau_and_arms_start_from_it(tmp_path, ti
     assert (study.output_dir / "report" / "learning_curve.png").is_file()
     assert (study.output_dir / "report" / "accuracy_vs_k.png").is_file()
 
-    # B3: M_E* measured alone and with each weak model the arms use; every arm's final model alone
-    mechanism = read_json(root / "mechanism.json")
+    # B3: M_E* measured alone and with each weak model the arms use; every arm's final model alone (the
+    # start beside the curve, each arm's in its own run directory)
+    from wmss.study.mechanism import read_mechanism
+
+    mechanism = read_mechanism(study, 1)
+    assert "arms" not in read_json(root / "mechanism.json")
+    assert (study.output_dir / "arms" / "wmss-k-1" / "seed-1" / "saturation.json").is_file()
     assert mechanism["plateau_epoch"] == best["epoch"]
     weak = {"M0"} | ({"M_(E*-1)"} if best["epoch"] >= 2 else set())
     assert set(mechanism["start"]) == weak
@@ -326,7 +331,7 @@ def test_learning_curve_stops_at_the_plateau_and_arms_start_from_it(tmp_path, ti
     assert mechanism["arms"]["SFT +1 epoch"]["loss"] != pytest.approx(start["loss"], rel=1e-5)
     assert "**Mechanism**" in text and "after WMSS K=1" in text and "M_E* (start), weak M0" in text
     run_study(study, "arms")  # measured: not again
-    assert read_json(root / "mechanism.json") == mechanism
+    assert read_mechanism(study, 1) == mechanism
 
     # the archive: every record, no weights; the same tables from it alone once the runs are gone
     from wmss.cli import main
@@ -337,6 +342,7 @@ def test_learning_curve_stops_at_the_plateau_and_arms_start_from_it(tmp_path, ti
     kept = {p.relative_to(archive).as_posix() for p in archive.rglob("*") if p.is_file()}
     assert "curve/seed-1/curve.json" in kept and "curve/seed-1/mechanism.json" in kept
     assert "arms/wmss-k-1/seed-1/eval/predictions.jsonl" in kept and "tuning.json" in kept
+    assert "arms/wmss-k-1/seed-1/saturation.json" in kept
     assert "data/worked/data.json" in kept and "data/worked/train.jsonl" not in kept  # no dataset text
     predictions = read_jsonl(archive / "arms" / "wmss-k-1" / "seed-1" / "eval" / "predictions.jsonl")
     assert predictions and all("prompt" not in r and "gold" not in r and "correct" in r for r in predictions)

@@ -12,7 +12,9 @@ with ``wmss.diagnostics.saturation_statistics`` on every training example:
   and its ratio to the SFT one (``wdjt_over_sft_on_saturated``);
 - ``arms``: each finished ``from_curve`` arm's final model alone, i.e. how saturated it ended up.
 
-Written to ``curve/seed-<s>/mechanism.json``; finished entries are not measured again.
+The start is written to ``curve/seed-<s>/mechanism.json``, each arm's measurement to
+``saturation.json`` in that arm's run directory (each record lives with the run it measures, so an
+archive that takes runs from several machines keeps them all); finished entries are not measured again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from wmss.study.spec import Study
 log = logging.getLogger("wmss")
 
 MECHANISM_FILE = "mechanism.json"
+ARM_FILE = "saturation.json"
 MIX_LAMBDA = 0.5  # the paper's λ, at which the start is measured for every weak model
 
 
@@ -64,17 +67,18 @@ def measure_mechanism(study: Study, seed: int, setting: dict[str, Any]) -> dict[
         result = {}
     result.update({"seed": seed, "plateau_epoch": plateau, "threshold": 0.99, "mix_lambda": MIX_LAMBDA})
     result.setdefault("start", {})
-    result.setdefault("arms", {})
-    finals = {}
+    result.pop("arms", None)  # each arm's measurement lives in its own run directory
+    todo_arms = {}
     for arm in study.arms:
         run = arm_dir(study, arm, seed)
         if arm.from_curve and seed in arm.seeds and finished_phases(run) is not None:
-            finals[arm.name] = run / "final"
+            done = run / ARM_FILE
+            if not done.is_file() or read_json(done).get("plateau_epoch") != plateau:
+                todo_arms[arm.name] = run
     weak = weak_models(study, seed, plateau)
     todo_start = [name for name in weak if name not in result["start"]]
-    todo_arms = [name for name in finals if name not in result["arms"]]
     if not todo_start and not todo_arms:
-        return result
+        return read_mechanism(study, seed)
 
     strong_path = str(curve_model(study, seed, plateau))
     tokenizer = load_tokenizer(strong_path)
@@ -94,15 +98,28 @@ def measure_mechanism(study: Study, seed: int, setting: dict[str, Any]) -> dict[
             result["start"][name] = {"weak": weak[name], **stats(strong, load_model(weak[name]).eval())}
             atomic_write_json(path, result)
         del strong
-    for name in todo_arms:
+    for name, run in todo_arms.items():
         log.info("study: mechanism, seed %d: final model of %s", seed, name)
-        result["arms"][name] = {"model": str(finals[name]), **stats(load_model(str(finals[name])).eval())}
-        atomic_write_json(path, result)
-    return result
+        final = run / "final"
+        atomic_write_json(
+            run / ARM_FILE,
+            {"model": str(final), "plateau_epoch": plateau, **stats(load_model(str(final)).eval())},
+        )
+    return read_mechanism(study, seed)
 
 
 def read_mechanism(study: Study, seed: int) -> dict[str, Any] | None:
-    from wmss.study.runner import curve_dir
+    """``curve/seed-<seed>/mechanism.json`` with ``arms``: the measurement of each ``from_curve`` arm of
+    that seed (from its run directory); None before the start is measured."""
+    from wmss.study.runner import arm_dir, curve_dir
 
     path = curve_dir(study, seed) / MECHANISM_FILE
-    return read_json(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    result = read_json(path)
+    result["arms"] = {}
+    for arm in study.arms:
+        measured = arm_dir(study, arm, seed) / ARM_FILE
+        if arm.from_curve and seed in arm.seeds and measured.is_file():
+            result["arms"][arm.name] = {k: v for k, v in read_json(measured).items() if k != "plateau_epoch"}
+    return result
