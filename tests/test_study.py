@@ -272,6 +272,20 @@ def test_fixed_setting_and_an_arm_tuned_on_the_validation_split(tmp_path, tiny_m
         load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, arms=[{"name": "A", "tune": {"x": 1}}]))
 
 
+def test_plateau_rule_a_tie_is_the_later_epoch_and_starts_the_patience_again():
+    from wmss.study.curve import plateau_reached, plateau_row
+
+    def rows(*accuracies: float) -> list[dict]:
+        return [{"epoch": e, "val_accuracy": a} for e, a in enumerate(accuracies, start=1)]
+
+    assert plateau_row([]) is None and not plateau_reached([], 2)
+    assert plateau_row(rows(0.2, 0.3, 0.3))["epoch"] == 3  # a tie: the later, more trained model
+    assert not plateau_reached(rows(0.2, 0.3, 0.3, 0.3), 2)  # ties keep it going
+    assert plateau_reached(rows(0.2, 0.3, 0.25, 0.29), 2)  # two epochs below the best: stop
+    assert not plateau_reached(rows(0.2, 0.3, 0.25), 2)
+    assert plateau_row(rows(0.2, 0.3, 0.25, 0.29))["epoch"] == 2
+
+
 def test_learning_curve_stops_at_the_plateau_and_arms_start_from_it(tmp_path, tiny_model_dir, mawps_dir):
     from wmss.study.report import write_study_report
     from wmss.study.runner import run_study

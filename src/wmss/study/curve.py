@@ -11,8 +11,10 @@ with the model as it is at that point:
 - greedy accuracy on a fixed, seeded sample of ``curve.train_sample`` training problems;
 - greedy accuracy on the validation split.
 
-Training stops when validation accuracy has not improved for ``curve.patience`` epochs; the best epoch
-(ties: the earlier) is the plateau epoch E*, recorded with the rows in ``curve.json`` beside the run.
+Training stops when validation accuracy has not reached its best for ``curve.patience`` epochs; the
+best epoch is the plateau epoch E*, recorded with the rows in ``curve.json`` beside the run. A tie counts
+as reaching the best: E* is the *latest* epoch with the best validation accuracy (on a plateau, the more
+trained model, which is the saturated one the study is after), and a tie starts the patience again.
 An interrupted curve resumes like any run: finished epochs keep their rows and are not measured again.
 """
 
@@ -34,6 +36,17 @@ log = logging.getLogger("wmss")
 CURVE_FILE = "curve.json"
 
 
+def plateau_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row of the best validation accuracy so far (ties: the later epoch; see the module)."""
+    return max(reversed(rows), key=lambda r: r["val_accuracy"]) if rows else None
+
+
+def plateau_reached(rows: list[dict[str, Any]], patience: int) -> bool:
+    """Whether the last ``patience`` epochs came after the plateau epoch (none of them reached the best)."""
+    best = plateau_row(rows)
+    return best is not None and rows[-1]["epoch"] - best["epoch"] >= patience
+
+
 class EpochProbe(TrainerCallback):
     """Saves and measures the model after every epoch; stops training at the plateau (see the module)."""
 
@@ -47,12 +60,10 @@ class EpochProbe(TrainerCallback):
         self._inputs: tuple[Any, Any, Any, Any] | None = None
 
     def plateau(self) -> dict[str, Any] | None:
-        """The row of the best validation accuracy so far (ties: the earlier epoch)."""
-        return max(reversed(self.rows), key=lambda r: r["val_accuracy"]) if self.rows else None
+        return plateau_row(self.rows)
 
     def stop(self) -> bool:
-        best = self.plateau()
-        return best is not None and self.rows[-1]["epoch"] - best["epoch"] >= self.patience
+        return plateau_reached(self.rows, self.patience)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> Any:
         epoch = round(state.epoch)
