@@ -340,9 +340,8 @@ def _curve_table(curves: dict) -> str:
     return (
         "**Learning curve** (SFT on the training subset, one schedule over `curve.max_epochs`, measured "
         "after every epoch; means over the seeds that reached the epoch; training stops when validation "
-        f"accuracy has stayed below its best for `curve.patience` epochs, a tie counting as the best; the "
-        f"plateau epoch E* is the latest best one: {plateaus}):\n\n"
-        + markdown_table(header, rows)
+        "accuracy has stayed below its best for `curve.patience` epochs, a tie counting as the best; the "
+        f"plateau epoch E* is the latest best one: {plateaus}):\n\n" + markdown_table(header, rows)
     )
 
 
