@@ -16,4 +16,4 @@ test-slow: setup
 	$(VENV)/bin/python -m pytest -q -m slow
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
