@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from wmss.evaluation.metrics import paired_bootstrap
-from wmss.io import read_jsonl
 from wmss.reporting import markdown_table
 from wmss.rundir import EVAL, finished_phases, training_cost
-from wmss.study.report import predictions_file
+from wmss.study.report import _scores
 
 ARMS = ("sft", "wmss")
 
@@ -32,12 +31,11 @@ def _runs(root: Path, arm: str) -> dict[int, dict]:
         if phases is None or EVAL not in phases:
             print(f"compare: {run} is not finished and evaluated; left out", file=sys.stderr)
             continue
-        records = read_jsonl(predictions_file(run, phases[EVAL]["predictions_path"]))
         steps, wall = training_cost(phases)
         machine = run / "machine.json"
         found[int(run.name.split("-", 1)[1])] = {
             "accuracy": phases[EVAL]["accuracy"],
-            "scores": np.array([float(r["correct"]) for r in sorted(records, key=lambda r: str(r["id"]))]),
+            "scores": _scores(run, phases),  # per problem, in the order `wmss study report` pairs them
             "steps": steps,
             "wall": wall,
             "machine": json.loads(machine.read_text())["machine"] if machine.is_file() else "unrecorded",
@@ -75,7 +73,7 @@ def main(root: Path) -> str:
     problems = len(runs["sft"][shared[0]]["scores"])
     return (
         f"GSM8K test ({problems} problems), SmolLM2-135M-Instruct, `scripts/offline_gpu/gsm8k.sh` "
-        f"(configs/gsm8k-smollm2-gpu.yaml); runs under {root}.\n\n" + markdown_table(header, rows)
+        f"(configs/gsm8k-smollm2.yaml, GPU settings); runs under {root}.\n\n" + markdown_table(header, rows)
     )
 
 

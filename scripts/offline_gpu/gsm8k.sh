@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GSM8K, SFT (2 epochs) against WMSS (SFT 1 epoch, then one WD-DS + WD-JT iteration) at the same budget,
-# with SmolLM2-135M-Instruct on one GPU in bf16 (configs/gsm8k-smollm2-gpu.yaml), on a machine without
+# with SmolLM2-135M-Instruct on one GPU in bf16 (configs/gsm8k-smollm2.yaml with the GPU settings below),
+# on a machine without
 # network access whose python3 has torch (CUDA), transformers, accelerate and peft. What it lacks comes
 # from .offline/, made by scripts/offline_gpu/pack.sh on a machine with the network.
 #
@@ -18,7 +19,11 @@ cd "$(dirname "$0")/../.."
 PACK=${WMSS_PACK:-.offline}
 SITE=${WMSS_SITE:-/tmp/wmss-site}
 ROOT=${WMSS_GPU_RUNS:-runs/gsm8k-gpu}
-CONFIG=${WMSS_GPU_CONFIG:-configs/gsm8k-smollm2-gpu.yaml}
+CONFIG=${WMSS_GPU_CONFIG:-configs/gsm8k-smollm2.yaml}
+# The GPU settings on top of it: the same effective batch (64) in one device batch, bf16, the whole test
+# set in large generation batches; SFT 1 epoch -> M1 for WMSS (the SFT arm overrides it with 2).
+GPU=(train.per_device_batch_size=64 train.gradient_accumulation_steps=1 train.bf16=true sft.epochs=1
+     wmss.entropy_batch_size=128 eval.limit=null eval.batch_size=256)
 DATA=/tmp/wmss-data/gsm8k
 export PYTHONPATH="$PWD/src:$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export WMSS_CACHE=${WMSS_CACHE:-/tmp/wmss-cache}
@@ -75,7 +80,7 @@ arm() {  # arm name, seed, overrides...
   local start=$SECONDS
   say "$name seed $seed: started"
   python3 -m wmss run "$CONFIG" seed="$seed" output_dir="$ROOT/$name/seed-$seed" model="$GGUF" \
-    data.path="$DATA/train.jsonl" eval.path="$DATA/test.jsonl" "$@" ${WMSS_GPU_OVERRIDES:-}
+    data.path="$DATA/train.jsonl" eval.path="$DATA/test.jsonl" "${GPU[@]}" "$@" ${WMSS_GPU_OVERRIDES:-}
   [ -f "$ROOT/$name/seed-$seed/machine.json" ] || machine > "$ROOT/$name/seed-$seed/machine.json"
   say "$name seed $seed: done in $((SECONDS - start)) s"
 }
