@@ -6,6 +6,9 @@
 - DPO and SPIN (``train_preference``): the DPO loss on (chosen, rejected) completion pairs, with the
   reference model's log-probabilities computed once, before training, without gradient
   (``reference_log_probs``), so the reference model is not held during training.
+- DFT and label smoothing need no trainer either: they are SFT with another per-token loss
+  (``wmss.losses.TokenLoss``).
+- ExPO (``extrapolate``) trains nothing: it moves M1's weights further from M0's.
 
 Both use the fused loss head by default (``train.fused_loss``), like SFT: no tokens×vocabulary logits.
 """
@@ -375,3 +378,22 @@ def train_preference(
         beta=beta,
         fused_loss=train.fused_loss,
     )
+
+
+# ---------------------------------------------------------------- ExPO
+
+
+@torch.no_grad()
+def extrapolate(start: nn.Module, end: nn.Module, alpha: float) -> nn.Module:
+    """ExPO (Zheng et al., 2024): ``θ_end + α·(θ_end − θ_start)`` in place on ``end``, which is returned.
+
+    Every floating-point parameter and buffer moves (a tied output head moves once, with its
+    embedding); the two models must have the same architecture and shapes."""
+    start_state, moved = start.state_dict(), set()
+    for name, tensor in end.state_dict().items():
+        if name not in start_state or start_state[name].shape != tensor.shape:
+            raise ValueError(f"ExPO needs two models of one architecture: {name} differs between them.")
+        if tensor.is_floating_point() and tensor.data_ptr() not in moved:  # a tied tensor moves once
+            moved.add(tensor.data_ptr())
+            tensor.add_(tensor - start_state[name].to(tensor.dtype), alpha=alpha)
+    return end

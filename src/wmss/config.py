@@ -141,11 +141,17 @@ class SFTConfig:
     (lets several methods and variants share one M1, or start from an SFT model trained elsewhere).
     Methods ``sft`` and ``neftune`` continue from it for the rest of their budget, ``sft.epochs`` − 1
     epochs (a fresh learning-rate schedule; NEFTune's noise only in that part)."""
+    label_smoothing: float = 0.0
+    """ε of label smoothing in every phase trained on the SFT loss (Phase 1, methods ``sft``, ``neftune``
+    and ``dft``, WD-JT at λ = 1): cross-entropy against ``(1−ε)·e_y + ε/V``, PyTorch's definition, in the
+    fused loss head too (``wmss.losses.TokenLoss``). 0: plain cross-entropy."""
 
     def check(self) -> None:
         """Raise ConfigError naming the first ``sft.*`` key with a bad value."""
         if self.epochs is not None and self.epochs <= 0:
             raise ConfigError(_EPOCHS_ERROR)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"sft.label_smoothing must lie in [0, 1); got {self.label_smoothing}.")
 
 
 @dataclass
@@ -168,8 +174,9 @@ class WMSSConfig:
     gamma: float = 0.1
     selection: str = "paper"
     """Form of Eq. 9: ``paper``, ``normalized`` (each term divided by its sum over D), or
-    ``released_code`` (the authors' released code; see ``wmss.selection``), or ``all`` (no selection:
-    WD-JT on every example, the WD-JT-only ablation; no entropy pass)."""
+    ``released_code`` (the authors' released code; see ``wmss.selection``), ``uniform`` (a control:
+    |D| uniform draws, de-duplicated, so random examples at WD-DS's active-set size), or ``all`` (no
+    selection: WD-JT on every example, the WD-JT-only ablation; no entropy pass)."""
     dedup: bool | None = None
     """Remove duplicate draws from the active set. Unset: on, except for ``selection: released_code``."""
     sample_multiplier: float = 1.0
@@ -187,6 +194,13 @@ class WMSSConfig:
     M0, the base, as in Algorithm 1. Later iterations take M_{t−1} as always."""
     learning_rate: float | None = None
     """Peak learning rate of WD-JT (both models). Unset: ``train.learning_rate``, as in the paper."""
+    weak_logits: str = "model"
+    """Where WD-JT's ``z_weak`` comes from: ``model`` (the weak model, Algorithm 1) or a control that
+    keeps one property of it and trains no weak parameters: ``uniform`` (z_weak ≡ 0, so z_mix =
+    λ·z_strong: SFT at temperature 1/λ), ``entropy_matched`` (the strong model's own logits, held
+    constant, at the per-example temperature that gives the weak model's Eq. 7 entropy H_w[i]) or
+    ``shuffled`` (the weak model's logits, fixed, permuted across the batch's completion positions).
+    See ``wmss.weak_logits``."""
     lr_schedule: str = "per_phase"
     """``per_phase`` (the paper's): Phase 1 and every WD-JT warm up and decay on their own schedule.
     ``whole_run``: they are consecutive segments of one warm-up + ``train.lr_scheduler_type`` schedule
@@ -254,8 +268,31 @@ class WMSSConfig:
             )
         if self.sample_multiplier <= 0:
             raise ConfigError(f"wmss.sample_multiplier must be > 0; got {self.sample_multiplier}.")
+        if self.weak_logits not in WEAK_LOGITS:
+            raise ConfigError(
+                f"wmss.weak_logits must be one of {', '.join(WEAK_LOGITS)}; got {self.weak_logits!r}."
+            )
+        if self.weak_logits in ("uniform", "entropy_matched") and self.mix_lambda == "auto":
+            raise ConfigError(
+                f"wmss.mix_lambda=auto measures the weak model's logits, which wmss.weak_logits="
+                f"{self.weak_logits} does without: give mix_lambda a number."
+            )
         if self.epochs <= 0:
             raise ConfigError(_EPOCHS_ERROR)
+
+
+@dataclass
+class ExPOConfig:
+    """``method: expo``: model extrapolation (Zheng et al., 2024), training-free after M1:
+    ``θ = θ_M1 + α·(θ_M1 − θ_M0)``, M1 pushed further from M0 along the direction SFT moved it."""
+
+    alpha: float = 0.5
+    """α, the extrapolation's step (0 gives M1 itself). Pick it on a validation split."""
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first ``expo.*`` key with a bad value."""
+        if not 0.0 <= self.alpha < 100.0:
+            raise ConfigError(f"expo.alpha must lie in [0, 100); got {self.alpha}.")
 
 
 @dataclass
@@ -436,13 +473,16 @@ class RunConfig:
     """What to train: ``wmss`` (Algorithm 1), or a baseline the paper compares against in the same
     harness: ``sft`` (SFT only), ``neftune`` (SFT with noisy embeddings), ``undial`` (M1, then
     self-distillation with adjusted logits), ``dpo`` (M1, then DPO on pairs of its own graded samples),
-    ``spin`` (M1, then one SPIN iteration). See the README's method table."""
+    ``spin`` (M1, then one SPIN iteration), ``dft`` (SFT with DFT's loss, −sg(p_y)·log p_y, TRL's
+    ``loss_type="dft"``), ``expo`` (M1, then training-free extrapolation away from M0). See the README's
+    method table."""
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     wmss: WMSSConfig = field(default_factory=WMSSConfig)
     neftune: NEFTuneConfig = field(default_factory=NEFTuneConfig)
     undial: UndialConfig = field(default_factory=UndialConfig)
+    expo: ExPOConfig = field(default_factory=ExPOConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     peft: PEFTConfig = field(default_factory=PEFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -462,12 +502,16 @@ class RunConfig:
             self.sft,
             self.neftune,
             self.undial,
+            self.expo,
             self.dpo,
             self.peft,
         ):
             section.check()
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}.")
+        if self.peft.enabled and (self.method == "expo" or self.wmss.weak_logits != "model"):
+            what = "method expo" if self.method == "expo" else f"wmss.weak_logits={self.wmss.weak_logits}"
+            raise ConfigError(f"{what} is not available with LoRA (peft.enabled): train full parameters.")
         if self.method == "dpo":
             d = self.dpo
             if d.num_samples < 2 or d.temperature <= 0:
@@ -487,7 +531,7 @@ class RunConfig:
     def sft_epochs(self) -> float:
         """Epochs of SFT from M0 actually in force (resolves the ``sft.epochs: null`` default)."""
         if self.sft.epochs is None:
-            return 2.0 if self.method in ("sft", "neftune") else 1.0
+            return 2.0 if self.method in SFT_METHODS else 1.0
         return self.sft.epochs
 
     @property
@@ -505,9 +549,12 @@ class RunConfig:
         return self.wmss.dedup
 
 
-SELECTION_FORMS = ("paper", "normalized", "released_code", "all")
+SELECTION_FORMS = ("paper", "normalized", "released_code", "uniform", "all")
 LR_SCHEDULES = ("per_phase", "whole_run")
-METHODS = ("wmss", "sft", "neftune", "undial", "dpo", "spin")
+METHODS = ("wmss", "sft", "neftune", "dft", "undial", "dpo", "spin", "expo")
+SFT_METHODS = ("sft", "neftune", "dft")
+"""Baselines that are SFT from M0 for the whole budget (or its rest, from ``sft.checkpoint``)."""
+WEAK_LOGITS = ("model", "uniform", "entropy_matched", "shuffled")
 DPO_LR_RATIO = 20.0
 """Unset ``dpo.learning_rate`` is ``train.learning_rate`` divided by this (paper: DPO 5e-7, SFT 1e-5)."""
 _EPOCHS_ERROR = "sft.epochs, wmss.epochs and undial.epochs must be > 0."

@@ -280,7 +280,8 @@ def load_training_data(cfg: DataConfig, tokenizer: Any, max_length: int) -> tupl
 
 
 class CompletionCollator:
-    """Right-pads ``input_ids`` (pad id), ``labels`` (-100) and builds the attention mask."""
+    """Right-pads ``input_ids`` (pad id), ``labels`` (-100) and builds the attention mask; passes each
+    row's ``weak_entropy`` on when the rows have one."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
@@ -295,4 +296,7 @@ class CompletionCollator:
             input_ids[row, :n] = torch.as_tensor(f["input_ids"])
             labels[row, :n] = torch.as_tensor(f["labels"])
             attention_mask[row, :n] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if "weak_entropy" in features[0]:  # WD-JT's entropy_matched control (wmss.weak_logits)
+            batch["weak_entropy"] = torch.tensor([f["weak_entropy"] for f in features], dtype=torch.float32)
+        return batch

@@ -53,13 +53,51 @@ def mixed_logit_cross_entropy(
     return total / denominator
 
 
+class TokenLoss(NamedTuple):
+    """Variants of the per-token SFT loss (both off: plain cross-entropy, ``−log p_y``).
+
+    ``label_smoothing`` ε: cross-entropy against ``(1−ε)·e_y + ε/V`` (PyTorch's definition), i.e.
+    ``(1−ε)·(−log p_y) + ε·mean_v(−log p_v)``. ``dft``: Dynamic Fine-Tuning (Wu et al., 2025; TRL's
+    ``loss_type="dft"``), each token's loss weighted by its own probability held constant,
+    ``−sg(p_y)·log p_y``; with both, the smoothed loss is so weighted.
+    """
+
+    label_smoothing: float = 0.0
+    dft: bool = False
+
+    @property
+    def plain(self) -> bool:
+        return self.label_smoothing == 0.0 and not self.dft
+
+
+PLAIN = TokenLoss()
+
+
+def token_loss(logits: torch.Tensor, targets: torch.Tensor, loss: TokenLoss) -> torch.Tensor:
+    """Per-row ``TokenLoss`` of ``(N, V)`` logits against ``(N,)`` targets (float32; the naive oracle)."""
+    logits = logits.float()
+    nll = F.cross_entropy(logits, targets, reduction="none")
+    out = (
+        F.cross_entropy(logits, targets, reduction="none", label_smoothing=loss.label_smoothing)
+        if loss.label_smoothing
+        else nll
+    )
+    return out * torch.exp(-nll).detach() if loss.dft else out
+
+
 def completion_cross_entropy(
-    logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | torch.Tensor | None = None
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None = None,
+    loss: TokenLoss = PLAIN,
 ) -> torch.Tensor:
-    """Plain SFT loss on completion tokens (Eq. 6 with λ = 1)."""
+    """Plain SFT loss on completion tokens (Eq. 6 with λ = 1), or one of its ``TokenLoss`` variants."""
     flat, targets = shift_for_next_token(logits, labels)
     keep = targets != IGNORE_INDEX
-    total = F.cross_entropy(flat[keep].float(), targets[keep], reduction="sum")
+    if loss.plain:
+        total = F.cross_entropy(flat[keep].float(), targets[keep], reduction="sum")
+    else:
+        total = token_loss(flat[keep], targets[keep], loss).sum()
     denominator = num_items_in_batch if num_items_in_batch is not None else keep.sum().clamp(min=1)
     return total / denominator
 
@@ -104,7 +142,7 @@ def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
 
 
 def _linear_cross_entropy_chunks(
-    branches: list[_Branch], targets: torch.Tensor, chunk_size: int
+    branches: list[_Branch], targets: torch.Tensor, chunk_size: int, loss: TokenLoss = PLAIN
 ) -> tuple[torch.Tensor, list[list[torch.Tensor | None]]]:
     """Functional core: ``Σ_n CE(softmax(Σ_k coef_k·(h_k W_kᵀ + b_k)), y_n)`` and its gradients.
 
@@ -114,6 +152,10 @@ def _linear_cross_entropy_chunks(
     gradient and accumulated (float32) into the weight and bias gradients. Returns the loss sum and,
     per branch, ``[grad_hidden, grad_weight, grad_bias]`` of that sum (None where not needed).
     A branch with coefficient 0 is never projected; its gradients (if needed) are zeros.
+
+    A ``TokenLoss`` variant changes the loss per row and the logits' gradient with it: label smoothing
+    ε gives ``(1−ε)·(lse − z_y) + ε·(lse − mean_v z_v)`` and the gradient ``softmax − (1−ε)·e_y − ε/V``;
+    DFT multiplies a row's loss and gradient by its constant weight ``p_y = softmax(z_mix)[y]``.
     """
     device = targets.device
     grads = [
@@ -149,11 +191,25 @@ def _linear_cross_entropy_chunks(
                     z.add_(logits, alpha=b.coef)
                 del logits
             lse = torch.logsumexp(z, dim=-1)
-            total += (lse - z.gather(1, y[:, None]).squeeze(1)).sum()
+            if loss.plain:
+                total += (lse - z.gather(1, y[:, None]).squeeze(1)).sum()
+            else:
+                nll = lse - z.gather(1, y[:, None]).squeeze(1)
+                eps = loss.label_smoothing
+                rows_loss = (1.0 - eps) * nll + eps * (lse - z.mean(dim=-1)) if eps else nll
+                weight = torch.exp(-nll) if loss.dft else None  # p_y, held constant
+                total += (rows_loss * weight if weight is not None else rows_loss).sum()
             if not with_grad:
                 continue
             grad_z = z.sub_(lse[:, None]).exp_()  # softmax(z_mix), in place
-            grad_z[torch.arange(y.numel(), device=device), y] -= 1.0  # − e_y
+            if loss.plain:
+                grad_z[torch.arange(y.numel(), device=device), y] -= 1.0  # − e_y
+            else:
+                grad_z[torch.arange(y.numel(), device=device), y] -= 1.0 - eps
+                if eps:
+                    grad_z.sub_(eps / grad_z.shape[1])
+                if weight is not None:
+                    grad_z.mul_(weight[:, None])
             for (b, (g_hidden, g_weight, g_bias), dt, weight, _), h in zip(active, rows, strict=True):
                 if g_hidden is None and g_weight is None and g_bias is None:
                     continue  # e.g. a frozen weak branch
@@ -173,8 +229,9 @@ def _linear_cross_entropy_chunks(
 class MixedLinearCrossEntropy(torch.autograd.Function):
     """Autograd wrapper of ``_linear_cross_entropy_chunks`` for a strong and an optional weak branch.
 
-    Inputs: ``(targets, mix_lambda, chunk_size, strong_hidden, strong_weight, strong_bias,
-    weak_hidden, weak_weight, weak_bias)``; the output is the loss *sum* over the rows.
+    Inputs: ``(targets, mix_lambda, chunk_size, loss, strong_hidden, strong_weight, strong_bias,
+    weak_hidden, weak_weight, weak_bias)``; the output is the loss *sum* over the rows (``loss``: a
+    ``TokenLoss``).
 
     The gradients are computed during the forward, chunk by chunk, and only scaled by
     ``grad_output`` in the backward. Why not recompute in the backward: recomputing costs a second
@@ -193,6 +250,7 @@ class MixedLinearCrossEntropy(torch.autograd.Function):
         targets: torch.Tensor,
         mix_lambda: float,
         chunk_size: int,
+        loss: TokenLoss,
         strong_hidden: torch.Tensor,
         strong_weight: torch.Tensor,
         strong_bias: torch.Tensor | None,
@@ -200,11 +258,11 @@ class MixedLinearCrossEntropy(torch.autograd.Function):
         weak_weight: torch.Tensor | None,
         weak_bias: torch.Tensor | None,
     ) -> torch.Tensor:
-        needs = ctx.needs_input_grad[3:]
+        needs = ctx.needs_input_grad[4:]
         branches = [_Branch(strong_hidden, strong_weight, strong_bias, mix_lambda, needs[:3])]
         if weak_hidden is not None:
             branches.append(_Branch(weak_hidden, weak_weight, weak_bias, 1.0 - mix_lambda, needs[3:]))
-        total, grads = _linear_cross_entropy_chunks(branches, targets, chunk_size)
+        total, grads = _linear_cross_entropy_chunks(branches, targets, chunk_size, loss)
         inputs = (strong_hidden, strong_weight, strong_bias, weak_hidden, weak_weight, weak_bias)
         ctx.dtypes = [None if t is None else t.dtype for t in inputs[: 3 * len(branches)]]
         ctx.grads = [g for branch in grads for g in branch]  # not inputs: plain attributes, freed by backward
@@ -223,7 +281,7 @@ class MixedLinearCrossEntropy(torch.autograd.Function):
             None if g is None else g.mul_(grad_output).to(dtype)
             for g, dtype in zip(grads, ctx.dtypes, strict=True)
         ]
-        return (None, None, None, *out, *[None] * (6 - len(out)))
+        return (None, None, None, None, *out, *[None] * (6 - len(out)))
 
 
 def mixed_linear_cross_entropy(
@@ -236,24 +294,23 @@ def mixed_linear_cross_entropy(
     strong_bias: torch.Tensor | None = None,
     weak_bias: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    loss: TokenLoss = PLAIN,
 ) -> torch.Tensor:
     """Eq. 5-6 on rows: ``Σ_n CE(softmax(λ·z_strong + (1−λ)·z_weak), y_n)`` with ``z = h Wᵀ + b``.
 
     ``*_hidden`` are ``(N, H)`` rows already selected (see ``completion_positions``), ``targets`` their
-    ``(N,)`` tokens. Returns the sum over rows (float32). Without a weak branch it is plain
-    cross-entropy of the strong logits (λ must then be 1). ``chunk_size`` (rows per chunk) defaults
-    to ``default_chunk_size(vocab)``.
+    ``(N,)`` tokens. Returns the sum over rows (float32). Without a weak branch, ``z_weak ≡ 0``:
+    the cross-entropy of ``λ·z_strong`` (plain cross-entropy at λ = 1). ``chunk_size`` (rows per
+    chunk) defaults to ``default_chunk_size(vocab)``; ``loss`` picks a ``TokenLoss`` variant.
     """
-    if weak_hidden is None and mix_lambda != 1.0:
-        raise ValueError(f"without a weak branch mix_lambda must be 1, got {mix_lambda}.")
     chunk = chunk_size or default_chunk_size(strong_weight.shape[0])
     inputs = (strong_hidden, strong_weight, strong_bias, weak_hidden, weak_weight, weak_bias)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
-        return MixedLinearCrossEntropy.apply(targets, mix_lambda, chunk, *inputs)
+        return MixedLinearCrossEntropy.apply(targets, mix_lambda, chunk, loss, *inputs)
     branches = [_Branch(strong_hidden, strong_weight, strong_bias, mix_lambda, (False,) * 3)]
     if weak_hidden is not None:
         branches.append(_Branch(weak_hidden, weak_weight, weak_bias, 1.0 - mix_lambda, (False,) * 3))
-    return _linear_cross_entropy_chunks(branches, targets, chunk)[0]
+    return _linear_cross_entropy_chunks(branches, targets, chunk, loss)[0]
 
 
 def fused_mixed_logit_cross_entropy(
@@ -295,11 +352,13 @@ def fused_completion_cross_entropy(
     labels: torch.Tensor,
     num_items_in_batch: int | torch.Tensor | None = None,
     chunk_size: int | None = None,
+    loss: TokenLoss = PLAIN,
 ) -> torch.Tensor:
-    """``completion_cross_entropy`` (SFT) from the model's final hidden states and output head."""
+    """``completion_cross_entropy`` (SFT, or a ``TokenLoss`` variant) from the model's final hidden
+    states and output head."""
     rows, targets = completion_positions(hidden, labels)
     total = mixed_linear_cross_entropy(
-        rows, head.weight, None, None, targets, 1.0, getattr(head, "bias", None), None, chunk_size
+        rows, head.weight, None, None, targets, 1.0, getattr(head, "bias", None), None, chunk_size, loss
     )
     return total / (num_items_in_batch if num_items_in_batch is not None else max(targets.numel(), 1))
 

@@ -35,12 +35,13 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from wmss import distributed
-from wmss.config import EvalConfig, RunConfig
+from wmss.config import SFT_METHODS, EvalConfig, RunConfig
 from wmss.data import load_training_data
 from wmss.diagnostics import diagnostic_sample, entropy_separation, measure_auto_lambda, separation_warning
 from wmss.entropy import dataset_entropies, read_entropy_file, write_entropy_file
 from wmss.errors import WmssError
 from wmss.io import atomic_directory, atomic_write_json, atomic_write_jsonl, file_digest, read_jsonl
+from wmss.losses import TokenLoss
 from wmss.models import (
     check_compatible,
     load_model,
@@ -63,6 +64,7 @@ from wmss.rundir import (
 )
 from wmss.selection import Selection, active_set, read_selection_draws, select_for_config, selection_rows
 from wmss.trainers import gradient_summary, train_joint, train_sft
+from wmss.weak_logits import LOADS_WEAK_MODEL
 
 log = logging.getLogger("wmss")
 
@@ -115,10 +117,22 @@ def phase_sft(
     cfg = run.cfg
     where = run.training(name, save_to=out, learning_rate=learning_rate)
     model = _for_training(cfg, base)
-    result = train_sft(model, tokenizer, dataset, cfg.train, epochs, where, neftune_alpha=neftune_alpha)
+    token_loss = TokenLoss(cfg.sft.label_smoothing, dft=cfg.method == "dft")
+    result = train_sft(
+        model,
+        tokenizer,
+        dataset,
+        cfg.train,
+        epochs,
+        where,
+        neftune_alpha=neftune_alpha,
+        token_loss=token_loss,
+    )
     del model
     _free_memory()
     extra = {} if neftune_alpha is None else {"neftune_alpha": neftune_alpha}
+    if not token_loss.plain:
+        extra["token_loss"] = token_loss._asdict()
     if where.segment is not None:
         extra["schedule_segment"] = where.segment._asdict()
     return {
@@ -256,7 +270,9 @@ def phase_joint_training(
     """WD-JT of iteration t (Eq. 5-6): weak and strong trained together on ``active``; only strong is
     kept, at ``out``. λ as ``resolve_mix_lambda`` says (``auto`` measures on ``dataset``, all of D); at
     λ = 1 the weak model gets no gradient, so the phase is SFT of the strong model and runs as exactly
-    that, without loading the weak model."""
+    that, without loading the weak model. With ``wmss.weak_logits`` other than ``model`` a control
+    takes the weak model's place (``wmss.weak_logits``): ``entropy_matched`` reads each row's
+    ``weak_entropy`` column of ``active``."""
     cfg, name = run.cfg, wdjt_phase(t)
     if cfg.wmss.mix_lambda == 1.0:  # z_mix = z_strong
         record = phase_sft(
@@ -277,18 +293,25 @@ def phase_joint_training(
             "trained_as": "sft (lambda = 1)",
         }
     check_compatible(weak_path, strong_path, load_tokenizer(weak_path), load_tokenizer(strong_path))
+    w = cfg.wmss
+    if w.weak_logits == "entropy_matched" and "weak_entropy" not in active.column_names:
+        raise WmssError(
+            f"{name}: wmss.weak_logits=entropy_matched matches each example's weak-model entropy, which only "
+            "`wmss run` computes (its WD-DS entropy pass); run the whole pipeline for this control."
+        )
     if cfg.peft.enabled:  # two adapters on one copy of the base weights
         from wmss.lora import trainable_pair
 
         weak, strong = trainable_pair(weak_path, strong_path, cfg.peft, cfg.seed, _base_dtype(cfg))
-    else:
+    elif w.weak_logits in LOADS_WEAK_MODEL:
         weak, strong = load_model(weak_path), load_model(strong_path)
+    else:  # a control with no weak model
+        weak, strong = None, load_model(strong_path)
     mix_lambda, auto = resolve_mix_lambda(cfg, weak, strong, dataset, tokenizer, name)
     where = run.training(name, save_to=out, learning_rate=cfg.wmss.learning_rate)
-    w = cfg.wmss
     result = train_joint(
         weak, strong, tokenizer, active, cfg.train, w.epochs, mix_lambda, w.freeze_weak, where,
-        mix_lambda_end=w.mix_lambda_end, strong_lr_scale=w.strong_lr_scale,
+        mix_lambda_end=w.mix_lambda_end, strong_lr_scale=w.strong_lr_scale, weak_logits=w.weak_logits,
     )  # fmt: skip
     del weak, strong
     _free_memory()
@@ -301,6 +324,7 @@ def phase_joint_training(
         **({"mix_lambda_end": w.mix_lambda_end} if w.mix_lambda_end is not None else {}),
         **({"strong_lr_scale": w.strong_lr_scale} if w.strong_lr_scale != 1.0 else {}),
         "freeze_weak": cfg.wmss.freeze_weak,
+        **({"weak_logits": w.weak_logits} if w.weak_logits != "model" else {}),
         "epochs": cfg.wmss.epochs,
         "examples": len(active),
         "learning_rate": cfg.wmss.learning_rate or cfg.train.learning_rate,
@@ -319,9 +343,9 @@ def _on_device(path: str) -> Any:
 
 
 def sft_baseline(run: RunDir, base: str, tokenizer: Any, dataset: Dataset) -> str:
-    """Methods ``sft`` and ``neftune``: SFT from M0 (NEFTune: with noisy input embeddings) for the whole
-    budget, ``sft.epochs``. From ``sft.checkpoint`` (M1, one epoch) they train the other
-    ``sft.epochs`` − 1 epochs. Returns the path of the trained model."""
+    """Methods ``sft``, ``neftune`` and ``dft``: SFT from M0 (NEFTune: with noisy input embeddings; DFT:
+    with DFT's loss) for the whole budget, ``sft.epochs``. From ``sft.checkpoint`` (M1, one epoch) they
+    train the other ``sft.epochs`` − 1 epochs. Returns the path of the trained model."""
     cfg = run.cfg
     alpha = cfg.neftune.alpha if cfg.method == "neftune" else None
     models_dir = run.root / "models"
@@ -418,11 +442,25 @@ def phase_preference(
     }
 
 
-def from_m1_baseline(run: RunDir, m1: str, tokenizer: Any, dataset: Dataset) -> str:
-    """Methods ``undial``, ``dpo`` and ``spin``: their own pass from M1; returns the trained model's path."""
-    method = run.cfg.method
+def phase_expo(run: RunDir, m0: str, m1: str, tokenizer: Any, out: Path) -> dict[str, Any]:
+    """ExPO from M1 away from M0 (``expo.alpha``), no training: ``θ = θ_M1 + α·(θ_M1 − θ_M0)``."""
+    from wmss.baselines import extrapolate
+
+    alpha = run.cfg.expo.alpha
+    if distributed.is_main():
+        save_model(extrapolate(load_model(m0), load_model(m1), alpha), tokenizer, out)
+    _free_memory()
+    return {"model": run.rel(out), "start": m1, "away_from": m0, "alpha": alpha, "steps": 0}
+
+
+def from_m1_baseline(run: RunDir, chain: list[str], tokenizer: Any, dataset: Dataset) -> str:
+    """Methods ``undial``, ``dpo``, ``spin`` and ``expo``: their own pass from M1 (``chain``: M0, M1);
+    returns the path of the model it makes."""
+    method, (m0, m1) = run.cfg.method, chain
     out = run.root / "models" / method
-    if method == "undial":
+    if method == "expo":
+        run.phase("expo", partial(phase_expo, run, m0, m1, tokenizer, out))
+    elif method == "undial":
         run.phase("undial", partial(phase_undial, run, m1, tokenizer, dataset, out))
     else:
         pairs = run.root / f"{PAIRS}.jsonl"
@@ -517,7 +555,7 @@ def algorithm_1(run: RunDir, base: str, tokenizer: Any, dataset: Dataset) -> dic
     cfg = run.cfg
     models_dir = run.root / "models"
     run.phase(M0, lambda: {"model": base, "source": cfg.model})
-    if cfg.method in ("sft", "neftune"):  # baselines that are SFT from M0 for the whole budget
+    if cfg.method in SFT_METHODS:  # baselines that are SFT from M0 for the whole budget
         last = sft_baseline(run, base, tokenizer, dataset)
         return _finish(run, last, tokenizer, len(dataset))
     chain = [base]  # chain[k] is the path of M_k
@@ -529,8 +567,8 @@ def algorithm_1(run: RunDir, base: str, tokenizer: Any, dataset: Dataset) -> dic
         m1 = models_dir / "M1"
         run.phase(SFT, lambda: phase_sft(run, base, tokenizer, dataset, m1, cfg.sft_epochs))
         chain.append(str(m1))
-    if cfg.method != "wmss":  # baselines that continue from M1: undial, dpo, spin
-        last = from_m1_baseline(run, chain[1], tokenizer, dataset)
+    if cfg.method != "wmss":  # baselines that continue from M1: undial, dpo, spin, expo
+        last = from_m1_baseline(run, chain, tokenizer, dataset)
         return _finish(run, last, tokenizer, len(dataset))
 
     if cfg.wmss.weak:  # another checkpoint than M0 as the first weak model
@@ -541,11 +579,19 @@ def algorithm_1(run: RunDir, base: str, tokenizer: Any, dataset: Dataset) -> dic
         if cfg.wmss.selection == "all":  # ablation: WD-JT on all of D, no entropy pass
             run.phase(selection_phase(t), lambda: {"active_examples": len(dataset), "active_fraction": 1.0})
             active = dataset
+            if cfg.wmss.weak_logits == "entropy_matched":
+                active = active.add_column(
+                    "weak_entropy", entropies(run, f"M{t - 1}", weak, dataset, tokenizer).tolist()
+                )
         else:
             h_weak = entropies(run, f"M{t - 1}", weak, dataset, tokenizer)
             h_strong = entropies(run, f"M{t}", strong, dataset, tokenizer)
             selection = phase_selection(run, t, dataset, h_weak, h_strong)
-            active = active_set(dataset, selection.draws, selection.dedup)
+            if cfg.wmss.weak_logits == "entropy_matched":  # the control matches the weak model's H_w[i]
+                dataset_for_t = dataset.add_column("weak_entropy", h_weak.tolist())
+            else:
+                dataset_for_t = dataset
+            active = active_set(dataset_for_t, selection.draws, selection.dedup)
         # WD-JT: train weak and strong jointly on the mixed logits; keep the strong model as M_{t+1}
         out = models_dir / f"M{t + 1}"
         run.phase(

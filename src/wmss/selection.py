@@ -9,6 +9,9 @@ With ``ΔH = H_strong − H_weak`` and ``[u]_+ = max(u, 0)``, the selection form
 ``released_code`` (the authors' released code, which differs from the paper)
     ``p_i ∝ α·H_weak[i]/ΣH_weak + β·[−ΔH_i]_+/Σ[−ΔH]_+ + γ·[ΔH_i]_+/Σ[ΔH]_+``; its sampling keeps
     duplicate draws (``wmss.dedup`` defaults to false for this form).
+``uniform`` (a control, not WD-DS)
+    ``p_i = 1/|D|`` over the examples with a finite entropy: random sampling at the size WD-DS's
+    draws give, for telling the value of Eq. 9's weights from that of a smaller second pass.
 
 Degenerate cases, all reported in ``Selection.notes``:
 - an example whose entropy is NaN (no completion token) gets weight 0;
@@ -73,7 +76,7 @@ def _term_arrays(
     elif form == "released_code":
         raw = [entropy_weak, consolidate, repair]
     else:
-        raise WmssError(f"unknown selection form {form!r}; use paper, normalized or released_code.")
+        raise WmssError(f"unknown selection form {form!r}; use paper, normalized, released_code or uniform.")
     terms, notes = [], []
     for name, term in zip(TERMS, raw, strict=True):
         total = term.sum()
@@ -117,6 +120,8 @@ def selection_weights(
     # Entropy is >= 0; clip float round-off and neutralise invalid rows before any sum.
     h_weak = np.where(valid, np.clip(entropy_weak, 0.0, None), 0.0)
     h_strong = np.where(valid, np.clip(entropy_strong, 0.0, None), 0.0)
+    if form == "uniform":  # the control: no entropy term, whatever the coefficients
+        return (valid / valid.sum()).astype(np.float64), {name: 0.0 for name in TERMS}, notes
     terms, term_notes = _term_arrays(h_weak, h_strong, form)
     notes += term_notes
     weighted = [c * t for c, t in zip(coefficients, terms, strict=True)]

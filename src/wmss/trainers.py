@@ -40,15 +40,23 @@ from transformers.integrations import TensorBoardCallback, is_tensorboard_availa
 
 from wmss import distributed
 from wmss.config import TrainConfig
-from wmss.data import CompletionCollator
+from wmss.data import IGNORE_INDEX, CompletionCollator
 from wmss.errors import ConfigError
 from wmss.heads import capture_head_input, final_hidden_states, output_head, use_fused_head
 from wmss.losses import (
+    PLAIN,
+    TokenLoss,
+    completion_cross_entropy,
+    completion_positions,
     fused_completion_cross_entropy,
     fused_mixed_logit_cross_entropy,
+    mix_logits,
+    mixed_linear_cross_entropy,
     mixed_logit_cross_entropy,
+    shift_for_next_token,
 )
 from wmss.models import save_model
+from wmss.weak_logits import entropy_matched_scales, shuffle_generator
 
 log = logging.getLogger("wmss")
 
@@ -153,9 +161,11 @@ def train_sft(
     epochs: float,
     where: PhaseTraining,
     neftune_alpha: float | None = None,
+    token_loss: TokenLoss = PLAIN,
 ) -> dict[str, Any]:
     """Completion-only SFT in place on ``model``, trained as ``where`` says (resumed from its checkpoint
-    directory, saved to ``where.save_to`` with ``tokenizer``).
+    directory, saved to ``where.save_to`` with ``tokenizer``). ``token_loss``: label smoothing or DFT
+    (``wmss.losses.TokenLoss``) instead of plain cross-entropy.
 
     ``neftune_alpha``: NEFTune, through transformers' own hook (``TrainingArguments.neftune_noise_alpha``):
     while training, uniform noise in ±α/√(L·d) is added to the input embeddings, L being the batch's
@@ -171,6 +181,7 @@ def train_sft(
         where,
         args_overrides={"neftune_noise_alpha": neftune_alpha},
         fused_loss=train.fused_loss,
+        token_loss=token_loss,
     )
 
 
@@ -267,17 +278,36 @@ class CompletionTrainer(SegmentedScheduleTrainer):
     through the (possibly wrapped) model. Checkpoints are Trainer's usual ones.
     """
 
-    def __init__(self, model: nn.Module, *args: Any, fused_loss: bool = True, **kwargs: Any):
+    def __init__(
+        self,
+        model: nn.Module,
+        *args: Any,
+        fused_loss: bool = True,
+        token_loss: TokenLoss = PLAIN,
+        **kwargs: Any,
+    ):
         fused = use_fused_head([model], fused_loss, "SFT")
         if fused and getattr(model.config, "output_router_logits", False):
             log.warning("SFT: naive loss head for %s (its loss adds a router loss).", type(model).__name__)
             fused = False
         self._captured: list[torch.Tensor] = []
-        self.fused_head = fused
-        super().__init__(model, *args, compute_loss_func=self._fused_loss if fused else None, **kwargs)
+        self.fused_head, self.token_loss = fused, token_loss
+        super().__init__(model, *args, compute_loss_func=self._loss_func(), **kwargs)
         if self.fused_head and is_zero3(self):
             log.warning("SFT: naive loss head under DeepSpeed ZeRO-3 (weights are gathered per module call).")
-            self.fused_head, self.compute_loss_func = False, None
+            self.fused_head = False
+            self.compute_loss_func = self._loss_func()
+
+    def _loss_func(self) -> Any:
+        """The fused head's loss; else, for a ``TokenLoss`` variant, the naive one on the model's logits;
+        else None (the model's own loss)."""
+        if self.fused_head:
+            return self._fused_loss
+        if not self.token_loss.plain:
+            return lambda outputs, labels, num_items_in_batch=None: completion_cross_entropy(
+                outputs.logits, labels, num_items_in_batch, self.token_loss
+            )
+        return None
 
     def compute_loss(
         self,
@@ -297,7 +327,7 @@ class CompletionTrainer(SegmentedScheduleTrainer):
         (hidden,) = self._captured  # exactly one head call per forward
         self._captured.clear()
         head = output_head(self.accelerator.unwrap_model(self.model))
-        return fused_completion_cross_entropy(hidden, head, labels, num_items_in_batch)
+        return fused_completion_cross_entropy(hidden, head, labels, num_items_in_batch, loss=self.token_loss)
 
 
 def fit(
@@ -351,6 +381,11 @@ class WeakStrongPair(nn.Module):
     the final hidden states and heads (``fused_mixed_logit_cross_entropy``); otherwise from full
     logits. With ``freeze_weak`` the weak model gets no gradient and stays in eval mode (an ablation).
 
+    ``weak_logits`` picks the source of ``z_weak`` (``wmss.weak_logits``): the weak model (``model``) or
+    a control (``uniform``, ``entropy_matched``: no weak model, ``weak`` is None; ``shuffled``: the weak
+    model held fixed); see ``wmss.weak_logits``. ``entropy_matched`` needs each row's ``weak_entropy``
+    (the real weak model's Eq. 7 entropy) in the batch.
+
     The loss is computed inside ``forward``, so under DDP every trainable parameter gets its gradient
     through the wrapped call (a frozen weak branch has none and DDP leaves it out), and under FSDP the
     output heads, which belong to the pair's own (root) unit, are gathered while it runs.
@@ -362,16 +397,24 @@ class WeakStrongPair(nn.Module):
 
     def __init__(
         self,
-        weak: PreTrainedModel,
+        weak: PreTrainedModel | None,
         strong: PreTrainedModel,
         mix_lambda: float,
         freeze_weak: bool = False,
         fused_loss: bool = True,
         mix_lambda_end: float | None = None,
         strong_lr_scale: float = 1.0,
+        weak_logits: str = "model",
+        seed: int = 0,
     ):
         super().__init__()
+        if (weak is None) != (weak_logits in ("uniform", "entropy_matched")):
+            raise ValueError(
+                f"weak_logits={weak_logits!r} {'needs' if weak is None else 'takes no'} weak model."
+            )
         self.weak, self.strong = weak, strong
+        self.weak_logits, self.seed = weak_logits, seed
+        freeze_weak = freeze_weak or weak_logits != "model"  # the controls train no weak parameters
         self.mix_lambda, self.freeze_weak = mix_lambda, freeze_weak
         self.mix_lambda_start, self.mix_lambda_end = mix_lambda, mix_lambda_end
         self.strong_lr_scale = strong_lr_scale
@@ -380,10 +423,30 @@ class WeakStrongPair(nn.Module):
             set(getattr(strong, "_no_split_modules", None) or [])
             | set(getattr(weak, "_no_split_modules", None) or [])
         )
-        if freeze_weak:
+        if freeze_weak and weak is not None:
             weak.requires_grad_(False)
             weak.eval()
-        self.fused_loss = use_fused_head([strong, weak], fused_loss, "WD-JT")
+        self.fused_loss = use_fused_head([m for m in (strong, weak) if m is not None], fused_loss, "WD-JT")
+        if (
+            self.fused_loss
+            and weak_logits == "entropy_matched"
+            and getattr(output_head(strong), "bias", None) is not None
+        ):
+            log.warning(
+                "WD-JT: naive loss head for entropy_matched weak logits (the output head has a bias)."
+            )
+            self.fused_loss = False
+        self._step, self._micro_batch = -1, 0
+
+    @property
+    def branches(self) -> tuple[str, ...]:
+        """The models the pair holds: ``strong`` and, unless its weak logits need none, ``weak``."""
+        return ("strong",) if self.weak is None else ("strong", "weak")
+
+    def begin_micro_batch(self, step: int) -> None:
+        """Before each training forward: seeds ``shuffled``'s permutation by step and micro-batch."""
+        self._micro_batch = self._micro_batch + 1 if step == self._step else 0
+        self._step = step
 
     def anneal(self, progress: float) -> None:
         """With ``mix_lambda_end`` (a variant beyond the paper), λ moves linearly from its start value at
@@ -393,7 +456,7 @@ class WeakStrongPair(nn.Module):
 
     def train(self, mode: bool = True) -> WeakStrongPair:
         super().train(mode)
-        if self.freeze_weak:
+        if self.freeze_weak and self.weak is not None:
             self.weak.eval()
         return self
 
@@ -408,7 +471,14 @@ class WeakStrongPair(nn.Module):
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
         num_items_in_batch: int | torch.Tensor | None = None,
+        weak_entropy: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        if self.weak_logits != "model":
+            return {
+                "loss": self._control_loss(
+                    input_ids, attention_mask, labels, num_items_in_batch, weak_entropy
+                )
+            }
         if self.fused_loss:
             strong_hidden = final_hidden_states(self.strong, input_ids, attention_mask)
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_weak):
@@ -430,6 +500,77 @@ class WeakStrongPair(nn.Module):
             strong_logits, weak_logits, labels, self.mix_lambda, num_items_in_batch
         )
         return {"loss": loss}
+
+    def _control_loss(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        num_items_in_batch: int | torch.Tensor | None,
+        weak_entropy: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Eq. 6 with a control's ``z_weak`` (``wmss.weak_logits``), on the completion-predicting rows."""
+        if self.weak_logits == "entropy_matched" and weak_entropy is None:
+            raise ValueError(
+                "entropy_matched weak logits need the batch's weak_entropy (Eq. 7 of the weak model)."
+            )
+        keep = labels[:, 1:] != IGNORE_INDEX
+        example_of_row = keep.nonzero()[:, 0]
+        head = output_head(self.strong)
+        if self.fused_loss:
+            strong_rows, targets = completion_positions(
+                final_hidden_states(self.strong, input_ids, attention_mask), labels
+            )
+        else:
+            strong_rows, targets = shift_for_next_token(
+                self.strong(input_ids=input_ids, attention_mask=attention_mask).logits, labels
+            )
+            strong_rows, targets = strong_rows[keep.reshape(-1)], targets[keep.reshape(-1)]
+        weak_rows = None
+        if self.weak_logits == "entropy_matched":  # β_i·sg(z_strong): scale the rows, not the logits
+            scales = entropy_matched_scales(
+                strong_rows, head if self.fused_loss else None, example_of_row, weak_entropy
+            )
+            weak_rows = strong_rows.detach() * scales[:, None].to(strong_rows.dtype)
+        elif self.weak_logits == "shuffled":
+            with torch.no_grad():
+                if self.fused_loss:
+                    rows, _ = completion_positions(
+                        final_hidden_states(self.weak, input_ids, attention_mask), labels
+                    )
+                else:
+                    rows, _ = shift_for_next_token(
+                        self.weak(input_ids=input_ids, attention_mask=attention_mask).logits, labels
+                    )
+                    rows = rows[keep.reshape(-1)]
+            permutation = torch.randperm(
+                rows.shape[0], generator=shuffle_generator(self.seed, self._step, self._micro_batch)
+            )
+            weak_rows = rows[permutation.to(rows.device)]
+        if self.fused_loss:
+            weak_head = head if self.weak is None else output_head(self.weak)
+            total = mixed_linear_cross_entropy(
+                strong_rows,
+                head.weight,
+                weak_rows,
+                None if weak_rows is None else weak_head.weight.detach(),
+                targets,
+                self.mix_lambda,
+                getattr(head, "bias", None),
+                None
+                if weak_rows is None or self.weak is None
+                else _detached(getattr(weak_head, "bias", None)),
+            )
+        else:
+            weak_rows = torch.zeros_like(strong_rows) if weak_rows is None else weak_rows
+            total = torch.nn.functional.cross_entropy(
+                mix_logits(strong_rows, weak_rows, self.mix_lambda), targets, reduction="sum"
+            )
+        return total / (num_items_in_batch if num_items_in_batch is not None else max(targets.numel(), 1))
+
+
+def _detached(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.detach()
 
 
 class JointTrainer(SegmentedScheduleTrainer):
@@ -474,12 +615,14 @@ class JointTrainer(SegmentedScheduleTrainer):
     def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
         pair: WeakStrongPair = self.accelerator.unwrap_model(self.model)
         pair.anneal(self.state.global_step / max(self.state.max_steps - 1, 1))
+        pair.begin_micro_batch(self.state.global_step)
         return super().training_step(model, inputs, num_items_in_batch)
 
     def _clip_grad_norm(self, model: nn.Module) -> Any:
         """Trainer's clipping, after measuring each branch's gradient norm (before clipping)."""
         pair: WeakStrongPair = self.accelerator.unwrap_model(self.model)
-        norms = {name: _gradient_norm(getattr(pair, name)) for name in ("strong", "weak")}
+        norms = {name: 0.0 for name in ("strong", "weak")}  # a control has no weak model: 0
+        norms.update({name: _gradient_norm(getattr(pair, name)) for name in pair.branches})
         total = super()._clip_grad_norm(model)
         if None not in norms.values():
             stats = gradient_statistics(norms["strong"], norms["weak"], float(total), self.args.max_grad_norm)
@@ -503,7 +646,7 @@ class JointTrainer(SegmentedScheduleTrainer):
         if not self.args.should_save:
             return
         pair: WeakStrongPair = self.accelerator.unwrap_model(self.model)
-        for name in ("strong", "weak"):
+        for name in pair.branches:
             # state_dict: gathered by Trainer (FSDP, DeepSpeed); None: the branch's own weights
             state = None if state_dict is None else branch_state(state_dict, name)
             getattr(pair, name).save_pretrained(output_dir / name, state_dict=state)
@@ -518,7 +661,7 @@ class JointTrainer(SegmentedScheduleTrainer):
         from safetensors.torch import load_file
 
         pair: WeakStrongPair = self.accelerator.unwrap_model(model or self.model)
-        for name in ("strong", "weak"):
+        for name in pair.branches:
             branch = getattr(pair, name)
             files = sorted((Path(resume_from_checkpoint) / name).glob("*.safetensors"))
             state = {k: v for f in files for k, v in load_file(str(f)).items()}
@@ -591,16 +734,19 @@ def train_joint(
     where: PhaseTraining,
     mix_lambda_end: float | None = None,
     strong_lr_scale: float = 1.0,
+    weak_logits: str = "model",
 ) -> dict[str, Any]:
     """WD-JT (Eq. 5-6): train weak and strong together on the mixed-logit loss; both updated in place,
     as ``where`` says; ``where.save_to`` receives the strong model alone, with ``tokenizer``.
-    ``mix_lambda_end`` and ``strong_lr_scale``: variants beyond the paper (``WeakStrongPair``).
+    ``mix_lambda_end`` and ``strong_lr_scale``: variants beyond the paper; ``weak_logits``: a control in
+    place of the weak model's logits (``WeakStrongPair``; ``weak`` is None for those that load none).
 
     Under DDP ``find_unused_parameters`` is off: every trainable parameter of the pair gets a gradient
     from the mixed loss in every step, and a frozen weak model has no trainable parameter."""
     pair = WeakStrongPair(
-        weak, strong, mix_lambda, freeze_weak, train.fused_loss, mix_lambda_end, strong_lr_scale
-    )
+        weak, strong, mix_lambda, freeze_weak, train.fused_loss, mix_lambda_end, strong_lr_scale,
+        weak_logits, where.seed,
+    )  # fmt: skip
     return fit(
         JointTrainer,
         pair,
