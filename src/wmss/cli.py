@@ -410,7 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", help="key=value for top-level study keys, or run.<config key>=value"
     )
     p.add_argument(
-        "--stage", choices=("tune", "curve", "arms", "all"), default="all", help="(run) what to run"
+        "--stage",
+        choices=("tune", "curve", "arms", "all", "heldout"),
+        default="all",
+        help="(run) what to run; heldout: score the finished arms on the held-out problems",
     )
     p.add_argument("--arm", action="append", help="(run) only this arm (repeat); default: all arms")
     p.add_argument(

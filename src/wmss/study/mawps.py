@@ -156,6 +156,14 @@ def convert(rows: list[dict], fmt: str) -> tuple[list[dict], int]:
     return out, bare
 
 
+def subset_indices(n: int, train_size: int | None, seed: int) -> list[int]:
+    """The rows of trainset.json a study trains on: ``train_size`` of ``n`` drawn with ``seed``, in file
+    order (all of them when ``train_size`` is None or not smaller than ``n``)."""
+    if train_size is None or train_size >= n:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), train_size))
+
+
 def prepare(data_dir: str | Path, out_dir: str | Path, fmt: str, train_size: int | None, seed: int) -> dict:
     """Write ``train.jsonl`` (a seeded subset of ``train_size`` rows, in file order) under ``out_dir``.
 
@@ -163,9 +171,7 @@ def prepare(data_dir: str | Path, out_dir: str | Path, fmt: str, train_size: int
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     rows = load_rows(data_dir / "trainset.json")
-    if train_size is not None and train_size < len(rows):
-        keep = sorted(random.Random(seed).sample(range(len(rows)), train_size))
-        rows = [rows[i] for i in keep]
+    rows = [rows[i] for i in subset_indices(len(rows), train_size, seed)]
     train, bare = convert(rows, fmt)
     atomic_write_jsonl(out_dir / "train.jsonl", train)
     info = {

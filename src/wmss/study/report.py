@@ -45,6 +45,17 @@ def _scores(run: Path, phases: dict) -> np.ndarray:
     return np.array([float(r["correct"]) for r in sorted(records, key=lambda r: str(r["id"]))])
 
 
+def _heldout(run: Path) -> np.ndarray | None:
+    """Per held-out problem (in id order), its gold NLL sum scaled so that the mean over problems is the
+    run's NLL per token (``wmss.study.heldout``); None if the run was not scored."""
+    path = run / "heldout-nll.jsonl"
+    if not path.is_file():
+        return None
+    records = sorted(read_jsonl(path), key=lambda r: str(r["id"]))
+    nll = np.array([r["nll"] for r in records], dtype=np.float64)
+    return nll * len(nll) / max(sum(r["tokens"] for r in records), 1)
+
+
 def _run_row(study: Study, arm: Arm, seed: int) -> dict | None:
     run = arm_dir(study, arm, seed)
     phases = finished_phases(run)
@@ -79,6 +90,7 @@ def _run_row(study: Study, arm: Arm, seed: int) -> dict | None:
         "machine": read_json(machine)["machine"] if machine.is_file() else "unrecorded",
         "run_dir": str(run),
         "gradients": phases.get(wdjt_phase(1), {}).get("gradients"),
+        "heldout": _heldout(run),
     }
 
 
@@ -95,17 +107,20 @@ def _mean_gradients(per_seed: list[dict]) -> dict | None:
     return {"runs": len(per_seed), **{key: _mean([g.get(key) for g in per_seed]) for key in GRADIENT_KEYS}}
 
 
-def _paired(runs: dict[str, dict[int, dict | None]], arm: str, versus: str) -> dict | None:
-    """Accuracy of ``arm`` minus ``versus`` on the seeds both finished (per-problem scores averaged over
-    those seeds), with a paired bootstrap 95% interval; None when they share no finished seed."""
-    mine = {s: r for s, r in runs[arm].items() if r is not None}
-    theirs = {s: r for s, r in runs[versus].items() if r is not None}
+def _paired(
+    runs: dict[str, dict[int, dict | None]], arm: str, versus: str, key: str = "scores"
+) -> dict | None:
+    """Accuracy (``key``: ``scores``; or held-out NLL per token, ``heldout``) of ``arm`` minus ``versus``
+    on the seeds both finished (per-problem values averaged over those seeds), with a paired bootstrap
+    95% interval; None when they share no finished seed."""
+    mine = {s: r for s, r in runs[arm].items() if r is not None and r[key] is not None}
+    theirs = {s: r for s, r in runs[versus].items() if r is not None and r[key] is not None}
     shared = sorted(set(mine) & set(theirs))
     if not shared:
         return None
     delta, low, high = paired_bootstrap(
-        np.mean([mine[s]["scores"] for s in shared], axis=0),
-        np.mean([theirs[s]["scores"] for s in shared], axis=0),
+        np.mean([mine[s][key] for s in shared], axis=0),
+        np.mean([theirs[s][key] for s in shared], axis=0),
         seed=0,
     )
     return {"arm": versus, "seeds": shared, "delta": delta, "low": low, "high": high}
@@ -140,10 +155,13 @@ def collect(study: Study) -> dict[str, Any]:
             "mean_entropy_gap": _mean([r["mean_entropy_gap"] for r in done.values()]),
             "machines": sorted({r["machine"] for r in done.values()}),
             "gradients": _mean_gradients([r["gradients"] for r in done.values() if r["gradients"]]),
+            "heldout_nll": _mean([r["heldout"].mean() for r in done.values() if r["heldout"] is not None]),
         }
         versus = arm.versus or baseline
         if arm.name != versus and (paired := _paired(runs, arm.name, versus)) is not None:
             row["vs_baseline"] = paired
+        if arm.name != versus and (paired := _paired(runs, arm.name, versus, "heldout")) is not None:
+            row["heldout_vs_baseline"] = paired
         rows.append(row)
     contrasts = []
     for contrast in study.contrasts:
@@ -474,6 +492,12 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
         )
     header = ["arm", "seeds", "accuracy per seed", "mean ± std", f"Δ vs {base} [95% CI]", "optimizer steps"]
     header += ["train wall time", "active fraction", "mean ΔH"]
+    if any(a.get("heldout_nll") is not None for a in results["arms"]):  # studies with `heldout: true`
+        header += ["held-out NLL/token", "Δ NLL [95% CI]"]
+        for row, a in zip(rows, results["arms"], strict=True):
+            vs = a.get("heldout_vs_baseline")
+            nll = "–" if a.get("heldout_nll") is None else f"{a['heldout_nll']:.4f}"
+            row += [nll, "–" if vs is None else f"{vs['delta']:+.4f} [{vs['low']:+.4f}, {vs['high']:+.4f}]"]
     lines.append(markdown_table(header, rows))
     with_gradients = [a for a in results["arms"] if a.get("gradients")]
     if with_gradients:

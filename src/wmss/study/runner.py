@@ -229,7 +229,25 @@ def run_arm(study: Study, arm: Arm, seed: int, setting: dict[str, Any]) -> dict[
     overrides = _arm_overrides(study, arm, seed, setting)
     if arm.tune:
         overrides += setting_overrides(tune_arm(study, arm, setting))
-    return run_one(study, arm_dir(study, arm, seed), seed, setting["format"], overrides, "testset")
+    manifest = run_one(study, arm_dir(study, arm, seed), seed, setting["format"], overrides, "testset")
+    if study.heldout:
+        score_arm_heldout(study, arm, seed, setting)
+    return manifest
+
+
+def score_arm_heldout(study: Study, arm: Arm, seed: int, setting: dict[str, Any]) -> dict[str, Any] | None:
+    """The held-out gold-solution NLL of one finished arm run (``wmss.study.heldout``); None if the run
+    has no final model."""
+    from wmss.study.heldout import heldout_rows, score_heldout
+
+    run_dir = arm_dir(study, arm, seed)
+    if not (run_dir / "final" / "config.json").is_file():
+        return None
+    rows, made = heldout_rows(study.data_dir, setting["format"], study.train_size, study.subset_seed)
+    cfg = study_config(study, run_dir, seed, setting["format"], [], "testset")
+    summary = score_heldout(run_dir, cfg.data, cfg.train.max_length, rows, made)
+    log.info("study: %s seed %d: held-out gold NLL %.4f per token", arm.name, seed, summary["nll_per_token"])
+    return summary
 
 
 def curve_dir(study: Study, seed: int) -> Path:
@@ -280,17 +298,24 @@ def run_curve(study: Study, seed: int, setting: dict[str, Any]) -> dict[str, Any
 def run_study(
     study: Study, stage: str = "all", arms: list[str] | None = None, seeds: list[int] | None = None
 ) -> None:
-    """``stage``: ``tune``, ``curve``, ``arms`` or ``all`` (in that order). The arms with several seeds (the
-    main comparison) run first, seed by seed; then the single-seed arms; then, for a study with a learning
-    curve, the saturation measurements of ``wmss.study.mechanism``. ``arms`` and ``seeds`` run only those
-    arms and seeds (a study spread over machines: the seeds still missing from its archive). An
-    interrupted study resumes where it stopped."""
+    """``stage``: ``tune``, ``curve``, ``arms`` or ``all`` (in that order), or ``heldout`` (score the
+    finished arm runs on the held-out problems, ``Study.heldout``, and run nothing else). The arms with
+    several seeds (the main comparison) run first, seed by seed; then the single-seed arms; then, for a
+    study with a learning curve, the saturation measurements of ``wmss.study.mechanism``. ``arms`` and
+    ``seeds`` run only those arms and seeds (a study spread over machines: the seeds still missing from
+    its archive). An interrupted study resumes where it stopped."""
     if seeds is not None and not set(seeds) <= set(study.seeds):
         raise ConfigError(
             f"{study.path}: seed(s) {sorted(set(seeds) - set(study.seeds))} are not among the study's "
             f"seeds {study.seeds}."
         )
     wanted = [s for s in study.seeds if seeds is None or s in seeds]
+    if stage == "heldout":
+        setting = chosen_setting(study)
+        for arm in [study.arm(name) for name in arms] if arms else study.arms:
+            for seed in (s for s in arm.seeds if s in wanted):
+                score_arm_heldout(study, arm, seed, setting)
+        return
     if stage in ("tune", "all"):
         tune(study)
     if stage in ("curve", "all") and study.curve is not None:

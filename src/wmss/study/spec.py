@@ -93,6 +93,9 @@ class Study:
     contrasts: list[dict[str, str]] = field(default_factory=list)
     """Paired differences the report adds, each ``{arm, versus, differs}``: accuracy of ``arm`` minus
     ``versus`` on the seeds both ran, with a paired bootstrap interval, and what sets the two apart."""
+    heldout: bool = False
+    """Score every arm's final model on the held-out MAWPS problems (gold-solution NLL per token,
+    ``wmss.study.heldout``) once it is evaluated."""
 
     def arm(self, name: str) -> Arm:
         for arm in self.arms:
@@ -115,6 +118,7 @@ KEYS = (
     "arms",
     "curve",
     "contrasts",
+    "heldout",
 )
 
 
@@ -285,4 +289,11 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         tuning_fixed=fixed,
         tuning_source=tuning.get("source") if fixed is None else raw["tuning"].get("source"),
         contrasts=[dict(c) for c in contrasts],
+        heldout=_flag(raw.get("heldout", False), path, "heldout"),
     )
+
+
+def _flag(value: Any, path: Path, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: {key} must be true or false; got {value!r}.")
+    return value
