@@ -1,4 +1,5 @@
-"""Held-out gold-solution NLL of a study's models (``wmss.study.heldout``): the set, the score, the report."""
+"""Post-hoc measures of a study's models: held-out gold-solution NLL (``wmss.study.heldout``: the set, the
+score, the report) and calibration (``wmss.study.calibration``)."""
 
 import json
 
@@ -51,3 +52,32 @@ def test_report_reads_the_nll_per_token(tmp_path):
     per_problem = _heldout(tmp_path)
     assert np.isclose(per_problem.mean(), 7.0 / 4)  # Σ nll / Σ tokens
     assert _heldout(tmp_path / "missing") is None
+
+
+def test_calibration_errors_by_hand():
+    from wmss.study.calibration import calibration_errors
+
+    out = calibration_errors(np.array([0.95, 0.95, 0.15, 0.55]), np.array([1, 0, 0, 1]))
+    # bins 9 (2 answers: accuracy 0.5, confidence 0.95), 1 (0 vs 0.15), 5 (1 vs 0.55)
+    assert np.isclose(out["ece"], 0.5 * 0.45 + 0.25 * 0.15 + 0.25 * 0.45)
+    assert np.isclose(out["brier"], (0.05**2 + 0.95**2 + 0.15**2 + 0.45**2) / 4)
+    assert calibration_errors(np.array([1.0, 0.0]), np.array([1, 0])) == {"ece": 0.0, "brier": 0.0}
+
+
+def test_answer_confidence_is_the_probability_of_the_stated_answer(tokenizer):
+    from wmss.study.calibration import answer_confidence
+
+    model = build_model(len(tokenizer), seed=4).eval()
+    prompt, generation = "Tom has 3 apples and buys 5 more.", "3 + 5 = 8. The answer is 8."
+    confidence = answer_confidence(model, tokenizer, prompt, generation, "8")
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    gen = tokenizer(generation, add_special_tokens=False, return_offsets_mapping=True)
+    last = len(generation) - 2  # the final "8"
+    span = [i for i, (a, b) in enumerate(gen["offset_mapping"]) if a <= last < b]
+    ids = torch.tensor([prompt_ids + gen["input_ids"]])
+    with torch.no_grad():
+        probs = torch.softmax(model(ids).logits[0], -1)
+    expected = np.prod([probs[len(prompt_ids) + i - 1, ids[0, len(prompt_ids) + i]].item() for i in span])
+    assert span and 0.0 < confidence < 1.0 and np.isclose(confidence, expected, rtol=1e-4)
+    assert answer_confidence(model, tokenizer, prompt, generation, None) == 0.0
+    assert answer_confidence(model, tokenizer, prompt, generation, "41") == 0.0

@@ -91,6 +91,7 @@ def _run_row(study: Study, arm: Arm, seed: int) -> dict | None:
         "run_dir": str(run),
         "gradients": phases.get(wdjt_phase(1), {}).get("gradients"),
         "heldout": _heldout(run),
+        "calibration": read_json(run / "calibration.json") if (run / "calibration.json").is_file() else None,
     }
 
 
@@ -156,6 +157,10 @@ def collect(study: Study) -> dict[str, Any]:
             "machines": sorted({r["machine"] for r in done.values()}),
             "gradients": _mean_gradients([r["gradients"] for r in done.values() if r["gradients"]]),
             "heldout_nll": _mean([r["heldout"].mean() for r in done.values() if r["heldout"] is not None]),
+            **{
+                key: _mean([r["calibration"][key] for r in done.values() if r["calibration"] is not None])
+                for key in ("ece", "brier")
+            },
         }
         versus = arm.versus or baseline
         if arm.name != versus and (paired := _paired(runs, arm.name, versus)) is not None:
@@ -493,11 +498,12 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
     header = ["arm", "seeds", "accuracy per seed", "mean ± std", f"Δ vs {base} [95% CI]", "optimizer steps"]
     header += ["train wall time", "active fraction", "mean ΔH"]
     if any(a.get("heldout_nll") is not None for a in results["arms"]):  # studies with `heldout: true`
-        header += ["held-out NLL/token", "Δ NLL [95% CI]"]
+        header += ["held-out NLL/token", "Δ NLL [95% CI]", "ECE", "Brier"]
         for row, a in zip(rows, results["arms"], strict=True):
             vs = a.get("heldout_vs_baseline")
             nll = "–" if a.get("heldout_nll") is None else f"{a['heldout_nll']:.4f}"
             row += [nll, "–" if vs is None else f"{vs['delta']:+.4f} [{vs['low']:+.4f}, {vs['high']:+.4f}]"]
+            row += ["–" if a.get(k) is None else f"{a[k]:.3f}" for k in ("ece", "brier")]
     lines.append(markdown_table(header, rows))
     with_gradients = [a for a in results["arms"] if a.get("gradients")]
     if with_gradients:

@@ -231,13 +231,14 @@ def run_arm(study: Study, arm: Arm, seed: int, setting: dict[str, Any]) -> dict[
         overrides += setting_overrides(tune_arm(study, arm, setting))
     manifest = run_one(study, arm_dir(study, arm, seed), seed, setting["format"], overrides, "testset")
     if study.heldout:
-        score_arm_heldout(study, arm, seed, setting)
+        score_arm_measures(study, arm, seed, setting)
     return manifest
 
 
-def score_arm_heldout(study: Study, arm: Arm, seed: int, setting: dict[str, Any]) -> dict[str, Any] | None:
-    """The held-out gold-solution NLL of one finished arm run (``wmss.study.heldout``); None if the run
-    has no final model."""
+def score_arm_measures(study: Study, arm: Arm, seed: int, setting: dict[str, Any]) -> dict[str, Any] | None:
+    """The held-out gold-solution NLL (``wmss.study.heldout``) and the calibration on the test answers
+    (``wmss.study.calibration``) of one finished arm run; None if the run has no final model."""
+    from wmss.study.calibration import score_calibration
     from wmss.study.heldout import heldout_rows, score_heldout
 
     run_dir = arm_dir(study, arm, seed)
@@ -246,8 +247,12 @@ def score_arm_heldout(study: Study, arm: Arm, seed: int, setting: dict[str, Any]
     rows, made = heldout_rows(study.data_dir, setting["format"], study.train_size, study.subset_seed)
     cfg = study_config(study, run_dir, seed, setting["format"], [], "testset")
     summary = score_heldout(run_dir, cfg.data, cfg.train.max_length, rows, made)
-    log.info("study: %s seed %d: held-out gold NLL %.4f per token", arm.name, seed, summary["nll_per_token"])
-    return summary
+    calibration = score_calibration(run_dir)
+    log.info(
+        "study: %s seed %d: held-out gold NLL %.4f per token; ECE %.3f, Brier %.3f",
+        arm.name, seed, summary["nll_per_token"], calibration["ece"], calibration["brier"],
+    )  # fmt: skip
+    return {**summary, "calibration": calibration}
 
 
 def curve_dir(study: Study, seed: int) -> Path:
@@ -299,7 +304,8 @@ def run_study(
     study: Study, stage: str = "all", arms: list[str] | None = None, seeds: list[int] | None = None
 ) -> None:
     """``stage``: ``tune``, ``curve``, ``arms`` or ``all`` (in that order), or ``heldout`` (score the
-    finished arm runs on the held-out problems, ``Study.heldout``, and run nothing else). The arms with
+    finished arm runs on the held-out problems and their calibration, ``Study.heldout``, and run nothing
+    else). The arms with
     several seeds (the main comparison) run first, seed by seed; then the single-seed arms; then, for a
     study with a learning curve, the saturation measurements of ``wmss.study.mechanism``. ``arms`` and
     ``seeds`` run only those arms and seeds (a study spread over machines: the seeds still missing from
@@ -314,7 +320,7 @@ def run_study(
         setting = chosen_setting(study)
         for arm in [study.arm(name) for name in arms] if arms else study.arms:
             for seed in (s for s in arm.seeds if s in wanted):
-                score_arm_heldout(study, arm, seed, setting)
+                score_arm_measures(study, arm, seed, setting)
         return
     if stage in ("tune", "all"):
         tune(study)

@@ -94,8 +94,8 @@ class Study:
     """Paired differences the report adds, each ``{arm, versus, differs}``: accuracy of ``arm`` minus
     ``versus`` on the seeds both ran, with a paired bootstrap interval, and what sets the two apart."""
     heldout: bool = False
-    """Score every arm's final model on the held-out MAWPS problems (gold-solution NLL per token,
-    ``wmss.study.heldout``) once it is evaluated."""
+    """Score every arm's final model, once evaluated, on the held-out MAWPS problems (gold-solution NLL per
+    token, ``wmss.study.heldout``) and for calibration on its test answers (``wmss.study.calibration``)."""
 
     def arm(self, name: str) -> Arm:
         for arm in self.arms:
