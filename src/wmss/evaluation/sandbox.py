@@ -105,11 +105,13 @@ LAUNCHER = r"""
 import ctypes, json, os, resource, sys, traceback
 spec = json.loads(sys.stdin.buffer.read())
 libc = ctypes.CDLL(None, use_errno=True)
-libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
 MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
-work, root = spec["work"], os.geteuid() == 0
+work, linux = spec["work"], sys.platform.startswith("linux")
+root = linux and os.geteuid() == 0
 status = {"network_cut": False, "own_user": False}
+if linux:
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
 if root:
     status["network_cut"] = libc.unshare(CLONE_NEWNET | CLONE_NEWNS) == 0
     if status["network_cut"] and libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) == 0:
@@ -118,13 +120,23 @@ if root:
             if os.path.isdir(shared) and not os.path.islink(shared):
                 if libc.mount(shared.encode(), shared.encode(), None, MS_BIND | MS_REC, None) == 0:
                     libc.mount(None, shared.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
-else:
+elif linux:
     status["network_cut"] = libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0
+
+
+def limit(kind, value):
+    try:
+        resource.setrlimit(kind, (value, value))
+    except (ValueError, OSError):  # a limit this kernel does not support (RLIMIT_AS on macOS)
+        if linux:
+            raise
+
+
 cpu = int(spec["cpu_s"])
 resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-resource.setrlimit(resource.RLIMIT_AS, (spec["memory"], spec["memory"]))
-resource.setrlimit(resource.RLIMIT_FSIZE, (spec["file_size"], spec["file_size"]))
-resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+limit(resource.RLIMIT_AS, spec["memory"])
+limit(resource.RLIMIT_FSIZE, spec["file_size"])
+limit(resource.RLIMIT_CORE, 0)
 nproc = spec["max_processes"]
 if root:
     uid = spec["uid_base"] + os.getpid()
@@ -146,16 +158,17 @@ if root:
     libc.capset(ctypes.byref(CapHeader(0x20080522, 0)), caps)
     status["own_user"] = os.getuid() == uid
 else:  # the limit counts all of this user's processes: allow the ones that exist already, plus nproc
-    mine = 0
-    for pid in os.listdir("/proc"):
+    mine = 0 if linux else 4096  # without /proc the count is unknown: leave room
+    for pid in os.listdir("/proc") if linux else []:
         try:
             with open(f"/proc/{pid}/status") as f:
                 mine += any(line.split()[1:2] == [str(os.getuid())] for line in f if line.startswith("Uid:"))
         except OSError:
             pass
     nproc += mine
-resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: no setuid program can give privileges back
+limit(resource.RLIMIT_NPROC, nproc)
+if linux:
+    libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: no setuid program can give privileges back
 os.chdir(work)
 write, exit_now, result_fd = os.write, os._exit, spec["result_fd"]
 token = spec.pop("token").encode()
@@ -219,7 +232,8 @@ def run_program(program: str, limits: SandboxLimits | None = None) -> Execution:
         process.stdin.close()
     except BrokenPipeError:
         pass
-    uid = SANDBOX_UID_BASE + process.pid if os.geteuid() == 0 else None
+    own_users = sys.platform.startswith("linux") and os.geteuid() == 0
+    uid = SANDBOX_UID_BASE + process.pid if own_users else None
     outputs, timed_out, leftovers = _collect(process, read_end, limits, start + limits.timeout_s, uid)
     duration = time.monotonic() - start
     returncode = process.wait()
