@@ -66,10 +66,12 @@ def evalplus_problem(row: dict, plus: bool) -> dict:
     inputs = list(row["base_input"]) + (list(row.get("plus_input") or []) if plus else [])
     if not inputs:
         raise ValueError("no test inputs (base_input is empty)")
-    reference = row["prompt"] + row["canonical_solution"]
-    if f"def {entry}" not in row["prompt"]:  # MBPP+: the prompt is a docstring, the solution is whole
-        reference = row["canonical_solution"]
-    tests = _differential_tests(reference, entry, inputs, float(row.get("atol") or 0.0))
+    atol = float(row.get("atol") or 0.0)
+    if f"def {entry}" in row["prompt"]:
+        tests = _differential_tests(row["prompt"] + row["canonical_solution"], entry, inputs, atol)
+        return _problem(row, row["prompt"], tests, entry)
+    # MBPP+: the prompt is a docstring (the task and one assert), the canonical solution the whole code
+    tests = _differential_tests(row["canonical_solution"], entry, inputs, atol)
     return _problem(row, row["prompt"], tests, entry)
 
 
@@ -82,7 +84,7 @@ def mbpp_original_problem(row: dict) -> dict:
     description = row.get("text") or row.get("prompt")
     code_prompt = f'"""\n{description}\n{asserts[0]}\n"""\n'
     question = f"{description}\nYour code should pass this test:\n{asserts[0]}"
-    return _problem(row, code_prompt, tests, entry, question=question, instruction=MBPP_INSTRUCTION)
+    return _problem(row, code_prompt, tests, entry, question=question)
 
 
 def generic_code_problem(row: dict) -> dict:
@@ -95,22 +97,26 @@ def generic_code_problem(row: dict) -> dict:
     if re.search(r"^def check\(", tests, re.MULTILINE):
         tests += f"\ncheck({entry})\n"
     prompt = row.get("prompt") or row["question"]
-    if f"def {entry}" in prompt:
-        return _problem(row, prompt, tests, entry)
-    return _problem(row, "", tests, entry, question=prompt, instruction=MBPP_INSTRUCTION)
+    return _problem(row, prompt, tests, entry)
 
 
 def _problem(
     row: dict, code_prompt: str, tests: str, entry: str, question: str | None = None, instruction: str = ""
 ) -> dict:
+    """A code problem; a prompt that does not define the function (MBPP's) is asked as a task."""
     if not str(tests).strip():
         raise ValueError("no tests")
+    defines = re.search(rf"^def\s+{re.escape(entry)}\s*\(", code_prompt, re.MULTILINE)
+    if question is None:
+        question = (
+            f"```python\n{code_prompt.strip()}\n```" if defines else code_prompt.strip().strip('"').strip()
+        )
     problem = {
-        "question": question or f"```python\n{code_prompt.strip()}\n```",
+        "question": question,
         "answer": tests,
         "entry_point": entry,
         "code_prompt": code_prompt,
-        "instruction": instruction or CODE_INSTRUCTION,
+        "instruction": instruction or (CODE_INSTRUCTION if defines else MBPP_INSTRUCTION),
     }
     if row.get("canonical_solution") is not None:
         problem["canonical_solution"] = str(row["canonical_solution"])
