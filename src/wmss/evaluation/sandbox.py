@@ -121,7 +121,13 @@ if root:
                 if libc.mount(shared.encode(), shared.encode(), None, MS_BIND | MS_REC, None) == 0:
                     libc.mount(None, shared.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
 elif linux:
+    uid, gid = os.getuid(), os.getgid()
     status["network_cut"] = libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0
+    if status["network_cut"]:  # map the user to itself in the new namespace, or it could create no file
+        maps = (("uid_map", f"{uid} {uid} 1"), ("setgroups", "deny"), ("gid_map", f"{gid} {gid} 1"))
+        for name, text in maps:
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
 
 
 def limit(kind, value):
@@ -200,12 +206,10 @@ def run_program(program: str, limits: SandboxLimits | None = None) -> Execution:
     work = tempfile.mkdtemp(prefix="wmss-sandbox-")
     os.chmod(work, 0o700)
     token = secrets.token_hex(16)
-    read_end, write_end = os.pipe()
     spec = {
         "program": program,
         "token": token,
         "work": work,
-        "result_fd": write_end,
         "cpu_s": int(limits.timeout_s) + 1,
         "memory": limits.memory_mb * 2**20,
         "file_size": limits.max_file_mb * 2**20,
@@ -213,6 +217,8 @@ def run_program(program: str, limits: SandboxLimits | None = None) -> Execution:
         "uid_base": SANDBOX_UID_BASE,
     }
     env = {**_SAFE_ENV, "HOME": work, "TMPDIR": work}
+    read_end, write_end = os.pipe()
+    spec["result_fd"] = write_end
     start = time.monotonic()
     try:
         process = subprocess.Popen(
@@ -225,6 +231,10 @@ def run_program(program: str, limits: SandboxLimits | None = None) -> Execution:
             pass_fds=(write_end,),
             start_new_session=True,
         )
+    except BaseException:
+        os.close(read_end)
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     finally:
         os.close(write_end)
     try:
