@@ -14,6 +14,7 @@ import pytest
 from wmss.errors import ConfigError
 from wmss.evaluation.sandbox import (
     CONSENT_KEY,
+    LAUNCHER,
     SANDBOX_UID_BASE,
     SandboxLimits,
     require_consent,
@@ -26,16 +27,19 @@ SECRET = "wmss-test-secret-do-not-leak"
 
 
 def _sandbox_processes() -> list[int]:
-    """Live processes running under a sandbox user id (root only)."""
+    """Live processes of a sandbox: running under a sandbox user id (root), or forked from the launcher."""
     found = []
     for name in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{name}/status") as f:
                 fields = dict(line.split(":", 1) for line in f if ":" in line)
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                launched = LAUNCHER.encode() in f.read()
         except OSError:
             continue
         uid = int(fields["Uid"].split()[0])
-        if SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + 2**23 and not fields["State"].strip().startswith("Z"):
+        own_user = SANDBOX_UID_BASE <= uid < SANDBOX_UID_BASE + 2**23
+        if (own_user or launched) and not fields["State"].strip().startswith("Z"):
             found.append(int(name))
     return found
 
@@ -96,8 +100,10 @@ def test_a_fork_bomb_is_contained_and_killed(outside):
     bomb = "import os\nwhile True:\n    try:\n        os.fork()\n        os.setsid()\n    except OSError:\n        pass\n"  # noqa: E501
     run = run_program(bomb, LIMITS)
     assert not run.passed and run.status == "timeout"
-    if run.own_user:  # the processes it left, including the ones that left the group, were found and killed
-        assert 0 < run.leftovers_killed <= LIMITS.max_processes
+    if not (run.own_user or run.pid_namespace):
+        pytest.skip("no PID namespace nor own user id here: processes that left the group cannot be found")
+    time.sleep(0.2)  # the kernel kills the rest of a PID namespace when its init ends
+    assert _sandbox_processes() == []
 
 
 EARLY_EXITS = ["import sys\nsys.exit(0)", "import os\nos._exit(0)", "raise SystemExit"]
@@ -131,7 +137,9 @@ def test_deleting_files_in_home_and_the_working_directory_touches_only_the_sandb
 def test_writing_outside_the_sandbox_fails(outside, where, tmp_path_factory):
     target = outside["work"] / "planted.txt" if where == "work" else tmp_path_factory.getbasetemp() / "x.txt"
     run = run_program(f"open({str(target)!r}, 'w').write('planted')\n", LIMITS)
-    _needs_own_user(run)
+    if not run.own_user:
+        target.unlink(missing_ok=True)
+        pytest.skip("not root: the program runs as wmss's own user, which can write where wmss can")
     assert not run.passed and ("Permission denied" in run.stderr or "Read-only file system" in run.stderr)
     assert not target.exists()
 

@@ -297,5 +297,6 @@ def execution_score(solution: str, execution: Execution) -> dict:
             "duration_s": execution.duration_s,
             "network_cut": execution.network_cut,
             "own_user": execution.own_user,
+            "pid_namespace": execution.pid_namespace,
         },
     }

@@ -80,6 +80,8 @@ class Execution:
     """The program had no network (a network namespace of its own)."""
     own_user: bool
     """The program ran as a user id of its own (root only), with the process limit enforced."""
+    pid_namespace: bool
+    """The program's processes lived in a PID namespace of their own, all killed when it ended."""
     leftovers_killed: int
     """Processes still alive after the program ended, killed by the sandbox."""
 
@@ -102,18 +104,20 @@ def require_consent(allowed: bool) -> None:
 # The child's code, run as `python -I -c LAUNCHER`: it confines itself, then runs the program.
 # It reads its settings and the program from stdin (so neither is in a file the program could read).
 LAUNCHER = r"""
-import ctypes, json, os, resource, sys, traceback
+import ctypes, json, os, resource, signal, sys, traceback
 spec = json.loads(sys.stdin.buffer.read())
 libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWNET = 0x00020000, 0x10000000, 0x40000000
+CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
 work, linux = spec["work"], sys.platform.startswith("linux")
 root = linux and os.geteuid() == 0
-status = {"network_cut": False, "own_user": False}
+status = {"network_cut": False, "own_user": False, "own_pids": False}
+launcher_pid = os.getpid()
 if linux:
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
 if root:
-    status["network_cut"] = libc.unshare(CLONE_NEWNET | CLONE_NEWNS) == 0
+    unshared = libc.unshare(CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID) == 0
+    status["network_cut"] = status["own_pids"] = unshared
     if status["network_cut"] and libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) == 0:
         libc.mount(work.encode(), work.encode(), None, MS_BIND, None)
         for shared in ("/tmp", "/var/tmp", "/dev/shm"):
@@ -122,12 +126,44 @@ if root:
                     libc.mount(None, shared.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
 elif linux:
     uid, gid = os.getuid(), os.getgid()
-    status["network_cut"] = libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) == 0
+    unshared = libc.unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID) == 0
+    status["network_cut"] = status["own_pids"] = unshared
     if status["network_cut"]:  # map the user to itself in the new namespace, or it could create no file
         maps = (("uid_map", f"{uid} {uid} 1"), ("setgroups", "deny"), ("gid_map", f"{gid} {gid} 1"))
         for name, text in maps:
             with open(f"/proc/self/{name}", "w") as f:
                 f.write(text)
+
+
+
+def relay(child, inside):
+    # Wait for the child and end the same way: with its exit code, or (outside the PID namespace) by its
+    # signal; the namespace's init cannot be killed by its own signal, so it exits with 128 + signal.
+    while True:
+        pid, how = os.wait()
+        if pid == child:
+            break
+    code = os.waitstatus_to_exitcode(how)
+    if code < 0 and inside:
+        os._exit(128 - code)
+    if not inside and code > 128:
+        code = 128 - code
+    if code < 0:
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    os._exit(code)
+
+
+if status["own_pids"]:
+    # Its first child is the init of a new PID namespace; when the init ends, the kernel kills every
+    # process left in the namespace, those that left the process group included. The init runs the
+    # program as its own child and reaps orphans meanwhile.
+    first = os.fork()
+    if first:
+        relay(first, inside=False)
+    program_pid = os.fork()
+    if program_pid:
+        relay(program_pid, inside=True)
 
 
 def limit(kind, value):
@@ -145,7 +181,7 @@ limit(resource.RLIMIT_FSIZE, spec["file_size"])
 limit(resource.RLIMIT_CORE, 0)
 nproc = spec["max_processes"]
 if root:
-    uid = spec["uid_base"] + os.getpid()
+    uid = spec["uid_base"] + launcher_pid
     os.chown(work, uid, uid)
     libc.prctl(8, 1, 0, 0, 0)  # PR_SET_KEEPCAPS: keep the capabilities through setuid, to drop all but one
     os.setgroups([])
@@ -271,6 +307,7 @@ def run_program(program: str, limits: SandboxLimits | None = None) -> Execution:
         duration_s=round(duration, 3),
         network_cut=bool(status.get("network_cut")),
         own_user=bool(status.get("own_user")),
+        pid_namespace=bool(status.get("own_pids")),
         leftovers_killed=leftovers,
     )
 
