@@ -298,5 +298,6 @@ def execution_score(solution: str, execution: Execution) -> dict:
             "network_cut": execution.network_cut,
             "own_user": execution.own_user,
             "pid_namespace": execution.pid_namespace,
+            "read_only_outside": execution.read_only_outside,
         },
     }

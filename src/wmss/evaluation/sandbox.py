@@ -82,6 +82,8 @@ class Execution:
     """The program ran as a user id of its own (root only), with the process limit enforced."""
     pid_namespace: bool
     """The program's processes lived in a PID namespace of their own, all killed when it ended."""
+    read_only_outside: bool
+    """Every file system but the program's own folder was read-only to it (a mount namespace of its own)."""
     leftovers_killed: int
     """Processes still alive after the program ended, killed by the sandbox."""
 
@@ -111,28 +113,46 @@ CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000,
 MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
 work, linux = spec["work"], sys.platform.startswith("linux")
 root = linux and os.geteuid() == 0
-status = {"network_cut": False, "own_user": False, "own_pids": False}
+status = {"network_cut": False, "own_user": False, "own_pids": False, "read_only_outside": False}
 launcher_pid = os.getpid()
+
+
+class MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def read_only_but(work):
+    # Every mount read-only (mount_setattr, Linux 5.12+), then the work folder writable again. On older
+    # kernels only the world-writable folders are made read-only. True when the whole tree is.
+    here = work.encode()
+    if libc.mount(here, here, None, MS_BIND, None) != 0:
+        return False
+    everything = MountAttr(1, 0, 0, 0)  # MOUNT_ATTR_RDONLY
+    if libc.syscall(442, -100, b"/", 0x8000, ctypes.byref(everything), 32) == 0:  # AT_RECURSIVE
+        return libc.mount(None, here, None, MS_REMOUNT | MS_BIND, None) == 0
+    for shared in ("/tmp", "/var/tmp", "/dev/shm"):
+        if os.path.isdir(shared) and not os.path.islink(shared):
+            if libc.mount(shared.encode(), shared.encode(), None, MS_BIND | MS_REC, None) == 0:
+                libc.mount(None, shared.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
+    return False
+
+
 if linux:
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
-if root:
-    unshared = libc.unshare(CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID) == 0
-    status["network_cut"] = status["own_pids"] = unshared
-    if status["network_cut"] and libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) == 0:
-        libc.mount(work.encode(), work.encode(), None, MS_BIND, None)
-        for shared in ("/tmp", "/var/tmp", "/dev/shm"):
-            if os.path.isdir(shared) and not os.path.islink(shared):
-                if libc.mount(shared.encode(), shared.encode(), None, MS_BIND | MS_REC, None) == 0:
-                    libc.mount(None, shared.encode(), None, MS_REMOUNT | MS_BIND | MS_RDONLY, None)
-elif linux:
+    libc.syscall.restype = ctypes.c_long
+    libc.syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_void_p,
+                             ctypes.c_size_t]
     uid, gid = os.getuid(), os.getgid()
-    unshared = libc.unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWPID) == 0
-    status["network_cut"] = status["own_pids"] = unshared
-    if status["network_cut"]:  # map the user to itself in the new namespace, or it could create no file
+    flags = CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWPID | (0 if root else CLONE_NEWUSER)
+    status["network_cut"] = status["own_pids"] = unshared = libc.unshare(flags) == 0
+    if unshared and not root:  # map the user to itself in its new namespace, or it could create no file
         maps = (("uid_map", f"{uid} {uid} 1"), ("setgroups", "deny"), ("gid_map", f"{gid} {gid} 1"))
         for name, text in maps:
             with open(f"/proc/self/{name}", "w") as f:
                 f.write(text)
+    if unshared and libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) == 0:
+        status["read_only_outside"] = read_only_but(work)
 
 
 
@@ -308,6 +328,7 @@ def run_program(program: str, limits: SandboxLimits | None = None) -> Execution:
         network_cut=bool(status.get("network_cut")),
         own_user=bool(status.get("own_user")),
         pid_namespace=bool(status.get("own_pids")),
+        read_only_outside=bool(status.get("read_only_outside")),
         leftovers_killed=leftovers,
     )
 
