@@ -10,11 +10,13 @@ Each program runs in its own process (never in wmss's own), in a new session and
 - a fresh temporary working directory, which is also its ``HOME`` and ``TMPDIR``;
 - an environment holding only ``PATH``, ``HOME``, ``TMPDIR``, ``LANG`` and ``PYTHONHASHSEED``: no
   credentials, no tokens;
-- when wmss runs as root on Linux: a network namespace of its own (no network at all), a mount
-  namespace in which ``/tmp``, ``/var/tmp`` and ``/dev/shm`` are read-only (except its own folder), and
-  a user id of its own with no privileges beyond reading files, so that it can write nowhere else and
-  the process limit holds. Not as root: the network is cut only where unprivileged user namespaces
-  are allowed, and the program runs as the same user as wmss (it can write where that user can).
+- on Linux, where namespaces can be made (as root, or where unprivileged user namespaces are
+  allowed): a network namespace (no network at all), a PID namespace (the kernel kills every process
+  left when the program ends) and a mount namespace in which everything but its own folder is
+  read-only;
+- as root, also a user id of its own with no privilege but reading files, so that the process limit
+  holds (the kernel does not apply it to root) and its processes can be found by user id.
+  Without namespaces the program runs as wmss's own user and can write where that user can.
 
 Every process it leaves behind is killed. A program passes only when it runs to its end: the
 harness writes a one-time token to a pipe of its own after the last line ran, so ``sys.exit(0)``,
