@@ -56,10 +56,7 @@ def evalplus_problem(row: dict, plus: bool) -> dict:
     Hub) and MBPP rows of the original release (``text``/``code``/``test_list``)."""
     if "base_input" not in row and "test" in row:  # the Hugging Face copies: tests as code
         entry = _entry_point(row)
-        tests = f"candidate = {entry}\n{row['test'].rstrip()}\n"
-        if re.search(r"^def check\(", tests, re.MULTILINE):
-            tests += f"\n\ncheck({entry})\n"
-        return _problem(row, row["prompt"], tests, entry)
+        return _problem(row, row["prompt"], _tests_calling(entry, row["test"]), entry)
     if "test_list" in row and "base_input" not in row:
         return mbpp_original_problem(row)
     entry = _entry_point(row)
@@ -93,16 +90,19 @@ def generic_code_problem(row: dict) -> dict:
     tests = row["tests"]
     if isinstance(tests, list):
         tests = "\n".join(str(t) for t in tests)
-    tests = f"candidate = {entry}\n{tests}\n"
+    return _problem(row, row.get("prompt") or row["question"], _tests_calling(entry, tests), entry)
+
+
+def _tests_calling(entry: str, tests: str) -> str:
+    """Tests that may call the function by name or as ``candidate``; a ``check(candidate)`` they define
+    is called."""
+    tests = f"candidate = {entry}\n{tests.rstrip()}\n"
     if re.search(r"^def check\(", tests, re.MULTILINE):
-        tests += f"\ncheck({entry})\n"
-    prompt = row.get("prompt") or row["question"]
-    return _problem(row, prompt, tests, entry)
+        tests += f"\n\ncheck({entry})\n"
+    return tests
 
 
-def _problem(
-    row: dict, code_prompt: str, tests: str, entry: str, question: str | None = None, instruction: str = ""
-) -> dict:
+def _problem(row: dict, code_prompt: str, tests: str, entry: str, question: str | None = None) -> dict:
     """A code problem; a prompt that does not define the function (MBPP's) is asked as a task."""
     if not str(tests).strip():
         raise ValueError("no tests")
@@ -116,7 +116,7 @@ def _problem(
         "answer": tests,
         "entry_point": entry,
         "code_prompt": code_prompt,
-        "instruction": instruction or (CODE_INSTRUCTION if defines else MBPP_INSTRUCTION),
+        "instruction": CODE_INSTRUCTION if defines else MBPP_INSTRUCTION,
     }
     if row.get("canonical_solution") is not None:
         problem["canonical_solution"] = str(row["canonical_solution"])
