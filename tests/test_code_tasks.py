@@ -178,6 +178,13 @@ HE_PLUS_ROW = {
     "plus_input": [[3.0], [-1e9], [0.1]],
     "atol": 0,
 }
+HF_COPY_ROW = {  # the evalplus copies on the Hugging Face Hub: tests as code
+    "task_id": "HumanEval/9002",
+    "prompt": HE_PLUS_ROW["prompt"],
+    "entry_point": "halve",
+    "canonical_solution": "    return x / 2\n",
+    "test": "def check(candidate):\n    assert candidate(3.0) == 1.5\n    assert candidate(-2.0) == -1.0\n",
+}
 MBPP_PLUS_ROW = {
     "task_id": "Mbpp/9001",
     "prompt": '"""\nWrite a function to count the vowels of a string.\nassert vowels("hello") == 2\n"""\n',
@@ -195,6 +202,8 @@ MBPP_PLUS_ROW = {
         ("humaneval_plus", HE_PLUS_ROW, "def halve(x):\n    return x / 2\n", True),
         ("humaneval_plus", HE_PLUS_ROW, "def halve(x):\n    return x / 2 + 1e-12\n", True),  # float tolerance
         ("humaneval_plus", HE_PLUS_ROW, "def halve(x):\n    return x // 2\n", False),  # right on base only
+        ("humaneval_plus", HF_COPY_ROW, "def halve(x):\n    return x * 0.5\n", True),
+        ("humaneval_plus", HF_COPY_ROW, "def halve(x):\n    return x // 2\n", False),
         ("mbpp", MBPP_PLUS_ROW, "def vowels(s):\n    return sum(c in 'aeiou' for c in s)\n", True),
         ("mbpp", MBPP_PLUS_ROW, "def vowels(s):\n    return sum(c in 'aeiou' for c in s.lower())\n", True),
         (
