@@ -219,7 +219,9 @@ if root:
 
     caps = (CapData * 2)()
     caps[0].effective = caps[0].permitted = 1 << 2  # CAP_DAC_READ_SEARCH only: read what root can read
-    libc.capset(ctypes.byref(CapHeader(0x20080522, 0)), caps)
+    if libc.capset(ctypes.byref(CapHeader(0x20080522, 0)), caps) != 0:  # not in this container's set
+        caps[0].effective = caps[0].permitted = 0  # then none at all: dropping is always allowed
+        libc.capset(ctypes.byref(CapHeader(0x20080522, 0)), caps)
     status["own_user"] = os.getuid() == uid
 else:  # the limit counts all of this user's processes: allow the ones that exist already, plus nproc
     mine = 0 if linux else 4096  # without /proc the count is unknown: leave room
