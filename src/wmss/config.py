@@ -408,8 +408,9 @@ class EvalConfig:
     """
 
     task: str = "generic"
-    """A built-in task (gsm8k, mawps, svamp, aqua, math500, aime, amc), a task YAML file, or ``generic``
-    (``question_field``/``answer_field`` of any file)."""
+    """A built-in task (gsm8k, mawps, svamp, aqua, math500, aime, amc; code: humaneval, humaneval_plus,
+    mbpp, mbpp_plus, code), a task YAML file, or ``generic`` (``question_field``/``answer_field`` of any
+    file)."""
     path: str | None = None
     """Data file (or hub dataset) of the task; built-in tasks also look in ``$WMSS_DATA_DIR``."""
     split: str = "test"
@@ -438,6 +439,15 @@ class EvalConfig:
     the summary, with a warning); ``true`` leaves them out of the accuracy instead."""
     backend: str = "auto"
     """``hf`` (transformers' generate), ``vllm``, or ``auto``: vLLM when installed and a GPU is present."""
+    allow_code_execution: bool = False
+    """Code tasks (humaneval, mbpp, …) run the model's programs on this machine, in a sandbox that is a
+    guard, not a security boundary (docs/code-evaluation.md); ``true`` says you accept that."""
+    code_timeout_s: float = 10.0
+    """Code tasks: wall-clock limit of one program (its tests included); CPU time is limited alike."""
+    code_memory_mb: int = 4096
+    """Code tasks: address-space limit of each process of a program."""
+    code_workers: int | None = None
+    """Code tasks: programs run at once; unset: one per CPU core."""
 
     def check(self) -> None:
         """Raise ConfigError naming the first ``eval.*`` key with a bad value."""
@@ -449,6 +459,11 @@ class EvalConfig:
             raise ConfigError(
                 f"eval.num_samples={self.num_samples} needs eval.temperature > 0: greedy decoding "
                 "gives the same answer every time."
+            )
+        if self.code_timeout_s <= 0 or self.code_memory_mb < 64 or (self.code_workers or 1) < 1:
+            raise ConfigError(
+                "eval.code_timeout_s must be > 0, eval.code_memory_mb >= 64 and eval.code_workers >= 1 "
+                f"(got {self.code_timeout_s}, {self.code_memory_mb}, {self.code_workers})."
             )
         if self.num_fewshot > 0 and not self.fewshot_path:
             raise ConfigError("eval.num_fewshot > 0 needs eval.fewshot_path (e.g. the task's training file).")

@@ -53,13 +53,15 @@ def read_rows(
     """
     local = Path(path).expanduser()
     if local.is_file():
-        if local.suffix == ".jsonl":
+        if local.suffix == ".jsonl" or local.name.endswith(".jsonl.gz"):
             return read_jsonl(local, bad_lines)
         if local.suffix == ".json":
             return _read_json(local)
         if local.suffix == ".parquet":
             return Dataset.from_parquet(str(local)).to_list()
-        raise DataError(f"{local}: unsupported file type '{local.suffix}'; use .jsonl, .json or .parquet.")
+        raise DataError(
+            f"{local}: unsupported file type '{local.suffix}'; use .jsonl, .jsonl.gz, .json or .parquet."
+        )
     if local.suffix in LOCAL_SUFFIXES or path.startswith((".", "/", "~")) or local.exists():
         raise DataError(
             f"data file {local} does not exist (or is not a file). Check the path (data.path, eval.path)."

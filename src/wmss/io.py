@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import os
 import shutil
@@ -69,13 +70,15 @@ def _utf8_lines(handle: Any, path: str | Path) -> Iterator[str]:
 
 
 def read_jsonl(path: str | Path, bad_lines: list[int] | None = None) -> list[dict]:
-    """The JSON objects of a UTF-8 JSONL file, one per non-blank line.
+    """The JSON objects of a UTF-8 JSONL file (gzip-compressed when its name ends in ``.gz``), one per
+    non-blank line.
 
     A line that is not a JSON object raises ``DataError`` naming the file and the line; with
     ``bad_lines`` (a list), such lines are skipped and their numbers (from 1) appended to it instead.
     """
     rows = []
-    with open(path, encoding="utf-8") as f:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(_utf8_lines(f, path), start=1):
             if not line.strip():
                 continue

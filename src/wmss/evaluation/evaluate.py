@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -12,10 +13,13 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from wmss.errors import DataError
 from wmss.evaluation.answers import extract_answer, extract_choice
-from wmss.evaluation.generation import Generation, VLLMGenerator, generate
+from wmss.evaluation.code import execution_score, grade_solutions, solution_program
+from wmss.evaluation.generation import ANSWER_COMPLETE, Generation, VLLMGenerator, generate
 from wmss.evaluation.grading import grade
 from wmss.evaluation.metrics import mean_pass_at_k
+from wmss.evaluation.sandbox import SandboxLimits
 from wmss.evaluation.tasks import TaskData
 from wmss.io import atomic_write_jsonl, read_jsonl
 
@@ -37,6 +41,31 @@ def score(generation: str, gold: str, answer_type: str) -> dict:
     return {"extracted": extracted, "correct": outcome.correct, "error": outcome.error}
 
 
+def score_samples(
+    problems: list[dict],
+    prompts: list[str],
+    generations: list[list[Generation]],
+    answer_type: str,
+    code_limits: SandboxLimits | None = None,
+    code_workers: int | None = None,
+) -> list[list[dict]]:
+    """``score`` of every sample of every problem; code is graded by running each sample's program
+    against the problem's tests in the sandbox, all samples of the batch in parallel."""
+    if answer_type != "code":
+        return [[score(g.text, p["answer"], answer_type) for g in samples]
+                for p, samples in zip(problems, generations, strict=True)]  # fmt: skip
+    if code_limits is None:
+        raise ValueError("code tasks need code_limits (the sandbox's limits)")
+    owners, solutions = [], []
+    for problem, prompt, samples in zip(problems, prompts, generations, strict=True):
+        for sample in samples:
+            owners.append(problem)
+            solutions.append(solution_program(problem, sample.text, prompt))
+    executions = grade_solutions(owners, solutions, code_limits, code_workers)
+    verdicts = iter(execution_score(s, e) for s, e in zip(solutions, executions, strict=True))
+    return [[next(verdicts) for _ in samples] for samples in generations]
+
+
 def evaluate_task(
     model: PreTrainedModel | VLLMGenerator,
     tokenizer: PreTrainedTokenizerBase,
@@ -53,6 +82,9 @@ def evaluate_task(
     show_progress: bool = True,
     exclude_bad_golds: bool = False,
     model_identity: Any = None,
+    stop_pattern: str | None = ANSWER_COMPLETE,
+    code_limits: SandboxLimits | None = None,
+    code_workers: int | None = None,
 ) -> dict:
     """Generate, extract and grade every problem of a task; write ``predictions.jsonl`` and return a summary.
 
@@ -69,6 +101,8 @@ def evaluate_task(
         "temperature": temperature,
         "top_p": top_p,
         "seed": seed,
+        "stop_pattern": stop_pattern,
+        "code_limits": dataclasses.asdict(code_limits) if code_limits else None,
         # another model or other problems under the same output directory start afresh, never merged
         "model": model_identity,
         "problems": hashlib.sha256(
@@ -86,10 +120,13 @@ def evaluate_task(
             sink.write(json.dumps({"settings": settings}) + "\n")
 
         def save(batch: list[int], generations: list[list[Generation]]) -> None:
-            for index, samples in zip(batch, generations, strict=True):
-                record = _record(
-                    data.problems[todo[index]], prompts[todo[index]], samples, data.task.answer_type
-                )
+            problems = [data.problems[todo[index]] for index in batch]
+            texts = [prompts[todo[index]] for index in batch]
+            scores = score_samples(
+                problems, texts, generations, data.task.answer_type, code_limits, code_workers
+            )
+            for index, samples, scored in zip(batch, generations, scores, strict=True):
+                record = _record(data.problems[todo[index]], prompts[todo[index]], samples, scored)
                 done[str(record["id"])] = record
                 sink.write(json.dumps(record, ensure_ascii=False) + "\n")
             sink.flush()
@@ -106,6 +143,7 @@ def evaluate_task(
                 temperature=temperature,
                 top_p=top_p,
                 seed=seed,
+                stop_pattern=stop_pattern,
                 show_progress=show_progress,
                 on_batch=save,
             )
@@ -116,20 +154,78 @@ def evaluate_task(
     return _summary(data, records, num_samples, final, elapsed, exclude_bad_golds)
 
 
-def _record(problem: dict, prompt: str, samples: list[Generation], answer_type: str) -> dict:
+def _record(problem: dict, prompt: str, samples: list[Generation], scores: list[dict]) -> dict:
     scored = [
-        {
-            "generation": g.text,
-            "finish": g.finish,
-            "num_tokens": g.num_tokens,
-            **score(g.text, problem["answer"], answer_type),
-        }
-        for g in samples
+        {"generation": g.text, "finish": g.finish, "num_tokens": g.num_tokens, **verdict}
+        for g, verdict in zip(samples, scores, strict=True)
     ]
     record = {"id": problem["id"], "prompt": prompt, "gold": problem["answer"]}
     if len(scored) == 1:
         return {**record, **scored[0]}
     return {**record, "num_correct": sum(s["correct"] for s in scored), "samples": scored}
+
+
+def grade_predictions(
+    data: TaskData,
+    predictions: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    code_limits: SandboxLimits,
+    code_workers: int | None = None,
+) -> dict:
+    """Grade code written elsewhere (vLLM, another harness): a JSONL file with one row per sample, its
+    problem named by ``task_id`` (or ``id``) and its code in ``completion`` (a continuation of the
+    problem's prompt, HumanEval's layout), ``solution`` (whole code, evalplus's layout) or
+    ``generation`` (a model's raw answer, sanitised like wmss's own). Writes ``predictions.jsonl`` with
+    the verdicts and returns the summary (pass@k over the samples of each problem). Problems without a
+    row get empty samples, graded as wrong."""
+    if not Path(predictions).is_file():
+        raise DataError(f"predictions file {predictions} does not exist (or is not a file).")
+    bad_lines: list[int] = []
+    rows = read_jsonl(predictions, bad_lines)
+    if bad_lines:
+        raise DataError(f"{predictions}, line {bad_lines[0]}: not a JSON object; fix or remove that line.")
+    by_id: dict[str, list[tuple[str, str | None]]] = {str(p["id"]): [] for p in data.problems}
+    for lineno, row in enumerate(rows, start=1):
+        key = str(row.get("task_id", row.get("id")))
+        field = next(
+            (f for f in ("completion", "solution", "generation") if isinstance(row.get(f), str)), None
+        )
+        if field is None or key not in by_id:
+            raise DataError(
+                f"{predictions}, row {lineno}: needs a task_id (or id) of a {data.task.name} problem "
+                f"(got {key!r}) and its code as 'completion', 'solution' or 'generation'."
+            )
+        by_id[key].append((row[field], field))
+    num_samples = max(len(v) for v in by_id.values())
+    if num_samples == 0:
+        raise DataError(f"{predictions}: no row names a problem of {data.task.name} ({data.source}).")
+    uneven = [k for k, v in by_id.items() if v and len(v) != num_samples]
+    if uneven:
+        raise DataError(
+            f"{predictions}: every problem needs the same number of samples for pass@k; {uneven[0]} has "
+            f"{len(by_id[uneven[0]])}, others {num_samples}."
+        )
+    start = time.perf_counter()
+    problems, prompts, generations = [], [], []
+    for problem in data.problems:
+        samples = by_id[str(problem["id"])] or [("", None)] * num_samples
+        for text, field in samples:  # a completion continues the code prompt; anything else is whole code
+            problems.append(problem)
+            prompts.append(problem.get("code_prompt", "") if field == "completion" else "")
+            generations.append([Generation(text, 0, "external")])
+    scores = score_samples(problems, prompts, generations, "code", code_limits, code_workers)
+    records = []
+    for i, problem in enumerate(data.problems):
+        span = range(i * num_samples, (i + 1) * num_samples)
+        samples = [generations[j][0] for j in span]
+        records.append(_record(problem, prompts[span[0]], samples, [scores[j][0] for j in span]))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    final = out / "predictions.jsonl"
+    atomic_write_jsonl(final, records, ensure_ascii=False)
+    summary = _summary(data, records, num_samples, final, time.perf_counter() - start, False)
+    summary["num_without_prediction"] = sum(not v for v in by_id.values())
+    return summary
 
 
 def _read_partial(path: Path, settings: dict) -> dict[str, dict]:

@@ -9,10 +9,12 @@ from typing import Any
 
 from wmss.config import EvalConfig, RunConfig
 from wmss.errors import ConfigError
-from wmss.evaluation.evaluate import evaluate_task
-from wmss.evaluation.generation import VLLMGenerator, vllm_usable
+from wmss.evaluation.code import BASE_MODEL_STOP, continues_code_prompt
+from wmss.evaluation.evaluate import evaluate_task, grade_predictions
+from wmss.evaluation.generation import ANSWER_COMPLETE, VLLMGenerator, vllm_usable
 from wmss.evaluation.prompting import build_prompts
 from wmss.evaluation.report import write_report
+from wmss.evaluation.sandbox import SandboxLimits, require_consent
 from wmss.evaluation.tasks import Task, TaskData, generic_task, load_task, resolve_task
 
 log = logging.getLogger("wmss")
@@ -31,6 +33,9 @@ def parse_task_spec(spec: str | None, cfg: EvalConfig) -> tuple[Task, str | None
 
 
 def load_problems(task: Task, path: str | None, cfg: EvalConfig) -> TaskData:
+    """The task's problems; for a code task, only once the user has allowed running code."""
+    if task.answer_type == "code":
+        require_consent(cfg.allow_code_execution)
     data = load_task(task, path, cfg.split, cfg.limit)
     for line in data.malformed[:5]:
         log.warning("%s: skipped malformed row: %s", task.name, line)
@@ -44,10 +49,16 @@ def evaluate_one(
 ) -> dict:
     e = cfg.eval
     fewshot = []
+    if e.num_fewshot and task.answer_type == "code":
+        raise ConfigError(f"eval.num_fewshot: {task.name} is a code task, which takes no few-shot examples.")
     if e.num_fewshot:
         shots = load_task(task, e.fewshot_path, "train", e.num_fewshot).problems
         fewshot = [(p, p.get("solution")) for p in shots]
     prompts = build_prompts(data.problems, task, tokenizer, cfg.data, e, fewshot)
+    stop_pattern = ANSWER_COMPLETE
+    if task.answer_type == "code":  # a base model's continuation ends at the next top-level statement
+        continuing = all(continues_code_prompt(p, q) for p, q in zip(data.problems, prompts, strict=True))
+        stop_pattern = BASE_MODEL_STOP if continuing else None
     summary = evaluate_task(
         model,
         tokenizer,
@@ -62,6 +73,9 @@ def evaluate_one(
         seed=cfg.seed,
         exclude_bad_golds=e.exclude_bad_golds,
         model_identity=_identity(model),
+        stop_pattern=stop_pattern,
+        code_limits=code_limits(e) if task.answer_type == "code" else None,
+        code_workers=e.code_workers,
     )
     missing, unparsable = summary["num_missing_gold"], summary["num_unparsable_gold"]
     if missing or unparsable:
@@ -72,6 +86,11 @@ def evaluate_one(
             task.name, missing, summary["num_problems"], unparsable, data.source, treated, hint,
         )  # fmt: skip
     return summary
+
+
+def code_limits(cfg: EvalConfig) -> SandboxLimits:
+    """The sandbox's limits for one program, from ``eval.code_*``."""
+    return SandboxLimits(timeout_s=cfg.code_timeout_s, memory_mb=cfg.code_memory_mb)
 
 
 def _identity(model: Any) -> Any:
@@ -119,4 +138,35 @@ def evaluate_models(
             results[name][task.name] = evaluate_one(model, tokenizer, task, data, cfg, out / name / task.name)
         del model
         gc.collect()
+    return write_report(results, out, baseline)
+
+
+def grade_prediction_files(
+    predictions: dict[str, str],
+    task_spec: str | None,
+    cfg: RunConfig,
+    out_dir: str | Path,
+    baseline: str | None = None,
+) -> dict:
+    """``wmss grade-code``: grade each named predictions file on a code task (no model involved); write
+    ``<name>/<task>/predictions.jsonl`` with the verdicts and the comparison ``summary.{json,md,png}``."""
+    task, task_path = parse_task_spec(task_spec, cfg.eval)
+    if task.answer_type != "code":
+        raise ConfigError(f"task {task.name} is not a code task; grade-code grades code tasks only.")
+    data = load_problems(task, task_path, cfg.eval)
+    out = Path(out_dir)
+    results: dict[str, dict[str, dict]] = {}
+    for name, path in predictions.items():
+        log.info(
+            "grade-code: %s on %s (%d problems from %s)", path, task.name, len(data.problems), data.source
+        )
+        summary = grade_predictions(
+            data, path, out / name / task.name, code_limits(cfg.eval), cfg.eval.code_workers
+        )
+        if summary["num_without_prediction"]:
+            log.warning(
+                "grade-code: %s has no prediction for %d of %d problems of %s (graded as wrong).",
+                path, summary["num_without_prediction"], len(data.problems), task.name,
+            )  # fmt: skip
+        results[name] = {task.name: summary}
     return write_report(results, out, baseline)

@@ -5,6 +5,10 @@ The question (with its options, for multiple choice) is formatted by ``eval.prom
 it (``""`` for none: use that when the training prompts had no instruction), and the text is rendered
 by ``wmss.data.render_prompt`` with the training data's chat template and system prompt. Few-shot
 examples, when asked for, go before it as earlier user/assistant turns.
+
+Code tasks: a chat model (``data.chat_template`` and a tokenizer with a chat template) is asked, in one
+user turn, for the whole function in a fenced block; a base model is given the function's signature
+and docstring (the problem's ``code_prompt``) to continue.
 """
 
 from __future__ import annotations
@@ -32,6 +36,15 @@ def user_turn(problem: dict, task: Task, cfg: EvalConfig) -> str:
     return f"{text}\n{instruction}" if instruction else text
 
 
+def code_prompt_text(problem: dict, cfg: EvalConfig, chat: bool) -> str:
+    """What a code problem puts before the model's answer: a request for a fenced function (chat), or
+    the code to continue (base models)."""
+    if not chat and problem.get("code_prompt", "").strip():
+        return problem["code_prompt"]
+    instruction = problem.get("instruction", "") if cfg.instruction is None else cfg.instruction
+    return f"{instruction}\n\n{problem['question']}" if instruction else problem["question"]
+
+
 def fewshot_answer(problem: dict, solution: str | None) -> str:
     """An exemplar's answer: its worked solution when the source has one, ending in the answer line."""
     body = (solution or "").split("####")[0].strip()
@@ -48,6 +61,12 @@ def build_prompts(
     fewshot: list[tuple[dict, str | None]] = (),
 ) -> list[str]:
     """Rendered prompt text for each problem (the model continues it)."""
+    if task.answer_type == "code":
+        chat = bool(data_cfg.chat_template and getattr(tokenizer, "chat_template", None))
+        return [
+            render_prompt(tokenizer, code_prompt_text(p, cfg, chat), chat, data_cfg.system_prompt)
+            for p in problems
+        ]
     try:
         shots: list[dict] = []
         for example, solution in fewshot:

