@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -38,7 +39,7 @@ def _fails(capsys, args, message):
     err = capsys.readouterr().err
     assert code == 2, err
     assert message in err, err
-    assert "Traceback" not in err and err.startswith("wmss: error: ")
+    assert "Traceback" not in err and err.count("wmss: error: ") == 1, err  # after a progress bar, if any
     return err
 
 
@@ -62,6 +63,25 @@ CONFIG_CASES = [
     ("wmss.mixlambda=0.5", "Did you mean 'wmss.mix_lambda'"),
     ("train.learning_rate=fast", "'train.learning_rate' must be float"),
     ("eval.num_samples=4", "needs eval.temperature > 0"),
+    # round 2: ±inf and NaN wherever an out-of-range number is refused, and ranges that were unchecked
+    ("wmss.learning_rate=.inf", "wmss.learning_rate must be a finite number; got inf"),
+    ("wmss.strong_lr_scale=.inf", "wmss.strong_lr_scale must be a finite number; got inf"),
+    ("sft.epochs=.nan", "sft.epochs must be a finite number; got nan"),
+    ("wmss.epochs=.nan", "wmss.epochs must be a finite number; got nan"),
+    ("wmss.sample_multiplier=.inf", "wmss.sample_multiplier must be a finite number"),
+    ("wmss.alpha=.nan", "wmss.alpha must be a finite number"),
+    ("eval.temperature=.nan", "eval.temperature must be a finite number"),
+    ("train.max_grad_norm=-.inf", "train.max_grad_norm must be a finite number"),
+    ("seed=-1", "seed must lie in [0, 2**32 - 1]"),
+    (f"seed={2**33}", "seed must lie in [0, 2**32 - 1]"),
+    ("data.limit=-1", "data.limit must be >= 1"),
+    ("eval.temperature=-1", "eval.temperature must be >= 0"),
+    ("eval.max_new_tokens=0", "eval.max_new_tokens must be >= 1"),
+    ("eval.max_new_tokens=-5", "eval.max_new_tokens must be >= 1"),
+    ("eval.limit=-1", "eval.limit must be >= 1"),
+    ("eval.prompt_template={question", "eval.prompt_template '{question' is not a valid format string"),
+    ("eval.prompt_template=Q: {}", "it has a positional field {}"),
+    ("eval.prompt_template={problem}", "it names the field {problem}, which is not one of question"),
 ]
 
 
@@ -413,3 +433,70 @@ def test_a_finished_evaluation_is_redone_only_when_its_settings_changed(tmp_path
     run_pipeline(load_config(None, [*args, "eval.exclude_bad_golds=true", "eval.max_new_tokens=6"]))
     evaluated = json.loads(manifest_path.read_text())["phases"]["eval"]
     assert evaluated["attempts"] == 3 and evaluated["eval_config"]["max_new_tokens"] == 6
+
+
+# ---------------------------------------------------------------- round 2 (issue 26)
+
+
+def _nan_model(path, tokenizer, where="model.embed_tokens.weight"):
+    import torch
+
+    from tests.conftest import build_model
+
+    model = build_model(len(tokenizer))
+    with torch.no_grad():
+        model.get_parameter(where).fill_(float("nan"))
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_a_base_model_with_nan_weights_stops_sft_at_step_1(tmp_path, capsys, tokenizer, train_file):
+    out = tmp_path / "out"
+    base = _nan_model(tmp_path / "nan-model", tokenizer)
+    args = [*_base(base, train_file, out), "wmss.iterations=0", "sft.epochs=1"]
+    err = _fails(capsys, ["run", *args], "sft: the training loss is nan at optimizer step 1 of 6")
+    assert "lower the learning rate" in err
+    assert not (out / "final").exists() and not (out / "models" / "M1").exists()
+    assert json.loads((out / "manifest.json").read_text())["phases"]["sft"]["status"] == "running"
+    assert not (out / ".wmss-lock").exists()
+
+
+def test_a_diverging_wdjt_stops_naming_the_phase_and_step(tmp_path, capsys, tiny_model_dir, train_file):
+    out = tmp_path / "out"
+    args = [*_base(tiny_model_dir, train_file, out), "sft.epochs=1", "wmss.learning_rate=1e30",
+            "wmss.selection=all"]  # fmt: skip
+    err = _fails(capsys, ["run", *args], "wdjt-1: the training ")
+    assert re.search(r"wdjt-1: the training (loss|gradient norm) is (nan|inf) at optimizer step \d of 6", err)
+    assert (out / "models" / "M1" / "model.safetensors").is_file()  # SFT was fine and is kept
+    assert not (out / "models" / "M2").exists() and not (out / "final").exists()
+    phases = json.loads((out / "manifest.json").read_text())["phases"]
+    assert phases["sft"]["status"] == "done" and phases["wdjt-1"]["status"] == "running"
+
+
+def test_nothing_non_finite_is_ever_published(tmp_path, tokenizer, tiny_model_dir):
+    import torch
+
+    from tests.conftest import build_model
+    from wmss.errors import ModelError
+    from wmss.models import nonfinite_weight, save_model
+
+    model = build_model(len(tokenizer))
+    with torch.no_grad():
+        model.get_parameter("model.norm.weight")[3] = float("inf")
+    with pytest.raises(ModelError, match="its weight 'model.norm.weight' holds NaN or infinite values"):
+        save_model(model, tokenizer, tmp_path / "M1")
+    assert not (tmp_path / "M1").exists() and list(tmp_path.iterdir()) == []
+    assert (
+        nonfinite_weight(_nan_model(tmp_path / "nan", tokenizer))
+        == "model.safetensors: model.embed_tokens.weight"
+    )
+    assert nonfinite_weight(tiny_model_dir) is None
+
+
+def test_a_non_finite_checkpoint_is_not_published_as_final(tmp_path, capsys, tokenizer, train_file):
+    out = tmp_path / "out"
+    given = _nan_model(tmp_path / "given-m1", tokenizer, "model.layers.1.mlp.up_proj.weight")
+    args = [*_base(given, train_file, out), "method=sft", "sft.epochs=1", f"sft.checkpoint={given}"]
+    _fails(capsys, ["run", *args], "final: the model to publish")
+    assert not (out / "final").exists()

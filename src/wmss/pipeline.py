@@ -46,6 +46,7 @@ from wmss.models import (
     load_model,
     load_tokenizer,
     model_identity,
+    nonfinite_weight,
     resolve_model,
     save_model,
 )
@@ -451,6 +452,13 @@ def phase_final(run: RunDir, src: Path, dst: Path) -> dict[str, Any]:
     (``peft.merge``) its adapter is merged into the base: ``final/`` is a standard checkpoint."""
     from wmss.lora import is_adapter, merged_model
 
+    bad = nonfinite_weight(src) if distributed.is_main() else None
+    if bad:
+        raise WmssError(
+            f"final: the model to publish, {src}, holds NaN or infinite weights ({bad}); final/ is not "
+            "written. "
+            "Training diverged or the checkpoint is damaged: lower the learning rate, or check that model."
+        )
     if run.cfg.peft.enabled and run.cfg.peft.merge and is_adapter(src):
         if distributed.is_main():
             save_model(merged_model(str(src)), load_tokenizer(str(src)), dst)

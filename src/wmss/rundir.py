@@ -283,6 +283,7 @@ class RunDir:
             callbacks=self.callbacks,
             learning_rate=learning_rate,
             segment=segments.get(phase),
+            phase=phase,
         )
 
     def training_record(self, result: dict[str, Any], phase: str) -> dict[str, Any]:
