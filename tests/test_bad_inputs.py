@@ -100,6 +100,10 @@ def test_bad_config_values_stop_before_any_work(
         ("model: [unclosed", "is not valid YAML"),
         ("- just\n- a list\n", "the top level must be a mapping"),
         ("train: 3\n", "'train' is a section"),
+        (
+            "seed: 1\ntrain:\n  learning_rate: 1.0e-5\n  learning_rate: 2.0e-5\n",
+            "line 4 is not valid YAML: the key 'learning_rate' is given twice (lines 3 and 4)",
+        ),
     ],
 )
 def test_bad_config_files(tmp_path, capsys, content, message):
@@ -500,3 +504,121 @@ def test_a_non_finite_checkpoint_is_not_published_as_final(tmp_path, capsys, tok
     args = [*_base(given, train_file, out), "method=sft", "sft.epochs=1", f"sft.checkpoint={given}"]
     _fails(capsys, ["run", *args], "final: the model to publish")
     assert not (out / "final").exists()
+
+
+def test_an_alias_bomb_is_quoted_in_a_line(tmp_path, capsys):
+    nested = ["&l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    nested += [f"&l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    config = tmp_path / "bomb.yaml"
+    config.write_text(f"model: [{', '.join(nested)}]\n")  # 9**9 leaves in under 500 bytes
+    assert len(config.read_bytes()) < 500
+    err = _fails(capsys, ["run", str(config)], "'model' must be str; got [[")
+    assert len(err) < 400
+
+
+def _task_file(file, **keys):
+    import yaml
+
+    file.write_text(yaml.safe_dump({"question_field": "question", "answer_field": "final", **keys}))
+    return file
+
+
+def test_names_that_would_escape_or_nest_the_output_are_refused(tmp_path, capsys, tiny_model_dir, train_file):
+    out = tmp_path / "deep" / "out"
+    task = _task_file(tmp_path / "t.yaml", name="../../x", path=str(train_file))
+    eval_ = ["eval", "eval.max_new_tokens=2", "--output", str(out)]
+    _fails(capsys, [*eval_, "--model", f"m={tiny_model_dir}", "--task", str(task)],
+           f"task file {task}: name '../../x' cannot be used")  # fmt: skip
+    ok = _task_file(tmp_path / "ok.yaml", name="ok", path=str(train_file))
+    for name in ("../../y", "a/b", "..", ""):
+        _fails(capsys, [*eval_, "--model", f"{name}={tiny_model_dir}", "--task", str(ok)],
+               f"--model name '{name}' cannot be used")  # fmt: skip
+    same = _task_file(tmp_path / "same.yaml", name="ok", path=str(train_file))
+    _fails(capsys, [*eval_, "--model", f"m={tiny_model_dir}", "--task", str(ok), "--task", str(same)],
+           f"two tasks are named 'ok' ({ok} and {same})")  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.yaml", "same.yaml", "t.yaml", "train.jsonl"]
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("name: t\nmax_new_tokens: lots\n", "max_new_tokens must be a whole number >= 1; got 'lots'"),
+        ("name: t\nmax_new_tokens: 0\n", "max_new_tokens must be a whole number >= 1; got 0"),
+        ("name: t\nanswer_field: a\nanswer_field: b\n", "line 3 is not valid YAML: the key 'answer_field' is "
+         "given twice (lines 2 and 3)"),
+        ("name: t\nquestion_template: '{question'\n", "question_template is not a valid format string"),
+        ("name: [t]\n", "name must be text; got ['t']"),
+        ("- name\n", "the top level must be a mapping"),
+    ],
+)  # fmt: skip
+def test_a_bad_task_file_fails_before_any_model_is_loaded(tmp_path, capsys, tiny_model_dir, text, message):
+    task = tmp_path / "t.yaml"
+    task.write_text(text)
+    out = tmp_path / "out"
+    _fails(
+        capsys, ["eval", "--model", f"m={tiny_model_dir}", "--task", str(task), "--output", str(out)], message
+    )
+    assert not out.exists()
+
+
+def _parquet(path, rows):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"question": [r[0] for r in rows], "answer": [r[1] for r in rows]}), path)
+    return path
+
+
+TRAINING_ROW_CASES = [
+    ('{"question": "q", "answer": "1", "uid": 1}\n{"question": "q", "answer": "2"}\n', ["data.id_field=uid"],
+     "row 2: data.id_field 'uid' is not a column of this row"),
+    ('{"question": "q", "answer": "1", "uid": [1, 2]}\n', ["data.id_field=uid"],
+     "row 1: data.id_field 'uid' must be a whole number or a text; got list [1, 2]"),
+    ('{"question": "q", "answer": "1", "uid": 1}\n{"question": "q", "answer": "2", "uid": "b"}\n',
+     ["data.id_field=uid"], "data.id_field 'uid' mixes whole numbers and texts"),
+    ('{"question": "q\\ud800", "answer": "1"}\n', [], "row 1: the prompt holds a lone surrogate"),
+    ('{"question": "q", "answer": "x\\udc00y"}\n', [], "row 1: the completion holds a lone surrogate"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text,extra,message", TRAINING_ROW_CASES)
+def test_bad_ids_and_text_stop_before_any_work(tmp_path, capsys, tiny_model_dir, text, extra, message):
+    data = tmp_path / "train.jsonl"
+    data.write_text(text)
+    out = tmp_path / "out"
+    _fails(capsys, ["run", *_base(tiny_model_dir, data, out), *extra], message)
+    assert not out.exists()
+
+
+def test_an_empty_or_damaged_parquet_file(tmp_path, capsys, tiny_model_dir):
+    out = tmp_path / "out"
+    empty = _parquet(tmp_path / "empty.parquet", [])
+    _fails(capsys, ["run", *_base(tiny_model_dir, empty, out)], f"{empty} has no rows")
+    damaged = tmp_path / "damaged.parquet"
+    damaged.write_bytes(_parquet(tmp_path / "good.parquet", [("q", "a")] * 50).read_bytes()[:300])
+    _fails(
+        capsys, ["run", *_base(tiny_model_dir, damaged, out)], f"{damaged} cannot be read as a Parquet file"
+    )
+    assert not out.exists()
+
+
+def test_models_that_do_not_fit_the_tokenizer_or_each_other_fail_at_startup(
+    tmp_path, capsys, tokenizer, tiny_model_dir, train_file
+):
+    from tests.conftest import build_model
+
+    out = tmp_path / "out"
+    small = tmp_path / "small"
+    build_model(40).save_pretrained(small)
+    tokenizer.save_pretrained(small)
+    _fails(
+        capsys,
+        ["run", *_base(small, train_file, out)],
+        "but the model " + str(small) + " has only 40 embeddings",
+    )
+    other = tmp_path / "other-vocab"
+    build_model(len(tokenizer) + 16).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    _fails(capsys, ["run", *_base(tiny_model_dir, train_file, out), f"wmss.weak={other}"],
+           f"the weak model ({other}) has a vocabulary of {len(tokenizer) + 16} logits")  # fmt: skip
+    assert not out.exists()

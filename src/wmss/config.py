@@ -580,7 +580,8 @@ _QUOTE.maxlevel, _QUOTE.maxlong = 3, 40
 def quote(value: Any) -> str:
     """``repr(value)`` cut short: an error message quotes at most a line of a bad value (a YAML alias
     bomb expands to megabytes)."""
-    return _QUOTE.repr(value)
+    text = _QUOTE.repr(value)
+    return text if len(text) <= 200 else text[:200] + "…"
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -148,6 +148,19 @@ def check_compatible(
         )
 
 
+def check_token_ids(source: str, dataset: Any, tokenizer_source: str) -> None:
+    """Every token id of the tokenised training data must have a row in the model's embedding matrix
+    (a tokenizer larger than the model's vocabulary would fail only in the middle of a phase)."""
+    vocab = getattr(model_config(source).get_text_config(), "vocab_size", None)
+    top = max((max(ids) for ids in dataset["input_ids"] if ids), default=-1)
+    if vocab is not None and top >= vocab:
+        raise ModelError(
+            f"the training data holds token id {top}, but the model {source} has only {vocab} embeddings "
+            f"(vocab_size): the tokenizer of {tokenizer_source} does not belong to this model. Give the "
+            "model's own tokenizer (tokenizer=…), or a model whose vocabulary covers it."
+        )
+
+
 def save_model(
     model: PreTrainedModel,
     tokenizer: Any,

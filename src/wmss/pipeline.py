@@ -43,6 +43,7 @@ from wmss.errors import WmssError
 from wmss.io import atomic_directory, atomic_write_json, atomic_write_jsonl, file_digest, read_jsonl
 from wmss.models import (
     check_compatible,
+    check_token_ids,
     load_model,
     load_tokenizer,
     model_identity,
@@ -488,13 +489,17 @@ def _start(
         base = resolve_model(cfg.model)
         tokenizer = load_tokenizer(cfg.tokenizer or base)
         dataset, report = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
+    check_token_ids(base, dataset, cfg.tokenizer or base)
     identities = {
         "data": data_identity(cfg.data.path, cfg.data.split, cfg.data.subset),
         "base": model_identity(base),
     }
     for key, path in (("m1", cfg.sft.checkpoint), ("first_weak", cfg.wmss.weak)):
         if path:
-            identities[key] = model_identity(resolve_model(path))
+            resolved = resolve_model(path)
+            if key == "first_weak" and cfg.method == "wmss" and cfg.wmss.iterations > 0:  # checked now, not
+                check_compatible(resolved, base, load_tokenizer(resolved), tokenizer)  # after SFT
+            identities[key] = model_identity(resolved)
     run = RunDir(cfg, {**identities, **(inputs or {})}, callbacks)
     run.record_data(report)
     return base, tokenizer, dataset, run
