@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -622,3 +623,125 @@ def test_models_that_do_not_fit_the_tokenizer_or_each_other_fail_at_startup(
     _fails(capsys, ["run", *_base(tiny_model_dir, train_file, out), f"wmss.weak={other}"],
            f"the weak model ({other}) has a vocabulary of {len(tokenizer) + 16} logits")  # fmt: skip
     assert not out.exists()
+
+
+def _one_epoch(model, data, out):
+    return [*_base(model, data, out), "wmss.iterations=0", "sft.epochs=1"]
+
+
+def test_a_deleted_final_is_published_again_and_evaluated_again(
+    tmp_path, capsys, caplog, tiny_model_dir, train_file
+):
+    out = tmp_path / "out"
+    task = _mawps_file(tmp_path / "test.json", [1, 2])
+    args = [*_one_epoch(tiny_model_dir, train_file, out), "eval.task=mawps", f"eval.path={task}",
+            "eval.max_new_tokens=2"]  # fmt: skip
+    assert main(["run", *args]) == 0
+    before = (out / "final" / "model.safetensors").read_bytes()
+    shutil.rmtree(out / "final")
+    assert main(["run", *args]) == 0
+    assert "phase final: was done, but its output final is missing" in caplog.text
+    assert (out / "final" / "model.safetensors").read_bytes() == before
+    phases = json.loads((out / "manifest.json").read_text())["phases"]
+    assert (
+        phases["final"]["attempts"] == 2
+        and phases["eval"]["attempts"] == 2
+        and phases["sft"]["attempts"] == 1
+    )
+
+
+def test_a_model_deleted_between_phases_is_said_and_recomputed(
+    tmp_path, capsys, caplog, tiny_model_dir, train_file, monkeypatch
+):
+    import wmss.pipeline
+
+    out = tmp_path / "out"
+    args = [*_base(tiny_model_dir, train_file, out), "sft.epochs=1", "wmss.selection=all"]
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(wmss.pipeline, "phase_joint_training", killed)
+    assert main(["run", *args]) == 130
+    monkeypatch.undo()
+    m1 = (out / "models" / "M1" / "model.safetensors").read_bytes()
+    shutil.rmtree(out / "models" / "M1")
+    assert main(["run", *args]) == 0
+    assert "phase sft: was done, but its output models/M1 is missing" in caplog.text
+    assert (out / "models" / "M1" / "model.safetensors").read_bytes() == m1  # the same M1, recomputed
+    assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_a_model_that_failed_to_load_can_be_repaired_and_the_run_resumed(
+    tmp_path, capsys, tiny_model_dir, train_file
+):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    weights = (model / "model.safetensors").read_bytes()
+    (model / "model.safetensors").write_bytes(weights[:500])
+    out = tmp_path / "out"
+    _fails(capsys, ["run", *_one_epoch(model, train_file, out)], f"could not load the model '{model}'")
+    (model / "model.safetensors").write_bytes(weights)
+    assert main(["run", *_one_epoch(model, train_file, out)]) == 0
+    assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_a_lock_whose_pid_another_process_now_has_is_taken_over(tmp_path, capsys, tiny_model_dir, train_file):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".wmss-run").write_text("{}")
+    (out / ".wmss-lock").write_text(
+        json.dumps({"pid": 1, "host": os.uname().nodename, "since": "x", "started": -1})
+    )  # pid 1 is alive, but it started at another time than the lock's holder
+    assert main(["run", *_one_epoch(tiny_model_dir, train_file, out)]) == 0
+    assert not (out / ".wmss-lock").exists()
+
+
+def test_a_dangling_symlink_as_output_dir(tmp_path, capsys, tiny_model_dir, train_file):
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "gone")
+    _fails(capsys, ["run", *_one_epoch(tiny_model_dir, train_file, link)],
+           f"output_dir {link} is a symbolic link to {tmp_path / 'gone'}, which does not exist")  # fmt: skip
+    assert not (tmp_path / "gone").exists()
+
+
+def test_litter_of_interrupted_writes_is_cleaned(tmp_path, capsys, tiny_model_dir, train_file):
+    out = tmp_path / "out"
+    args = _one_epoch(tiny_model_dir, train_file, out)
+    assert main(["run", *args]) == 0
+    (out / ".final.tmp-4242").mkdir()
+    (out / ".final.tmp-4242" / "model.safetensors").write_bytes(b"half")
+    (out / "models" / ".M1.tmp-4242").mkdir()
+    (out / ".manifest.json.tmp-4242").write_text("{")
+    (out / "logs" / ".sft.json.tmp-17").write_text("[")
+    assert main(["run", *args]) == 0
+    assert not list(out.rglob("*.tmp-*"))
+
+
+def test_unwritable_places_and_a_full_disk_inside_a_library(
+    tmp_path, capsys, tiny_model_dir, train_file, monkeypatch
+):
+    from safetensors import SafetensorError
+    from transformers import PreTrainedModel
+
+    import wmss.rundir
+
+    out = tmp_path / "out"
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(wmss.rundir, "atomic_write_text", denied)
+    err = _fails(capsys, ["run", *_one_epoch(tiny_model_dir, train_file, out)],
+                 f"Permission denied ({out / 'config.yaml'}). Make that path readable")  # fmt: skip
+    assert "the output directory writable" in err and not (out / ".wmss-lock").exists()
+    monkeypatch.undo()
+
+    def full(self, *args, **kwargs):
+        raise SafetensorError(
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left" })'
+        )
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+    err = _fails(capsys, ["run", *_one_epoch(tiny_model_dir, train_file, out)], "no space left on the device")
+    assert "re-run the same command to resume" in err and not list(out.rglob("*.tmp-*"))

@@ -501,7 +501,11 @@ def _start(
                 check_compatible(resolved, base, load_tokenizer(resolved), tokenizer)  # after SFT
             identities[key] = model_identity(resolved)
     run = RunDir(cfg, {**identities, **(inputs or {})}, callbacks)
-    run.record_data(report)
+    try:
+        run.record_data(report)
+    except BaseException:
+        run.release()
+        raise
     return base, tokenizer, dataset, run
 
 
@@ -583,14 +587,17 @@ def _finish(run: RunDir, last: str, tokenizer: Any, num_examples: int) -> dict[s
     """Publish ``last`` as ``final/``, record the budget, evaluate when a task is set; the manifest."""
     cfg = run.cfg
     final = run.root / FINAL
+    republished = run.done(FINAL) is None
     run.phase(FINAL, lambda: phase_final(run, Path(last), final))
     run.record_budget(num_examples)
     if not distributed.is_main():  # the main process evaluates alone; the others are done
         return run.manifest
     if cfg.eval.path or cfg.eval.task != "generic":
         evaluated = run.done(EVAL)
-        if evaluated and eval_changed(evaluated.get("eval_config"), cfg.eval):
-            evaluated["status"] = "stale"  # the eval section changed since: evaluate again
+        if evaluated and (republished or eval_changed(evaluated.get("eval_config"), cfg.eval)):
+            evaluated["status"] = (
+                "stale"  # final/ published anew, or the eval section changed: evaluate again
+            )
         run.phase(EVAL, lambda: phase_eval(run, str(final), tokenizer), alone=True)
     log.info("run finished: final model at %s", final)
     return run.manifest
