@@ -656,7 +656,7 @@ def test_a_model_deleted_between_phases_is_said_and_recomputed(
     import wmss.pipeline
 
     out = tmp_path / "out"
-    args = [*_base(tiny_model_dir, train_file, out), "sft.epochs=1", "wmss.selection=all"]
+    args = [*_base(tiny_model_dir, train_file, out), "sft.epochs=1", "wmss.selection=all", "data.limit=8"]
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
@@ -745,3 +745,21 @@ def test_unwritable_places_and_a_full_disk_inside_a_library(
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
     err = _fails(capsys, ["run", *_one_epoch(tiny_model_dir, train_file, out)], "no space left on the device")
     assert "re-run the same command to resume" in err and not list(out.rglob("*.tmp-*"))
+
+
+def test_tampered_manifest_values_and_model_names_are_escaped(tmp_path):
+    from wmss.evaluation.report import compare, markdown
+    from wmss.run_report import _evaluation
+
+    attack = "<script>alert(1)</script>"
+    tampered = {"status": "done", "accuracy": attack, "num_correct": attack, "num_problems": "<b>3</b>",
+                "task": "t", "pass_at_k": {"1": attack}}  # fmt: skip
+    manifest = {"phases": {"eval": tampered}}
+    page = _evaluation(tmp_path, manifest)
+    assert (
+        "<script>" not in page and "<b>3</b>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    )
+    summary = {"accuracy": 0.5, "num_problems": 2, "pass_at_k": None, "per_problem": [1.0, 0.0]}
+    name = "<img src=x onerror=alert(1)>"
+    text = markdown(compare({name: {"t<i>": summary}, "base": {"t<i>": summary}}, baseline="base"))
+    assert "<img" not in text and "<i>" not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
