@@ -763,3 +763,33 @@ def test_tampered_manifest_values_and_model_names_are_escaped(tmp_path):
     name = "<img src=x onerror=alert(1)>"
     text = markdown(compare({name: {"t<i>": summary}, "base": {"t<i>": summary}}, baseline="base"))
     assert "<img" not in text and "<i>" not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
+
+
+def test_an_interrupted_eval_keeps_the_evaluations_that_had_finished(tmp_path, tokenizer, monkeypatch):
+    from tests.conftest import build_model
+    from wmss.evaluation import evaluate as evaluate_module
+
+    for name, seed in (("a", 1), ("b", 2)):
+        build_model(len(tokenizer), seed=seed).save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+    task = _mawps_file(tmp_path / "test.json", [1, 2, 3, 4])
+    models = ["--model", f"a={tmp_path / 'a'}", "--model", f"b={tmp_path / 'b'}"]
+    args = ["eval", "eval.max_new_tokens=3", "eval.batch_size=2", "--task", f"mawps={task}", *models,
+            "--output", str(tmp_path / "out")]  # fmt: skip
+    real, calls = evaluate_module.generate, []
+
+    def counted(*args, **kwargs):
+        calls.append(len(args[2]))  # the prompts still to generate
+        if len(calls) == 2:  # model b: interrupted
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "generate", counted)
+    assert main(args) == 130
+    first = (tmp_path / "out" / "a" / "mawps" / "predictions.jsonl").read_text()
+    calls.clear()
+    assert main(args) == 0
+    assert calls == [4]  # only model b generates; a's finished evaluation is read back
+    assert (tmp_path / "out" / "a" / "mawps" / "predictions.jsonl").read_text() == first
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["results"]["a"]["mawps"]["num_problems"] == 4

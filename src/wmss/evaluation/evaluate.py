@@ -12,12 +12,13 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from wmss.errors import WmssError
 from wmss.evaluation.answers import extract_answer, extract_choice
 from wmss.evaluation.generation import Generation, VLLMGenerator, generate
 from wmss.evaluation.grading import grade
 from wmss.evaluation.metrics import mean_pass_at_k
 from wmss.evaluation.tasks import TaskData
-from wmss.io import atomic_write_jsonl, read_jsonl
+from wmss.io import atomic_write_json, atomic_write_jsonl, file_digest, read_json, read_jsonl
 
 
 def score(generation: str, gold: str, answer_type: str) -> dict:
@@ -76,7 +77,13 @@ def evaluate_task(
                 [[str(p["id"]), p["question"], p["answer"]] for p in data.problems], default=str
             ).encode()
         ).hexdigest(),
+        "prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
     }
+    stamp = out / ".predictions.done.json"  # the settings of a finished predictions.jsonl
+    finished = _read_finished(final, stamp, settings)
+    if finished is not None:  # evaluated already (e.g. before another model's evaluation was interrupted)
+        records, elapsed = finished
+        return _summary(data, records, num_samples, final, elapsed, exclude_bad_golds)
     done = _read_partial(progress, settings)
     todo = [i for i, p in enumerate(data.problems) if str(p["id"]) not in done]
     start = time.perf_counter()
@@ -112,6 +119,7 @@ def evaluate_task(
     elapsed = time.perf_counter() - start
     records = [done[str(p["id"])] for p in data.problems]
     atomic_write_jsonl(final, records, ensure_ascii=False)
+    atomic_write_json(stamp, {"settings": settings, "wall_time_s": elapsed, "sha256": file_digest(final)})
     progress.unlink()
     return _summary(data, records, num_samples, final, elapsed, exclude_bad_golds)
 
@@ -130,6 +138,20 @@ def _record(problem: dict, prompt: str, samples: list[Generation], answer_type: 
     if len(scored) == 1:
         return {**record, **scored[0]}
     return {**record, "num_correct": sum(s["correct"] for s in scored), "samples": scored}
+
+
+def _read_finished(final: Path, stamp: Path, settings: dict) -> tuple[list[dict], float] | None:
+    """The records and generation time of ``final`` when it was finished with ``settings`` and is
+    unchanged since (its SHA-256 in ``stamp``); None otherwise."""
+    if not final.is_file() or not stamp.is_file():
+        return None
+    try:
+        recorded = read_json(stamp)
+        if recorded["settings"] != settings or recorded["sha256"] != file_digest(final):
+            return None
+        return read_jsonl(final), float(recorded["wall_time_s"])
+    except (ValueError, KeyError, TypeError, WmssError):  # a damaged stamp or file: evaluate again
+        return None
 
 
 def _read_partial(path: Path, settings: dict) -> dict[str, dict]:
