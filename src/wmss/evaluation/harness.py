@@ -109,16 +109,17 @@ def evaluate_models(
     for name in models:
         check_name(name, "--model name")
     tasks = [parse_task_spec(spec, cfg.eval) for spec in task_specs]
-    seen: dict[str, str | None] = {}
+    seen: dict[str, str] = {}
     for (task, _), spec in zip(tasks, task_specs, strict=True):
-        check_name(task.name, f"task name (of {spec or cfg.task})")
+        given = spec or cfg.eval.task
+        check_name(task.name, f"task name (of {given})")
         if task.name in seen:
             raise ConfigError(
-                f"two tasks are named '{task.name}' ({seen[task.name] or cfg.task} and {spec or cfg.task}): "
-                "their predictions and results would overwrite each other. Give each task its own name "
-                "(the 'name' key of a task YAML file)."
+                f"two tasks are named '{task.name}' ({seen[task.name]} and {given}): their predictions and "
+                "results would overwrite each other. Give each task its own name (the 'name' key of a task "
+                "YAML file)."
             )
-        seen[task.name] = spec
+        seen[task.name] = given
     # every task's problems before any model is loaded: a bad file fails now, not after hours of generation
     problems = [load_problems(task, task_path, cfg.eval) for task, task_path in tasks]
     results: dict[str, dict[str, dict]] = {}
