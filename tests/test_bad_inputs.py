@@ -793,3 +793,26 @@ def test_an_interrupted_eval_keeps_the_evaluations_that_had_finished(tmp_path, t
     assert (tmp_path / "out" / "a" / "mawps" / "predictions.jsonl").read_text() == first
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["results"]["a"]["mawps"]["num_problems"] == 4
+
+
+def test_a_full_disk_that_torch_reports_as_a_failed_write(
+    tmp_path, capsys, tiny_model_dir, train_file, monkeypatch
+):
+    import shutil as shutil_module
+    from collections import namedtuple
+
+    from transformers import Trainer
+
+    def failed(self, *args, **kwargs):
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file"
+        )
+
+    monkeypatch.setattr(Trainer, "train", failed)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="PytorchStreamWriter"):  # a bug, unless the disk is full
+        main(["run", *_one_epoch(tiny_model_dir, train_file, out)])
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 4096))
+    err = _fails(capsys, ["run", *_one_epoch(tiny_model_dir, train_file, out)], "no space left on the device")
+    assert f"while writing {out / 'checkpoints' / 'sft'}" in err

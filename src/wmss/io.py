@@ -125,3 +125,15 @@ def file_digest(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def out_of_space(path: str | Path, margin: int = 16 << 20) -> bool:
+    """Whether the file system holding ``path`` (or its nearest existing parent) has less than ``margin``
+    bytes free: tells a full disk from other failures of libraries that do not say (torch.save)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free < margin
+    except OSError:
+        return False

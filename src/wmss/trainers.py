@@ -21,6 +21,7 @@ writes a standard checkpoint (``save_trained``).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -43,6 +44,7 @@ from wmss.config import TrainConfig
 from wmss.data import CompletionCollator
 from wmss.errors import ConfigError, TrainingError
 from wmss.heads import capture_head_input, final_hidden_states, output_head, use_fused_head
+from wmss.io import out_of_space
 from wmss.losses import (
     fused_completion_cross_entropy,
     fused_mixed_logit_cross_entropy,
@@ -242,8 +244,9 @@ class SegmentedScheduleTrainer(Trainer):
     stops with a ``TrainingError`` naming ``phase`` and the step as soon as a loss or the gradient norm is
     NaN or infinite, before the optimizer step (Trainer itself would log the loss as the mean of the
     previous ones and go on, ending with NaN weights). It only reads the values, so the training is the
-    same. The check falls at the gradient norm, which every process sees alike (gradients are averaged
-    across processes before it), so under several processes they all stop at the same step."""
+    same. Under several processes a process's own non-finite loss is acted on at the gradient norm, which
+    every process sees alike (gradients are averaged across processes before it): they all stop at the
+    same step instead of leaving the others waiting."""
 
     segment: ScheduleSegment | None = None
     phase: str = "training"
@@ -253,6 +256,8 @@ class SegmentedScheduleTrainer(Trainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self._nonfinite_loss is None and not torch.isfinite(loss).all():
             self._nonfinite_loss = float(loss.detach().float().sum())
+            if self.args.world_size == 1:  # alone, stop now; several processes stop together below
+                self._diverged("loss", self._nonfinite_loss)
         return loss
 
     def _get_grad_norm(self, model: nn.Module, grad_norm: Any = None) -> Any:
@@ -369,7 +374,12 @@ def fit(
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, TensorBoardCallback) and where.logging_dir and callback.logging_dir is None:
             callback.logging_dir = str(where.logging_dir)  # None unless $TENSORBOARD_LOGGING_DIR is set
-    result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(where.checkpoint_dir))
+    try:
+        result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(where.checkpoint_dir))
+    except RuntimeError as err:  # torch.save says "file write failed" on a full disk: say what it is
+        if out_of_space(where.checkpoint_dir):
+            raise OSError(errno.ENOSPC, "No space left on device", str(where.checkpoint_dir)) from err
+        raise
     if where.save_to is not None:
         save_trained(trainer, where.save_to)
     return {"steps": trainer.state.global_step, **result.metrics, "log_history": trainer.state.log_history}
