@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import write_jsonl as write_rows
 from wmss.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -816,3 +817,12 @@ def test_a_full_disk_that_torch_reports_as_a_failed_write(
     monkeypatch.setattr(shutil_module, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 4096))
     err = _fails(capsys, ["run", *_one_epoch(tiny_model_dir, train_file, out)], "no space left on the device")
     assert f"while writing {out / 'checkpoints' / 'sft'}" in err
+
+
+def test_evaluation_ids_that_collide_as_text_are_renumbered(tmp_path):
+    from wmss.evaluation.tasks import generic_task, load_task
+
+    rows = [{"id": 1, "question": "a", "answer": "1"}, {"id": "1", "question": "b", "answer": "2"},
+            {"id": [3], "question": "c", "answer": "3"}]  # fmt: skip
+    data = load_task(generic_task(), str(write_rows(tmp_path / "t.jsonl", rows)))
+    assert [p["id"] for p in data.problems] == [0, 1, 2]  # "1" and 1 would share one prediction

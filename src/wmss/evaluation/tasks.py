@@ -368,7 +368,7 @@ def load_task(
             + (f", first: {malformed[0]}" if malformed else "")
             + ")."
         )
-    ids = [p["id"] for p in problems]
+    ids = [str(p["id"]) for p in problems]  # as predictions are keyed: 1 and "1" are the same id
     if len(set(ids)) != len(ids):  # ids must be unique to pair models and resume
         for i, p in enumerate(problems):
             p["id"] = i
