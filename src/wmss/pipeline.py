@@ -453,12 +453,12 @@ def phase_final(run: RunDir, src: Path, dst: Path) -> dict[str, Any]:
     (``peft.merge``) its adapter is merged into the base: ``final/`` is a standard checkpoint."""
     from wmss.lora import is_adapter, merged_model
 
-    bad = nonfinite_weight(src) if distributed.is_main() else None
+    bad = nonfinite_weight(src)  # every process reads it, so all stop together
     if bad:
         raise WmssError(
             f"final: the model to publish, {src}, holds NaN or infinite weights ({bad}); final/ is not "
-            "written. "
-            "Training diverged or the checkpoint is damaged: lower the learning rate, or check that model."
+            "written. Training diverged or the checkpoint is damaged: lower the learning rate, or check "
+            "that model."
         )
     if run.cfg.peft.enabled and run.cfg.peft.merge and is_adapter(src):
         if distributed.is_main():
@@ -594,10 +594,9 @@ def _finish(run: RunDir, last: str, tokenizer: Any, num_examples: int) -> dict[s
         return run.manifest
     if cfg.eval.path or cfg.eval.task != "generic":
         evaluated = run.done(EVAL)
+        # final/ published anew (it had been deleted), or the eval section changed: evaluate again
         if evaluated and (republished or eval_changed(evaluated.get("eval_config"), cfg.eval)):
-            evaluated["status"] = (
-                "stale"  # final/ published anew, or the eval section changed: evaluate again
-            )
+            evaluated["status"] = "stale"
         run.phase(EVAL, lambda: phase_eval(run, str(final), tokenizer), alone=True)
     log.info("run finished: final model at %s", final)
     return run.manifest
