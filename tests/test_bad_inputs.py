@@ -710,13 +710,22 @@ def test_litter_of_interrupted_writes_is_cleaned(tmp_path, capsys, tiny_model_di
     out = tmp_path / "out"
     args = _one_epoch(tiny_model_dir, train_file, out)
     assert main(["run", *args]) == 0
-    (out / ".final.tmp-4242").mkdir()
-    (out / ".final.tmp-4242" / "model.safetensors").write_bytes(b"half")
-    (out / "models" / ".M1.tmp-4242").mkdir()
-    (out / ".manifest.json.tmp-4242").write_text("{")
-    (out / "logs" / ".sft.json.tmp-17").write_text("[")
+    (out / ".final.tmp-3999999").mkdir()
+    (out / ".final.tmp-3999999" / "model.safetensors").write_bytes(b"half")
+    (out / "models" / ".M1.tmp-3999998").mkdir()
+    (out / ".manifest.json.tmp-3999997").write_text("{")
+    (out / "logs" / ".sft.json.tmp-3999996").write_text("[")
     assert main(["run", *args]) == 0
     assert not list(out.rglob("*.tmp-*"))
+    evaluated = tmp_path / "evaluated"
+    (evaluated / "m" / "mawps").mkdir(parents=True)
+    (evaluated / ".summary.json.tmp-3999999").write_text("{")
+    (evaluated / "m" / "mawps" / ".predictions.jsonl.tmp-3999998").write_text("{")
+    (evaluated / f".summary.md.tmp-{os.getppid()}").write_text("|")  # its process is alive: kept
+    task = _mawps_file(tmp_path / "test.json", [1])
+    assert main(["eval", "eval.max_new_tokens=2", "--model", f"m={tiny_model_dir}", "--task", f"mawps={task}",
+                 "--output", str(evaluated)]) == 0  # fmt: skip
+    assert [p.name for p in evaluated.rglob("*.tmp-*")] == [f".summary.md.tmp-{os.getppid()}"]
 
 
 def test_unwritable_places_and_a_full_disk_inside_a_library(

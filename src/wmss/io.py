@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
+import re
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -137,3 +139,32 @@ def out_of_space(path: str | Path, margin: int = 16 << 20) -> bool:
         return shutil.disk_usage(path).free < margin
     except OSError:
         return False
+
+
+def remove_litter(root: str | Path) -> None:
+    """Remove the temporary files and directories (``.NAME.tmp-PID``, written by the functions above)
+    under ``root`` that a process killed while writing left behind: those whose process has ended."""
+    root = Path(root)
+    for path in sorted(root.rglob(".*.tmp-*"), reverse=True):
+        match = re.fullmatch(r"\..+\.tmp-(\d+)", path.name)
+        if match is None or _running(int(match.group(1))):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        logging.getLogger("wmss").info(
+            "%s: removed %s, left by an interrupted write.", root, path.relative_to(root)
+        )
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not writing it now: left by an earlier process with the same pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid > 0
+    return True

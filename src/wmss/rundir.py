@@ -48,7 +48,7 @@ from wmss import __version__, distributed
 from wmss.config import RunConfig, config_from_dict
 from wmss.data import DataReport
 from wmss.errors import ConfigError, WmssError
-from wmss.io import atomic_write_json, atomic_write_text, file_digest, read_json
+from wmss.io import atomic_write_json, atomic_write_text, file_digest, read_json, remove_litter
 from wmss.trainers import PhaseTraining, ScheduleSegment, steps_per_pass
 
 log = logging.getLogger("wmss")
@@ -434,17 +434,6 @@ def lock(root: Path) -> bool:
                 )
             path.unlink(missing_ok=True)
     raise ConfigError(f"could not take the lock {path}; remove it if no wmss run is using {root}.")
-
-
-def remove_litter(root: Path) -> None:
-    """Remove the temporary files and directories (``.NAME.tmp-PID``, ``wmss.io``) that a run killed while
-    writing left behind; called by the lock's holder, so no other run is writing them."""
-    for path in sorted(root.rglob(".*.tmp-*"), reverse=True):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-        log.info("%s: removed %s, left by an interrupted write.", root, path.relative_to(root))
 
 
 def _process_start(pid: int) -> int | None:

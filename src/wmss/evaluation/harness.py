@@ -14,6 +14,7 @@ from wmss.evaluation.generation import VLLMGenerator, vllm_usable
 from wmss.evaluation.prompting import build_prompts
 from wmss.evaluation.report import write_report
 from wmss.evaluation.tasks import Task, TaskData, check_name, generic_task, load_task, resolve_task
+from wmss.io import remove_litter
 
 log = logging.getLogger("wmss")
 
@@ -106,6 +107,8 @@ def evaluate_models(
     from wmss.models import load_tokenizer, resolve_model
 
     out = Path(out_dir)
+    if out.is_dir():
+        remove_litter(out)
     for name in models:
         check_name(name, "--model name")
     tasks = [parse_task_spec(spec, cfg.eval) for spec in task_specs]
