@@ -499,6 +499,39 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+MAX_MESSAGE = 2000
+"""Characters of an error message printed at most: the start and the end (what to do) are kept."""
+
+
+def _capped(message: str) -> str:
+    if len(message) <= MAX_MESSAGE:
+        return message
+    left_out = len(message) - MAX_MESSAGE
+    return f"{message[: MAX_MESSAGE - 500]} … ({left_out} characters left out) … {message[-500:]}"
+
+
+def _os_error_message(err: BaseException) -> str | None:
+    """What to tell the user about a failed file operation: a full disk (also when a library, e.g.
+    safetensors or torch, reports it in its own exception type), a permission or a read-only file system;
+    None for anything else (a bug: its traceback is shown)."""
+    for cause in (err, err.__cause__, err.__context__):
+        code = getattr(cause, "errno", None)
+        text = str(cause) if cause is not None else ""
+        where = f" while writing {cause.filename}" if getattr(cause, "filename", None) else ""
+        if code in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text or "StorageFull" in text:
+            return (
+                f"no space left on the device{where}. Nothing written so far is lost: free some space, then "
+                "re-run the same command to resume where it stopped."
+            )
+        if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+            path = f" ({cause.filename})" if getattr(cause, "filename", None) else ""
+            return (
+                f"{cause.strerror}{path}. Make that path readable, and the output directory writable (or "
+                "give another one), then re-run the same command to resume where it stopped."
+            )
+    return None
+
+
 def _terminated(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -519,20 +552,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except WmssError as err:
-        print(f"wmss: error: {err}", file=sys.stderr)
+        print(f"wmss: error: {_capped(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("wmss: interrupted. Re-run the same command to resume where it stopped.", file=sys.stderr)
         return 130
-    except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except Exception as err:
+        message = _os_error_message(err)
+        if message is None:
             raise
-        where = f" while writing {err.filename}" if err.filename else ""
-        print(
-            f"wmss: error: no space left on the device{where}. Nothing written so far is lost: free some "
-            "space, then re-run the same command to resume where it stopped.",
-            file=sys.stderr,
-        )
+        print(f"wmss: error: {message}", file=sys.stderr)
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)

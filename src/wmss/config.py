@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import reprlib
+import string
 import types
 import typing
 from dataclasses import dataclass, field
@@ -59,6 +61,10 @@ class DataConfig:
 
     def check(self) -> None:
         """Raise ConfigError naming the first ``data.*`` key with a bad value."""
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(
+                f"data.limit must be >= 1 (the number of rows to use) or null; got {self.limit}."
+            )
         if self.overlong not in ("truncate", "drop"):
             raise ConfigError(f"data.overlong must be 'truncate' or 'drop'; got {self.overlong!r}.")
         if (self.prompt_template is None) != (self.completion_template is None):
@@ -66,6 +72,8 @@ class DataConfig:
                 "data.prompt_template and data.completion_template must be set together "
                 "(or both left unset for prompt/completion or messages columns)."
             )
+        for key in ("prompt_template", "completion_template"):
+            check_template(getattr(self, key), f"data.{key}")
 
 
 @dataclass
@@ -108,9 +116,6 @@ class TrainConfig:
         for key in ("logging_steps", "save_steps", "save_total_limit"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1; got {getattr(self, key)}.")
-        for key in ("learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm"):
-            if not math.isfinite(getattr(self, key)):
-                raise ConfigError(f"train.{key} must be a finite number; got {getattr(self, key)}.")
         if not self.learning_rate > 0:
             raise ConfigError(f"train.learning_rate must be > 0; got {self.learning_rate}.")
         if not 0 <= self.warmup_ratio < 1:
@@ -467,6 +472,14 @@ class EvalConfig:
             )
         if self.num_fewshot > 0 and not self.fewshot_path:
             raise ConfigError("eval.num_fewshot > 0 needs eval.fewshot_path (e.g. the task's training file).")
+        for key, unset in (("limit", "every problem"), ("max_new_tokens", "the task's budget")):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                raise ConfigError(f"eval.{key} must be >= 1, or null for {unset}; got {getattr(self, key)}.")
+        if self.temperature < 0:
+            raise ConfigError(f"eval.temperature must be >= 0 (0: greedy decoding); got {self.temperature}.")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"eval.top_p must lie in (0, 1]; got {self.top_p}.")
+        check_template(self.prompt_template, "eval.prompt_template", PROBLEM_FIELDS)
 
 
 @dataclass
@@ -508,7 +521,13 @@ class RunConfig:
     def validate(self) -> RunConfig:
         """Check values that types alone cannot; raise ConfigError naming the key.
 
-        Each section's own keys first (its ``check()``), then the keys that depend on ``method``."""
+        Every number first (finite), then each section's own keys (its ``check()``), then the keys that
+        depend on ``method``."""
+        check_finite(self)
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(
+                f"seed must lie in [0, 2**32 - 1] (numpy and torch take seeds of 32 bits); got {self.seed}."
+            )
         for section in (
             self.wmss,
             self.data,
@@ -576,6 +595,94 @@ _EPOCHS_ERROR = "sft.epochs, wmss.epochs and undial.epochs must be > 0."
 """One message for the three epoch counts, raised by the section whose count is not > 0."""
 
 
+PROBLEM_FIELDS = ("question", "answer", "options", "choices", "solution", "id")
+"""Fields of an evaluation problem that ``eval.prompt_template`` may name."""
+
+
+def template_error(template: str, fields: tuple[str, ...] | None = None) -> str | None:
+    """Why ``template`` is not a usable format string over named fields (``fields``: the names it may use;
+    None: any), or None."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as err:
+        return str(err)
+    for name in names:
+        root = name.split(".")[0].split("[")[0]
+        if not root or root.isdigit():
+            return "it has a positional field {" + name + "}; name the field, e.g. {question}"
+        if fields is not None and root not in fields:
+            return f"it names the field {{{root}}}, which is not one of {', '.join(fields)}"
+    return None
+
+
+def check_template(template: str | None, key: str, fields: tuple[str, ...] | None = None) -> None:
+    """Raise ConfigError when ``key``'s value ``template`` (when set) is not a usable format string."""
+    why = template_error(template, fields) if template is not None else None
+    if why:
+        raise ConfigError(f"{key} {quote(template)} is not a valid format string: {why}.")
+
+
+def check_finite(obj: Any, prefix: str = "") -> None:
+    """Raise ConfigError naming the first float key of ``obj`` (a config dataclass) that is NaN or ±inf:
+    no key means anything at infinity, and NaN passes every ``<``/``>`` check unnoticed."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            check_finite(value, f"{prefix}{f.name}.")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{f.name} must be a finite number; got {value}.")
+
+
+_QUOTE = reprlib.Repr()
+_QUOTE.maxstring = _QUOTE.maxother = 120
+_QUOTE.maxlist = _QUOTE.maxtuple = _QUOTE.maxdict = _QUOTE.maxset = 6
+_QUOTE.maxlevel, _QUOTE.maxlong = 3, 40
+
+
+def quote(value: Any) -> str:
+    """``repr(value)`` cut short: an error message quotes at most a line of a bad value (a YAML alias
+    bomb expands to megabytes)."""
+    text = _QUOTE.repr(value)
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping key given twice (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"the key {quote(key)} is given twice (lines {seen[key]} and {line})",
+                    key_node.start_mark,
+                )
+            if isinstance(key, typing.Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping
+)
+
+
+def load_yaml(text: str, source: str | Path) -> Any:
+    """Parse YAML text like ``yaml.safe_load``, refusing a key given twice; a ConfigError names
+    ``source`` and the line."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{source}{where} is not valid YAML: {problem}.") from None
+
+
 def all_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
     """Every dotted key a config may set, e.g. ``wmss.mix_lambda``."""
     keys = []
@@ -616,7 +723,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         if option is str and isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     names = " or ".join("null" if o is type(None) else o.__name__ for o in options)
-    raise ConfigError(f"{source}: '{key}' must be {names}; got {value!r}.")
+    raise ConfigError(f"{source}: '{key}' must be {names}; got {quote(value)}.")
 
 
 def _apply(obj: Any, values: dict[str, Any], source: str, prefix: str = "") -> None:
@@ -669,10 +776,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist.")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        values = load_yaml(path.read_text(), path) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of config keys.")
         _apply(cfg, values, str(path))

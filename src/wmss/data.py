@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 
-from wmss.config import DataConfig
+from wmss.config import DataConfig, quote
 from wmss.errors import DataError
 from wmss.io import read_jsonl, read_text
 
@@ -58,7 +58,15 @@ def read_rows(
         if local.suffix == ".json":
             return _read_json(local)
         if local.suffix == ".parquet":
-            return Dataset.from_parquet(str(local)).to_list()
+            import pyarrow.parquet as pq
+
+            try:  # no rows: datasets' reader would fail (a batch size of 0); the caller says "no rows"
+                return Dataset.from_parquet(str(local)).to_list() if pq.read_metadata(local).num_rows else []
+            except Exception as err:  # pyarrow and datasets raise many types for a damaged file
+                raise DataError(
+                    f"{local} cannot be read as a Parquet file ({type(err).__name__}: {quote(str(err))}); "
+                    "check that it was written completely, or convert it to .jsonl."
+                ) from None
         raise DataError(
             f"{local}: unsupported file type '{local.suffix}'; use .jsonl, .jsonl.gz, .json or .parquet."
         )
@@ -165,7 +173,40 @@ def row_to_text(row: dict, cfg: DataConfig, where: str) -> tuple[str | list[dict
         )
     if isinstance(prompt, str) and not prompt.strip():
         raise DataError(f"{where}: the prompt is empty.")
+    texts = [prompt] if isinstance(prompt, str) else [str(m.get("content", "")) for m in prompt]
+    for what, text in [*(("prompt", t) for t in texts), ("completion", completion)]:
+        check_unicode(text, f"{where}: the {what}")
     return prompt, completion
+
+
+def check_unicode(text: str, what: str) -> None:
+    """Raise DataError when ``text`` cannot be written as UTF-8 (it holds a lone surrogate, e.g. from a
+    JSON ``"\\ud800"`` escape): it would fail later, when predictions or logs are written."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise DataError(
+            f"{what} holds a lone surrogate ({text[err.start]!r} at character {err.start + 1}), which is not "
+            "valid Unicode text; fix or remove that row (a JSON \\udXXX escape must come in a pair)."
+        ) from None
+
+
+def example_id(row: dict, field: str, where: str) -> int | str:
+    """The ``data.id_field`` value of a row: present, and a whole number or a text."""
+    if field not in row:
+        raise DataError(
+            f"{where}: data.id_field '{field}' is not a column of this row (columns: "
+            f"{', '.join(sorted(row))}); every row needs its id, or unset data.id_field to number the rows."
+        )
+    value = row[field]
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise DataError(
+            f"{where}: data.id_field '{field}' must be a whole number or a text; got "
+            f"{type(value).__name__} {quote(value)}."
+        )
+    if isinstance(value, str):
+        check_unicode(value, f"{where}: the id")
+    return value
 
 
 # ---------------------------------------------------------------- tokenising
@@ -217,7 +258,7 @@ def tokenize_examples(
         prompt, completion = row_to_text(row, cfg, where)
         prompts.append(render_prompt(tokenizer, prompt, cfg.chat_template, cfg.system_prompt))
         completions.append(completion)
-        ids.append(row[cfg.id_field] if cfg.id_field and cfg.id_field in row else i)
+        ids.append(example_id(row, cfg.id_field, where) if cfg.id_field else i)
         if cfg.answer_field:
             if row.get(cfg.answer_field) is None:
                 raise DataError(
@@ -256,6 +297,11 @@ def tokenize_examples(
         p_tokens += len(p)
         c_tokens += len(c)
     n = len(out["idx"])
+    if len({type(i) for i in out["idx"]}) > 1:
+        raise DataError(
+            f"{source}: data.id_field '{cfg.id_field}' mixes whole numbers and texts; give every row an id "
+            "of one type (e.g. all texts)."
+        )
     if n == 0:
         raise DataError(
             f"{source}: every one of the {len(rows)} examples is longer than train.max_length="

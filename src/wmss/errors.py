@@ -15,3 +15,7 @@ class DataError(WmssError):
 
 class ModelError(WmssError):
     """A model cannot be loaded, or two models cannot be used together."""
+
+
+class TrainingError(WmssError):
+    """Training diverged: a loss or a gradient norm is NaN or infinite."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import logging
 import os
+import re
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -128,3 +130,44 @@ def file_digest(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def out_of_space(path: str | Path, margin: int = 16 << 20) -> bool:
+    """Whether the file system holding ``path`` (or its nearest existing parent) has less than ``margin``
+    bytes free: tells a full disk from other failures of libraries that do not say (torch.save)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free < margin
+    except OSError:
+        return False
+
+
+def remove_litter(root: str | Path) -> None:
+    """Remove the temporary files and directories (``.NAME.tmp-PID``, written by the functions above)
+    under ``root`` that a process killed while writing left behind: those whose process has ended."""
+    root = Path(root)
+    for path in sorted(root.rglob(".*.tmp-*"), reverse=True):
+        match = re.fullmatch(r"\..+\.tmp-(\d+)", path.name)
+        if match is None or _running(int(match.group(1))):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        logging.getLogger("wmss").info(
+            "%s: removed %s, left by an interrupted write.", root, path.relative_to(root)
+        )
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not writing it now: left by an earlier process with the same pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return pid > 0
+    return True

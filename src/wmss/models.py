@@ -148,6 +148,19 @@ def check_compatible(
         )
 
 
+def check_token_ids(source: str, dataset: Any, tokenizer_source: str) -> None:
+    """Every token id of the tokenised training data must have a row in the model's embedding matrix
+    (a tokenizer larger than the model's vocabulary would fail only in the middle of a phase)."""
+    vocab = getattr(model_config(source).get_text_config(), "vocab_size", None)
+    top = max((max(ids) for ids in dataset["input_ids"] if ids), default=-1)
+    if vocab is not None and top >= vocab:
+        raise ModelError(
+            f"the training data holds token id {top}, but the model {source} has only {vocab} embeddings "
+            f"(vocab_size): the tokenizer of {tokenizer_source} does not belong to this model. Give the "
+            "model's own tokenizer (tokenizer=…), or a model whose vocabulary covers it."
+        )
+
+
 def save_model(
     model: PreTrainedModel,
     tokenizer: Any,
@@ -158,12 +171,37 @@ def save_model(
 
     ``state_dict``: the weights to write instead of the model's own, e.g. a full state dict gathered
     from a model sharded across processes (FSDP, ZeRO-3; see ``wmss.trainers.save_trained``).
+    A model with a NaN or infinite weight is refused (``ModelError``): nothing non-finite is published.
     """
+    state = state_dict if state_dict is not None else model.state_dict()
+    bad = next(
+        (name for name, w in state.items() if w.is_floating_point() and not torch.isfinite(w).all()), None
+    )
+    if bad is not None:
+        raise ModelError(
+            f"refusing to save the model at {path}: its weight {bad!r} holds NaN or infinite values. "
+            "Training diverged or a model it started from is damaged: lower the learning rate, or check that "
+            "model."
+        )
     with atomic_directory(path) as tmp:
         model.save_pretrained(tmp, state_dict=state_dict)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return Path(path)
+
+
+def nonfinite_weight(path: str | Path) -> str | None:
+    """The name of the first weight of a checkpoint directory's safetensors files that holds NaN or
+    infinite values, or None (read one tensor at a time)."""
+    from safetensors import safe_open
+
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(file), "pt") as handle:
+            for name in handle.keys():  # noqa: SIM118 — safe_open is not a mapping
+                weight = handle.get_tensor(name)
+                if weight.is_floating_point() and not torch.isfinite(weight).all():
+                    return f"{file.name}: {name}"
+    return None
 
 
 def model_identity(path: str) -> dict[str, Any]:

@@ -44,9 +44,11 @@ from wmss.io import atomic_directory, atomic_write_json, atomic_write_jsonl, fil
 from wmss.losses import TokenLoss
 from wmss.models import (
     check_compatible,
+    check_token_ids,
     load_model,
     load_tokenizer,
     model_identity,
+    nonfinite_weight,
     resolve_model,
     save_model,
 )
@@ -489,6 +491,13 @@ def phase_final(run: RunDir, src: Path, dst: Path) -> dict[str, Any]:
     (``peft.merge``) its adapter is merged into the base: ``final/`` is a standard checkpoint."""
     from wmss.lora import is_adapter, merged_model
 
+    bad = nonfinite_weight(src)  # every process reads it, so all stop together
+    if bad:
+        raise WmssError(
+            f"final: the model to publish, {src}, holds NaN or infinite weights ({bad}); final/ is not "
+            "written. Training diverged or the checkpoint is damaged: lower the learning rate, or check "
+            "that model."
+        )
     if run.cfg.peft.enabled and run.cfg.peft.merge and is_adapter(src):
         if distributed.is_main():
             save_model(merged_model(str(src)), load_tokenizer(str(src)), dst)
@@ -518,15 +527,23 @@ def _start(
         base = resolve_model(cfg.model)
         tokenizer = load_tokenizer(cfg.tokenizer or base)
         dataset, report = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
+    check_token_ids(base, dataset, cfg.tokenizer or base)
     identities = {
         "data": data_identity(cfg.data.path, cfg.data.split, cfg.data.subset),
         "base": model_identity(base),
     }
     for key, path in (("m1", cfg.sft.checkpoint), ("first_weak", cfg.wmss.weak)):
         if path:
-            identities[key] = model_identity(resolve_model(path))
+            resolved = resolve_model(path)
+            if key == "first_weak" and cfg.method == "wmss" and cfg.wmss.iterations > 0:  # checked now, not
+                check_compatible(resolved, base, load_tokenizer(resolved), tokenizer)  # after SFT
+            identities[key] = model_identity(resolved)
     run = RunDir(cfg, {**identities, **(inputs or {})}, callbacks)
-    run.record_data(report)
+    try:
+        run.record_data(report)
+    except BaseException:
+        run.release()
+        raise
     return base, tokenizer, dataset, run
 
 
@@ -616,14 +633,16 @@ def _finish(run: RunDir, last: str, tokenizer: Any, num_examples: int) -> dict[s
     """Publish ``last`` as ``final/``, record the budget, evaluate when a task is set; the manifest."""
     cfg = run.cfg
     final = run.root / FINAL
+    republished = run.done(FINAL) is None
     run.phase(FINAL, lambda: phase_final(run, Path(last), final))
     run.record_budget(num_examples)
     if not distributed.is_main():  # the main process evaluates alone; the others are done
         return run.manifest
     if cfg.eval.path or cfg.eval.task != "generic":
         evaluated = run.done(EVAL)
-        if evaluated and eval_changed(evaluated.get("eval_config"), cfg.eval):
-            evaluated["status"] = "stale"  # the eval section changed since: evaluate again
+        # final/ published anew (it had been deleted), or the eval section changed: evaluate again
+        if evaluated and (republished or eval_changed(evaluated.get("eval_config"), cfg.eval)):
+            evaluated["status"] = "stale"
         run.phase(EVAL, lambda: phase_eval(run, str(final), tokenizer), alone=True)
     log.info("run finished: final model at %s", final)
     return run.manifest

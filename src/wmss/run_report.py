@@ -122,6 +122,12 @@ def _num(value: Any, digits: int = 4) -> str:
     return _e(value)
 
 
+def _share(value: Any) -> str:
+    """A fraction as a percentage; anything else (a tampered manifest) as its text."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f"{value:.1%}" if is_number else str(value)
+
+
 def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
     """An HTML table; cells are HTML already (escape text with ``_e``)."""
     head = "".join(f"<th>{h}</th>" for h in header)
@@ -582,8 +588,9 @@ def _evaluation(root: Path, manifest: dict) -> str:
     summary = entry if entry and "accuracy" in entry else read_json(results)
     items = [
         (
-            "accuracy",
-            f"<b>{summary['accuracy']:.1%}</b> ({summary.get('num_correct')}/{summary.get('num_problems')})",
+            "accuracy",  # every value escaped: a manifest is a file anyone may have edited
+            f"<b>{_e(_share(summary.get('accuracy')))}</b> "
+            f"({_e(summary.get('num_correct'))}/{_e(summary.get('num_problems'))})",
         ),
         ("task", _e(summary.get("task"))),
         ("data", _e(summary.get("source", summary.get("path")))),
@@ -601,7 +608,8 @@ def _evaluation(root: Path, manifest: dict) -> str:
             label = key.replace("_", " ").replace("wall time s", "wall time (s)")
             items.append((label, _num(summary[key])))
     if summary.get("pass_at_k"):
-        items.append(("pass@k", _e(", ".join(f"@{k}: {v:.1%}" for k, v in summary["pass_at_k"].items()))))
+        values = summary["pass_at_k"].items()
+        items.append(("pass@k", _e(", ".join(f"@{k}: {_share(v)}" for k, v in values))))
     if entry and entry.get("status") == "stale":
         items.append(("status", "stale: the eval section changed since; re-run to evaluate again"))
     return _section("evaluation", "Evaluation", _pairs(items))

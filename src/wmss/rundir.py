@@ -48,7 +48,7 @@ from wmss import __version__, distributed
 from wmss.config import RunConfig, config_from_dict
 from wmss.data import DataReport
 from wmss.errors import ConfigError, WmssError
-from wmss.io import atomic_write_json, atomic_write_text, file_digest, read_json
+from wmss.io import atomic_write_json, atomic_write_text, file_digest, read_json, remove_litter
 from wmss.trainers import PhaseTraining, ScheduleSegment, steps_per_pass
 
 log = logging.getLogger("wmss")
@@ -144,20 +144,30 @@ class RunDir:
         if distributed.is_main():
             claim(self.root, cfg.allow_existing_output)
             self._locked = lock(self.root)
+        try:
+            self._open(cfg, inputs)
+        except BaseException:  # the lock is given back whatever stops the start
+            self.release()
+            raise
+
+    def _open(self, cfg: RunConfig, inputs: dict[str, Any] | None) -> None:
+        """Read (and check) or start the manifest, after cleaning what interrupted writes left."""
+        if distributed.is_main():
+            remove_litter(self.root)
         distributed.barrier()
         wanted = result_config(cfg)
         if self.manifest_path.is_file():
             try:
                 self.manifest = json.loads(self.manifest_path.read_text())
+            except json.JSONDecodeError as err:
+                raise WmssError(
+                    f"{self.manifest_path} is damaged ({err.msg}, line {err.lineno}); the run cannot be "
+                    "resumed. Use a new output_dir (or move this one away)."
+                ) from None
+            if self._computed():
                 self._check_same_run(wanted, inputs or {})
-            except (ConfigError, json.JSONDecodeError) as err:
-                self.release()
-                if isinstance(err, json.JSONDecodeError):
-                    raise WmssError(
-                        f"{self.manifest_path} is damaged ({err.msg}, line {err.lineno}); the run cannot be "
-                        "resumed. Use a new output_dir (or move this one away)."
-                    ) from None
-                raise
+            else:  # e.g. a model that failed to load, now repaired: nothing to mix with
+                self.manifest.update(result_config=wanted, inputs={})
         else:
             self.manifest = {
                 "wmss_version": __version__,
@@ -173,6 +183,16 @@ class RunDir:
             atomic_write_text(self.root / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.save()
         self.sync()
+
+    def _computed(self) -> bool:
+        """Whether anything of the run has been computed yet: a finished phase (M0 only names the base)
+        or a Trainer checkpoint. Until then another configuration or other inputs may take the directory
+        over (a first attempt that failed early, e.g. on a damaged model, is not an experiment)."""
+        phases = self.manifest.get("phases", {})
+        if any(p.get("status") == "done" for name, p in phases.items() if name != M0):
+            return True
+        checkpoints = self.root / "checkpoints"
+        return checkpoints.is_dir() and any(checkpoints.iterdir())
 
     def _check_same_run(self, wanted: dict[str, Any], inputs: dict[str, Any]) -> None:
         old_inputs = self.manifest.get("inputs", {})  # a run made before inputs were recorded: not compared
@@ -221,8 +241,41 @@ class RunDir:
                 self.manifest = json.loads(self.manifest_path.read_text())
 
     def done(self, phase: str) -> dict | None:
+        """The record of ``phase`` when it is done and what it wrote is still there. Until ``final/`` is
+        published, a done phase whose model or file in the run directory has gone (deleted by hand) is
+        not done: it is computed again, with a warning saying what is missing. Once ``final/`` is there
+        the run's result stands, and intermediate models may be deleted to save space."""
         entry = self.manifest["phases"].get(phase)
-        return entry if entry and entry.get("status") == "done" else None
+        if not entry or entry.get("status") != "done":
+            return None
+        if phase == FINAL or not self._has_output(FINAL, self.manifest["phases"].get(FINAL) or {}):
+            if not self._has_output(phase, entry):
+                log.warning(
+                    "phase %s: was done, but its output %s is missing from %s; computing it again.",
+                    phase, entry.get("model") or entry.get("file"), self.root,
+                )  # fmt: skip
+                entry["status"] = "missing"
+                return None
+        return entry
+
+    def _has_output(self, phase: str, entry: dict) -> bool:
+        """Whether the model directory or file ``entry`` records inside the run directory exists (True for
+        what lies outside it: M0, a given M1; and for the evaluation)."""
+        if entry.get("status") != "done":
+            return False
+        if phase in (M0, EVAL) or entry.get("reused"):
+            return True
+        for key in ("model", "file"):
+            recorded = entry.get(key)
+            if isinstance(recorded, str) and recorded and not Path(recorded).is_absolute():
+                path = self.root / recorded
+                if key == "file" and not path.is_file():
+                    return False
+                if key == "model" and not any(
+                    (path / n).is_file() for n in ("config.json", "adapter_config.json")
+                ):
+                    return False
+        return True
 
     def phase(self, name: str, work: Callable[[], dict[str, Any]], alone: bool = False) -> dict[str, Any]:
         """Run ``work`` unless ``name`` is already done; record status, timing and its outputs. The wall
@@ -283,6 +336,7 @@ class RunDir:
             callbacks=self.callbacks,
             learning_rate=learning_rate,
             segment=segments.get(phase),
+            phase=phase,
         )
 
     def training_record(self, result: dict[str, Any], phase: str) -> dict[str, Any]:
@@ -332,6 +386,11 @@ def claim(root: Path, allow_existing: bool) -> None:
     directory with other contents that wmss did not make (unless ``allow_existing``)."""
     if root.exists() and not root.is_dir():
         raise ConfigError(f"output_dir {root} is a file, not a directory: give a directory path.")
+    if root.is_symlink() and not root.exists():
+        raise ConfigError(
+            f"output_dir {root} is a symbolic link to {os.readlink(root)}, which does not exist: create that "
+            "directory, remove the link, or give another output_dir."
+        )
     ours = (root / MARKER).is_file() or (root / "manifest.json").is_file()
     if root.is_dir() and not ours and any(root.iterdir()) and not allow_existing:
         raise ConfigError(
@@ -352,6 +411,7 @@ def lock(root: Path) -> bool:
     """Take ``root``'s lock (``LOCK``: pid and host of its holder); refuse while another live process
     holds it. A lock left by a process that has ended (a crash, a kill -9) is taken over."""
     path, me = root / LOCK, {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
+    me["started"] = _process_start(os.getpid())
     for _ in range(2):
         try:
             with open(path, "x") as handle:
@@ -376,8 +436,19 @@ def lock(root: Path) -> bool:
     raise ConfigError(f"could not take the lock {path}; remove it if no wmss run is using {root}.")
 
 
+def _process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc), or None where unknown: tells a
+    lock's holder from another process that got its pid later."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return int(fields[19])  # field 22 of stat(5); fields[0] is field 3
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _alive(holder: dict) -> bool:
-    """Whether the lock's holder is a running process (on another host: assumed so)."""
+    """Whether the lock's holder is a running process (on another host: assumed so). A live process with
+    the holder's pid but another start time is not the holder: its pid was reused after the holder ended."""
     pid = holder.get("pid")
     if not isinstance(pid, int):
         return False
@@ -388,8 +459,9 @@ def _alive(holder: dict) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    started = holder.get("started")  # None in locks of older versions, or where /proc is missing
+    return started is None or _process_start(pid) in (None, started)
 
 
 def schedule_segments(cfg: RunConfig, num_examples: int) -> dict[str, ScheduleSegment]:

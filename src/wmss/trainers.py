@@ -21,6 +21,7 @@ writes a standard checkpoint (``save_trained``).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -41,8 +42,9 @@ from transformers.integrations import TensorBoardCallback, is_tensorboard_availa
 from wmss import distributed
 from wmss.config import TrainConfig
 from wmss.data import IGNORE_INDEX, CompletionCollator
-from wmss.errors import ConfigError
+from wmss.errors import ConfigError, TrainingError
 from wmss.heads import capture_head_input, final_hidden_states, output_head, use_fused_head
+from wmss.io import out_of_space
 from wmss.losses import (
     PLAIN,
     TokenLoss,
@@ -244,12 +246,47 @@ class PhaseTraining:
     callbacks: list[TrainerCallback] | None = None
     learning_rate: float | None = None
     segment: ScheduleSegment | None = None
+    phase: str = "training"
+    """The phase's name, for messages (``sft``, ``wdjt-1``, …)."""
 
 
 class SegmentedScheduleTrainer(Trainer):
-    """A ``Trainer`` whose learning-rate schedule may be a segment of a longer one (``segment``)."""
+    """A ``Trainer`` whose learning-rate schedule may be a segment of a longer one (``segment``), and that
+    stops with a ``TrainingError`` naming ``phase`` and the step as soon as a loss or the gradient norm is
+    NaN or infinite, before the optimizer step (Trainer itself would log the loss as the mean of the
+    previous ones and go on, ending with NaN weights). It only reads the values, so the training is the
+    same. Under several processes a process's own non-finite loss is acted on at the gradient norm, which
+    every process sees alike (gradients are averaged across processes before it): they all stop at the
+    same step instead of leaving the others waiting."""
 
     segment: ScheduleSegment | None = None
+    phase: str = "training"
+    _nonfinite_loss: float | None = None
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._nonfinite_loss is None and not torch.isfinite(loss).all():
+            self._nonfinite_loss = float(loss.detach().float().sum())
+            if self.args.world_size == 1:  # alone, stop now; several processes stop together below
+                self._diverged("loss", self._nonfinite_loss)
+        return loss
+
+    def _get_grad_norm(self, model: nn.Module, grad_norm: Any = None) -> Any:
+        grad_norm = super()._get_grad_norm(model, grad_norm)
+        if self._nonfinite_loss is not None:
+            self._diverged("loss", self._nonfinite_loss)
+        if grad_norm is not None and not math.isfinite(float(grad_norm)):
+            self._diverged("gradient norm", float(grad_norm))
+        return grad_norm
+
+    def _diverged(self, what: str, value: float) -> None:
+        raise TrainingError(
+            f"{self.phase}: the training {what} is {value} at optimizer step {self.state.global_step + 1} of "
+            f"{self.state.max_steps}, so the phase stopped before that step and saved no model. Training has "
+            "diverged, or a model it starts from holds NaN/inf weights: lower the learning rate "
+            "(train.learning_rate, wmss.learning_rate, wmss.strong_lr_scale, dpo.learning_rate), check the "
+            "starting models, and start again in a new output_dir."
+        )
 
     def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
         if self.segment is None or self.lr_scheduler is not None:
@@ -363,11 +400,16 @@ def fit(
         callbacks=where.callbacks,
         **trainer_kwargs,
     )
-    trainer.segment = where.segment
+    trainer.segment, trainer.phase = where.segment, where.phase
     for callback in trainer.callback_handler.callbacks:
         if isinstance(callback, TensorBoardCallback) and where.logging_dir and callback.logging_dir is None:
             callback.logging_dir = str(where.logging_dir)  # None unless $TENSORBOARD_LOGGING_DIR is set
-    result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(where.checkpoint_dir))
+    try:
+        result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(where.checkpoint_dir))
+    except RuntimeError as err:  # torch.save says "file write failed" on a full disk: say what it is
+        if out_of_space(where.checkpoint_dir):
+            raise OSError(errno.ENOSPC, "No space left on device", str(where.checkpoint_dir)) from err
+        raise
     if where.save_to is not None:
         save_trained(trainer, where.save_to)
     return {"steps": trainer.state.global_step, **result.metrics, "log_history": trainer.state.log_history}

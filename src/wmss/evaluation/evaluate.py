@@ -13,7 +13,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from wmss.errors import DataError
+from wmss.errors import DataError, WmssError
 from wmss.evaluation.answers import extract_answer, extract_choice
 from wmss.evaluation.code import execution_score, grade_solutions, solution_program
 from wmss.evaluation.generation import ANSWER_COMPLETE, Generation, VLLMGenerator, generate
@@ -21,7 +21,7 @@ from wmss.evaluation.grading import grade
 from wmss.evaluation.metrics import mean_pass_at_k
 from wmss.evaluation.sandbox import SandboxLimits
 from wmss.evaluation.tasks import TaskData
-from wmss.io import atomic_write_jsonl, read_jsonl
+from wmss.io import atomic_write_json, atomic_write_jsonl, file_digest, read_json, read_jsonl
 
 
 def score(generation: str, gold: str, answer_type: str) -> dict:
@@ -110,7 +110,13 @@ def evaluate_task(
                 [[str(p["id"]), p["question"], p["answer"]] for p in data.problems], default=str
             ).encode()
         ).hexdigest(),
+        "prompts": hashlib.sha256(json.dumps(prompts).encode()).hexdigest(),
     }
+    stamp = out / ".predictions.done.json"  # the settings of a finished predictions.jsonl
+    finished = _read_finished(final, stamp, settings)
+    if finished is not None:  # evaluated already (e.g. before another model's evaluation was interrupted)
+        records, elapsed = finished
+        return _summary(data, records, num_samples, final, elapsed, exclude_bad_golds)
     done = _read_partial(progress, settings)
     todo = [i for i, p in enumerate(data.problems) if str(p["id"]) not in done]
     start = time.perf_counter()
@@ -150,6 +156,7 @@ def evaluate_task(
     elapsed = time.perf_counter() - start
     records = [done[str(p["id"])] for p in data.problems]
     atomic_write_jsonl(final, records, ensure_ascii=False)
+    atomic_write_json(stamp, {"settings": settings, "wall_time_s": elapsed, "sha256": file_digest(final)})
     progress.unlink()
     return _summary(data, records, num_samples, final, elapsed, exclude_bad_golds)
 
@@ -226,6 +233,20 @@ def grade_predictions(
     summary = _summary(data, records, num_samples, final, time.perf_counter() - start, False)
     summary["num_without_prediction"] = sum(not v for v in by_id.values())
     return summary
+
+
+def _read_finished(final: Path, stamp: Path, settings: dict) -> tuple[list[dict], float] | None:
+    """The records and generation time of ``final`` when it was finished with ``settings`` and is
+    unchanged since (its SHA-256 in ``stamp``); None otherwise."""
+    if not final.is_file() or not stamp.is_file():
+        return None
+    try:
+        recorded = read_json(stamp)
+        if recorded["settings"] != settings or recorded["sha256"] != file_digest(final):
+            return None
+        return read_jsonl(final), float(recorded["wall_time_s"])
+    except (ValueError, KeyError, TypeError, WmssError):  # a damaged stamp or file: evaluate again
+        return None
 
 
 def _read_partial(path: Path, settings: dict) -> dict[str, dict]:

@@ -15,7 +15,8 @@ from wmss.evaluation.generation import ANSWER_COMPLETE, VLLMGenerator, vllm_usab
 from wmss.evaluation.prompting import build_prompts
 from wmss.evaluation.report import write_report
 from wmss.evaluation.sandbox import SandboxLimits, require_consent
-from wmss.evaluation.tasks import Task, TaskData, generic_task, load_task, resolve_task
+from wmss.evaluation.tasks import Task, TaskData, check_name, generic_task, load_task, resolve_task
+from wmss.io import remove_litter
 
 log = logging.getLogger("wmss")
 
@@ -125,15 +126,31 @@ def evaluate_models(
     from wmss.models import load_tokenizer, resolve_model
 
     out = Path(out_dir)
+    if out.is_dir():
+        remove_litter(out)
+    for name in models:
+        check_name(name, "--model name")
     tasks = [parse_task_spec(spec, cfg.eval) for spec in task_specs]
+    seen: dict[str, str] = {}
+    for (task, _), spec in zip(tasks, task_specs, strict=True):
+        given = spec or cfg.eval.task
+        check_name(task.name, f"task name (of {given})")
+        if task.name in seen:
+            raise ConfigError(
+                f"two tasks are named '{task.name}' ({seen[task.name]} and {given}): their predictions and "
+                "results would overwrite each other. Give each task its own name (the 'name' key of a task "
+                "YAML file)."
+            )
+        seen[task.name] = given
+    # every task's problems before any model is loaded: a bad file fails now, not after hours of generation
+    problems = [load_problems(task, task_path, cfg.eval) for task, task_path in tasks]
     results: dict[str, dict[str, dict]] = {}
     for name, source in models.items():
         path = resolve_model(source)
         tokenizer = load_tokenizer(path)
         model = backend_model(path, tokenizer, cfg)
         results[name] = {}
-        for task, task_path in tasks:
-            data = load_problems(task, task_path, cfg.eval)
+        for (task, _), data in zip(tasks, problems, strict=True):
             log.info("eval: %s on %s (%d problems from %s)", name, task.name, len(data.problems), data.source)
             results[name][task.name] = evaluate_one(model, tokenizer, task, data, cfg, out / name / task.name)
         del model

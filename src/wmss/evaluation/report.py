@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import numpy as np
@@ -52,14 +53,20 @@ def _signed(x: float) -> str:
     return f"{100 * x:+.1f}"
 
 
+def _text(name: str) -> str:
+    """A model or task name as Markdown text: ``<``, ``>`` and ``&`` escaped, so that a name is never
+    rendered as HTML where the summary is shown."""
+    return html.escape(str(name), quote=False)
+
+
 def markdown(table: dict) -> str:
     """Accuracy (%) per task and on average; Δ vs the baseline in points with its 95% interval."""
     tasks, baseline = table["tasks"], table["baseline"]
     first = next(iter(table["rows"].values()))
-    header = ["model"] + [f"{t} (n={first['tasks'][t]['num_problems']})" for t in tasks] + ["average"]
+    header = ["model"] + [f"{_text(t)} (n={first['tasks'][t]['num_problems']})" for t in tasks] + ["average"]
     rows = []
     for model, row in table["rows"].items():
-        cells = [model + (" (baseline)" if model == baseline else "")]
+        cells = [_text(model) + (" (baseline)" if model == baseline else "")]
         for task in tasks:
             cell = row["tasks"][task]
             text = _pct(cell["accuracy"])

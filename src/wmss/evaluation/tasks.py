@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from wmss.config import load_yaml, quote, template_error
 from wmss.data import read_rows
-from wmss.errors import DataError
+from wmss.errors import ConfigError, DataError
 from wmss.evaluation import code
 from wmss.evaluation.answers import gold_from_gsm8k
 
@@ -315,9 +314,11 @@ def task_from_yaml(path: str | Path) -> tuple[Task, str | None]:
     """A task described by a YAML file; returns the task and the data path it names (if any)."""
     path = Path(path)
     try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise DataError(f"task file {path}: cannot read it ({err}).") from None
+        spec = load_yaml(path.read_text(), f"task file {path}") or {}
+    except OSError as err:
+        raise DataError(f"task file {path}: cannot read it ({err.strerror or err}).") from None
+    if not isinstance(spec, dict):
+        raise DataError(f"task file {path}: the top level must be a mapping of task keys (name, path, …).")
     allowed = {
         "name",
         "path",
@@ -337,6 +338,16 @@ def task_from_yaml(path: str | Path) -> tuple[Task, str | None]:
         )
     if spec.get("answer_type", "math") not in ("math", "choice"):
         raise DataError(f"task file {path}: answer_type must be 'math' or 'choice'.")
+    for key in allowed - {"max_new_tokens"}:
+        if key in spec and not isinstance(spec[key], str):
+            raise DataError(f"task file {path}: {key} must be text; got {quote(spec[key])}.")
+    budget = spec.get("max_new_tokens", 512)
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise DataError(f"task file {path}: max_new_tokens must be a whole number >= 1; got {quote(budget)}.")
+    check_name(spec.get("name", path.stem), f"task file {path}: name")
+    why = template_error(spec["question_template"]) if spec.get("question_template") else None
+    if why:
+        raise DataError(f"task file {path}: question_template is not a valid format string: {why}.")
     task = generic_task(
         spec.get("question_field", "question"),
         spec.get("answer_field", "answer"),
@@ -345,12 +356,31 @@ def task_from_yaml(path: str | Path) -> tuple[Task, str | None]:
         spec.get("answer_type", "math"),
         spec.get("choices_field"),
         spec.get("instruction", MATH_INSTRUCTION),
-        int(spec.get("max_new_tokens", 512)),
+        budget,
     )
     data_path = spec.get("path")
     if data_path and not Path(data_path).is_absolute() and (path.parent / data_path).exists():
         data_path = str(path.parent / data_path)
     return task, data_path
+
+
+def check_name(name: str, what: str) -> str:
+    """``name`` (of a model or task) when it can be one directory name under an output directory; else a
+    ConfigError saying ``what`` is wrong and what to do. Such names become paths (``OUT/<model>/<task>``):
+    ``..`` or a ``/`` would write outside that directory or nest it."""
+    bad = (
+        not name
+        or name in (".", "..")
+        or any(c in name for c in "/\\")
+        or any(ord(c) < 32 or c == "\x7f" for c in name)
+    )
+    if bad:
+        raise ConfigError(
+            f"{what} {quote(name)} cannot be used: it becomes a directory name in the output, so it must "
+            "be non-empty, not '.' or '..', and hold no '/', '\\' or control character. Rename it "
+            "(e.g. letters, digits, '-', '_', '.')."
+        )
+    return name
 
 
 def resolve_task(name: str) -> tuple[Task, str | None]:
@@ -397,7 +427,9 @@ def load_task(
             problem = task.to_problem(row)
             if not str(problem["question"]).strip():
                 raise ValueError("empty question")
-        except (KeyError, ValueError, TypeError, IndexError) as err:
+            for key in ("question", "answer"):  # a lone surrogate cannot be written to the predictions
+                str(problem[key]).encode("utf-8")
+        except (KeyError, ValueError, TypeError, IndexError) as err:  # UnicodeError is a ValueError
             malformed.append(f"{path}, row {i + 1}: {type(err).__name__}: {err}")
             continue
         if "id" not in problem:  # a layout may name its own id (HumanEval's task_id)
@@ -409,7 +441,7 @@ def load_task(
             + (f", first: {malformed[0]}" if malformed else "")
             + ")."
         )
-    ids = [p["id"] for p in problems]
+    ids = [str(p["id"]) for p in problems]  # as predictions are keyed: 1 and "1" are the same id
     if len(set(ids)) != len(ids):  # ids must be unique to pair models and resume
         for i, p in enumerate(problems):
             p["id"] = i
