@@ -91,6 +91,7 @@ def cmd_entropy(args: argparse.Namespace) -> None:
         tokenizer.pad_token_id,
         cfg.wmss.entropy_batch_size,
         fused=cfg.train.fused_loss,
+        padding_free=cfg.train.padding_free,
     )
     if distributed.is_main():
         write_entropy_file(args.output, dataset["idx"], values)

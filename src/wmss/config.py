@@ -88,6 +88,17 @@ class TrainConfig:
     projected, a chunk of tokens at a time, so no tokens×vocabulary logits tensor is ever held.
     ``false``: the naive path on full logits (also used, with a log line, for models whose logits
     are post-processed, e.g. soft-capped)."""
+    padding_free: bool = False
+    """TRL's ``padding_free``: each batch's examples concatenated into one row with ``position_ids`` (no
+    pad token is computed), in SFT, WD-JT (both models), the entropy pass, the logit diagnostics and the
+    baselines that train; losses and entropies equal the padded batches' (to float rounding). Needs an
+    attention that honours packed ``position_ids`` (sdpa and eager do on a CPU, flash_attention_2 on a
+    GPU); a model whose attention does not is found by a probe and runs padded, with a log line.
+    ``method: neftune`` refuses it (its noise scale depends on the padded width)."""
+    group_by_length: bool = False
+    """Batches of examples of similar length (transformers' ``LengthGroupedSampler``, as
+    ``TrainingArguments``' ``group_by_length``): less padding, without flattening. Changes which examples
+    share a batch, so results differ from random batches."""
     logging_steps: int = 10
     save_steps: int | None = None
     """Steps between Trainer checkpoints (a killed run resumes from the last one). Unset: a quarter of the
@@ -468,6 +479,12 @@ class RunConfig:
             section.check()
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}.")
+        if self.method == "neftune" and self.train.padding_free:
+            raise ConfigError(
+                "method neftune with train.padding_free: NEFTune's noise is α/√(L·d) with L the batch's "
+                "padded width, which a flattened batch would replace by its total token count (far less "
+                "noise). Set train.padding_free=false (train.group_by_length=true also cuts the padding)."
+            )
         if self.method == "dpo":
             d = self.dpo
             if d.num_samples < 2 or d.temperature <= 0:

@@ -154,6 +154,7 @@ def entropies(run: RunDir, name: str, model_path: str, dataset: Dataset, tokeniz
             desc=f"entropy {name}",
             fused=run.cfg.train.fused_loss,
             progress=run.root / "entropy" / f".{name}.partial.jsonl",
+            padding_free=run.cfg.train.padding_free,
         )
         del model
         _free_memory()
@@ -228,7 +229,9 @@ def resolve_mix_lambda(
     sample = diagnostic_sample(dataset, cfg)
     measure = partial(measure_auto_lambda, weak, strong, sample, tokenizer.pad_token_id)
     # measured once, by the main process: every process must train with the same λ
-    auto = distributed.on_main(lambda: measure(cfg.wmss.entropy_batch_size, cfg.train.fused_loss))
+    auto = distributed.on_main(
+        lambda: measure(cfg.wmss.entropy_batch_size, cfg.train.fused_loss, cfg.train.padding_free)
+    )
     log.info(
         "%s: mix_lambda auto: mean centred logit norm %.4f (strong) vs %.4f (weak) on %d positions of %d "
         "examples -> a = %.4f, λ = 1/(1+√a) = %.4f",

@@ -40,7 +40,7 @@ from transformers.integrations import TensorBoardCallback, is_tensorboard_availa
 
 from wmss import distributed
 from wmss.config import TrainConfig
-from wmss.data import CompletionCollator
+from wmss.data import CompletionCollator, completion_collator
 from wmss.errors import ConfigError
 from wmss.heads import capture_head_input, final_hidden_states, output_head, use_fused_head
 from wmss.losses import (
@@ -49,6 +49,7 @@ from wmss.losses import (
     mixed_logit_cross_entropy,
 )
 from wmss.models import save_model
+from wmss.packing import packed_forward_kwargs, use_padding_free
 
 log = logging.getLogger("wmss")
 
@@ -82,6 +83,8 @@ def training_arguments(
         use_cpu=not torch.cuda.is_available(),
         ddp_timeout=train.ddp_timeout,
     )
+    if train.group_by_length:  # transformers' LengthGroupedSampler: batches of similar lengths
+        values["train_sampling_strategy"] = "group_by_length"
     return TrainingArguments(**{**values, **overrides})
 
 
@@ -286,6 +289,8 @@ class CompletionTrainer(SegmentedScheduleTrainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        if "position_ids" in inputs:  # a padding-free batch: no KV cache, or the packing goes unseen
+            inputs = {**inputs, "use_cache": False}
         if not self.fused_head:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         with capture_head_input(self.accelerator.unwrap_model(model)) as self._captured:
@@ -314,7 +319,10 @@ def fit(
 ) -> dict[str, Any]:
     """Train ``model`` with ``trainer_class`` (a ``SegmentedScheduleTrainer``) as ``where`` says: the
     ``train`` section mapped onto ``TrainingArguments`` (``args_overrides`` on top), resumed from the
-    last complete checkpoint, saved to ``where.save_to``. Returns steps, Trainer's metrics and log."""
+    last complete checkpoint, saved to ``where.save_to``. Returns steps, Trainer's metrics and log.
+
+    Without a ``collator``, batches are padded (``CompletionCollator``) or, with ``train.padding_free``
+    and a model that honours packed ``position_ids``, flattened into one row (``wmss.packing``)."""
     if "tensorboard" in train.report_to and not is_tensorboard_available():
         raise ConfigError(
             f"train.report_to={train.report_to} needs TensorBoard, which is not installed: "
@@ -324,11 +332,15 @@ def fit(
     if train.save_steps is None:  # about four checkpoints per phase
         passes = math.ceil(epochs * steps_per_pass(len(dataset), train))
         overrides["save_steps"] = max(1, math.ceil(passes / 4))
+    if collator is None:
+        models = [model.strong, model.weak] if isinstance(model, WeakStrongPair) else [model]
+        flat = use_padding_free(models, train.padding_free, trainer_class.__name__)
+        collator = completion_collator(tokenizer.pad_token_id, flat)
     trainer = trainer_class(
         model=model,
         args=training_arguments(train, where.checkpoint_dir, epochs, where.seed, **overrides),
         train_dataset=dataset,
-        data_collator=collator or CompletionCollator(tokenizer.pad_token_id),
+        data_collator=collator,
         processing_class=tokenizer,
         callbacks=where.callbacks,
         **trainer_kwargs,
@@ -405,14 +417,16 @@ class WeakStrongPair(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
         labels: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """``position_ids`` without ``attention_mask``: a padding-free batch (``wmss.packing``)."""
         if self.fused_loss:
-            strong_hidden = final_hidden_states(self.strong, input_ids, attention_mask)
+            strong_hidden = final_hidden_states(self.strong, input_ids, attention_mask, position_ids)
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_weak):
-                weak_hidden = final_hidden_states(self.weak, input_ids, attention_mask)
+                weak_hidden = final_hidden_states(self.weak, input_ids, attention_mask, position_ids)
             loss = fused_mixed_logit_cross_entropy(
                 strong_hidden,
                 output_head(self.strong),
@@ -423,9 +437,10 @@ class WeakStrongPair(nn.Module):
                 num_items_in_batch,
             )
             return {"loss": loss}
-        strong_logits = self.strong(input_ids=input_ids, attention_mask=attention_mask).logits
+        packed = packed_forward_kwargs(position_ids)
+        strong_logits = self.strong(input_ids=input_ids, attention_mask=attention_mask, **packed).logits
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_weak):
-            weak_logits = self.weak(input_ids=input_ids, attention_mask=attention_mask).logits
+            weak_logits = self.weak(input_ids=input_ids, attention_mask=attention_mask, **packed).logits
         loss = mixed_logit_cross_entropy(
             strong_logits, weak_logits, labels, self.mix_lambda, num_items_in_batch
         )
