@@ -164,7 +164,8 @@ def test_an_example_without_completion_token_gets_nan_in_a_flattened_row(tokeniz
     model = build_model(len(tokenizer)).eval()
     with torch.no_grad():
         hidden = final_hidden_states(model, flat["input_ids"], None, flat["position_ids"])
-        values = chunked_sequence_entropy(hidden, output_head(model), flat["labels"], None, flat["position_ids"])
+        positions = flat["position_ids"]
+        values = chunked_sequence_entropy(hidden, output_head(model), flat["labels"], None, positions)
     assert torch.isfinite(values[[0, 2]]).all() and torch.isnan(values[1])
 
 
@@ -233,7 +234,8 @@ def test_group_by_length_batches_examples_of_similar_length(tmp_path, tokenizer)
     )  # fmt: skip
     assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
     assert training_arguments(TrainConfig(save_steps=1), tmp_path, 1.0, 0).train_sampling_strategy == "random"
-    result = train_sft(build_model(len(tokenizer)), tokenizer, dataset, train, 1.0, PhaseTraining(tmp_path, 0))
+    model = build_model(len(tokenizer))
+    result = train_sft(model, tokenizer, dataset, train, 1.0, PhaseTraining(tmp_path / "sft", 0))
     assert len(_losses(result)) == 4
 
 
