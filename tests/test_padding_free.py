@@ -242,3 +242,59 @@ def test_group_by_length_batches_examples_of_similar_length(tmp_path, tokenizer)
 def test_neftune_refuses_padding_free():
     with pytest.raises(ConfigError, match="NEFTune's noise"):
         load_config(None, ["method=neftune", "train.padding_free=true"])
+
+
+def test_undial_trains_the_same_with_padding_free_batches(tmp_path, tokenizer):
+    from wmss.baselines import train_undial
+
+    dataset = _data(tokenizer, 6)
+    losses = []
+    for flat in (False, True):
+        train = TrainConfig(**TRAIN, padding_free=flat)
+        student, teacher = build_model(len(tokenizer), seed=1), build_model(len(tokenizer), seed=2)
+        result = train_undial(
+            student, teacher, tokenizer, dataset, train, 1.0, 1.5, PhaseTraining(tmp_path / f"u{flat}", 0)
+        )
+        losses.append(_losses(result))
+    assert len(losses[0]) == 2 and losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
+def _pairs(tokenizer):
+    from datasets import Dataset
+
+    data = _data(tokenizer, 6)
+    rows = [(data[i], data[(i + 1) % 6]) for i in range(6)]
+    columns = {}
+    for side, k in (("chosen", 0), ("rejected", 1)):
+        columns[f"{side}_input_ids"] = [r[k]["input_ids"] for r in rows]
+        columns[f"{side}_labels"] = [r[k]["labels"] for r in rows]
+    return Dataset.from_dict(columns)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_dpo_sequence_log_probs_and_gradients_equal_the_padded_batch(tokenizer, fused):
+    from wmss.baselines import PreferenceCollator, model_sequence_log_probs, reference_log_probs
+
+    pairs = _pairs(tokenizer)
+    model = build_model(len(tokenizer)).eval()
+    pad = tokenizer.pad_token_id
+    padded = reference_log_probs(model, pairs, pad, 4, fused)
+    flat = reference_log_probs(model, pairs, pad, 4, fused, padding_free=True)
+    for key in ("reference_chosen", "reference_rejected"):
+        np.testing.assert_allclose(flat[key], padded[key], rtol=1e-5)
+    features = [pairs[i] for i in range(3)]
+
+    def run(padding_free):
+        model.zero_grad()
+        batch = PreferenceCollator(pad, padding_free)(features)
+        logps = model_sequence_log_probs(
+            model, batch["input_ids"], batch.get("attention_mask"), batch["labels"], fused,
+            position_ids=batch.get("position_ids"),
+        )  # fmt: skip
+        (logps * torch.arange(1.0, 7.0)).sum().backward()  # a different weight per sequence
+        return logps.detach(), _grads(model)
+
+    (flat_logps, flat_grads), (padded_logps, padded_grads) = run(True), run(False)
+    assert flat_logps.shape == (6,)
+    torch.testing.assert_close(flat_logps, padded_logps, rtol=1e-5, atol=1e-5)
+    _assert_close_grads(flat_grads, padded_grads, atol=1e-4)

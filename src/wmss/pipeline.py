@@ -403,8 +403,9 @@ def phase_preference(
         )
     model = _for_training(cfg, m1).to(distributed.device())
     pairs = reference_log_probs(
-        model, pairs, tokenizer.pad_token_id, cfg.train.per_device_batch_size, cfg.train.fused_loss
-    )
+        model, pairs, tokenizer.pad_token_id, cfg.train.per_device_batch_size, cfg.train.fused_loss,
+        padding_free=cfg.train.padding_free,
+    )  # fmt: skip
     where = run.training(cfg.method, save_to=out, learning_rate=cfg.dpo_learning_rate)
     result = train_preference(model, tokenizer, pairs, cfg.train, cfg.dpo.epochs, cfg.dpo.beta, where)
     del model
