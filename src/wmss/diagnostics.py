@@ -420,7 +420,7 @@ def pick_weak(strong_path: str, weak_paths: list[str], dataset: Dataset, cfg: Ru
     pad = strong_tokenizer.pad_token_id
 
     def entropies(path: str, what: str) -> np.ndarray:
-        model = load_model(path)
+        model = load_model(path, **cfg.model_args.load_kwargs())
         values = dataset_entropies(
             model, sample, pad, cfg.wmss.entropy_batch_size, desc=what, fused=cfg.train.fused_loss,
             padding_free=cfg.train.padding_free,
@@ -499,7 +499,7 @@ def diagnose_logits(paths: dict[str, str], dataset: Dataset, cfg: RunConfig) -> 
         if name != "weak":
             check_compatible(paths["weak"], path, tokenizers["weak"], tokenizers[name])
     sample = diagnostic_sample(dataset, cfg)
-    models = {name: load_model(path) for name, path in paths.items()}
+    models = {name: load_model(path, **cfg.model_args.load_kwargs()) for name, path in paths.items()}
     strong = [n for n in paths if n != "weak"]
     stats = logit_statistics(
         models,

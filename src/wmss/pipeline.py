@@ -73,15 +73,22 @@ def _for_training(cfg: RunConfig, path: str) -> Any:
     if cfg.peft.enabled:
         from wmss.lora import trainable_model
 
-        return trainable_model(path, cfg.peft, cfg.seed, _base_dtype(cfg))
-    return load_model(path)
+        return trainable_model(path, cfg.peft, cfg.seed, *_base_options(cfg))
+    return _load(cfg, path)
 
 
-def _base_dtype(cfg: RunConfig) -> Any:
-    """A LoRA run's frozen base weights: bfloat16 under ``train.bf16``, else float32."""
-    import torch
+def _load(cfg: RunConfig, path: str) -> Any:
+    """The model at ``path``, loaded as ``model_args`` says (dtype, attention)."""
+    return load_model(path, **cfg.model_args.load_kwargs())
 
-    return torch.bfloat16 if cfg.train.bf16 else torch.float32
+
+def _base_options(cfg: RunConfig) -> tuple[str, str]:
+    """A LoRA run's frozen base: its dtype (``model_args.torch_dtype``; at the default float32, bfloat16
+    under ``train.bf16``) and attention."""
+    dtype = cfg.model_args.torch_dtype
+    if dtype == "float32" and cfg.train.bf16:
+        dtype = "bfloat16"
+    return dtype, cfg.model_args.attn_implementation
 
 
 def _free_memory() -> None:
@@ -145,7 +152,7 @@ def entropies(run: RunDir, name: str, model_path: str, dataset: Dataset, tokeniz
     path = run.root / "entropy" / f"{name}.jsonl"
 
     def work() -> dict[str, Any]:
-        model = load_model(model_path).to(distributed.device())
+        model = _load(run.cfg, model_path).to(distributed.device())
         values = dataset_entropies(  # every process computes its share; all get every value
             model,
             dataset,
@@ -283,9 +290,9 @@ def phase_joint_training(
     if cfg.peft.enabled:  # two adapters on one copy of the base weights
         from wmss.lora import trainable_pair
 
-        weak, strong = trainable_pair(weak_path, strong_path, cfg.peft, cfg.seed, _base_dtype(cfg))
+        weak, strong = trainable_pair(weak_path, strong_path, cfg.peft, cfg.seed, *_base_options(cfg))
     else:
-        weak, strong = load_model(weak_path), load_model(strong_path)
+        weak, strong = _load(cfg, weak_path), _load(cfg, strong_path)
     mix_lambda, auto = resolve_mix_lambda(cfg, weak, strong, dataset, tokenizer, name)
     where = run.training(name, save_to=out, learning_rate=cfg.wmss.learning_rate)
     w = cfg.wmss
@@ -316,9 +323,9 @@ def phase_joint_training(
 # ---------------------------------------------------------------- baselines
 
 
-def _on_device(path: str) -> Any:
+def _on_device(cfg: RunConfig, path: str) -> Any:
     """A model to generate with or score before training: on this process's GPU when there is one."""
-    return load_model(path).to(distributed.device())
+    return _load(cfg, path).to(distributed.device())
 
 
 def sft_baseline(run: RunDir, base: str, tokenizer: Any, dataset: Dataset) -> str:
@@ -346,7 +353,7 @@ def phase_undial(run: RunDir, m1: str, tokenizer: Any, dataset: Dataset, out: Pa
     from wmss.baselines import train_undial
 
     cfg = run.cfg
-    student, teacher = _for_training(cfg, m1), load_model(m1)
+    student, teacher = _for_training(cfg, m1), _load(cfg, m1)
     where = run.training("undial", save_to=out)
     result = train_undial(
         student, teacher, tokenizer, dataset, cfg.train, cfg.undial.epochs, cfg.undial.strength, where
@@ -374,7 +381,7 @@ def phase_pairs(run: RunDir, m1: str, tokenizer: Any, dataset: Dataset, path: Pa
     if not distributed.is_main():
         return {}
     cfg = run.cfg
-    model = _on_device(m1)
+    model = _on_device(cfg, m1)
     records, stats = make_pairs(model, tokenizer, dataset, cfg)
     del model
     _free_memory()
