@@ -298,3 +298,16 @@ def test_dpo_sequence_log_probs_and_gradients_equal_the_padded_batch(tokenizer, 
     assert flat_logps.shape == (6,)
     torch.testing.assert_close(flat_logps, padded_logps, rtol=1e-5, atol=1e-5)
     _assert_close_grads(flat_grads, padded_grads, atol=1e-4)
+
+
+def test_wdjt_trainer_flattens_with_padding_free(tmp_path, tokenizer):
+    import wmss
+
+    dataset = _data(tokenizer, 3)
+    for flat, collator in ((False, "CompletionCollator"), (True, "DataCollatorWithFlattening")):
+        args = wmss.WDJTConfig(output_dir=str(tmp_path), use_cpu=True, padding_free=flat, report_to="none")
+        trainer = wmss.WDJTTrainer(
+            model=build_model(len(tokenizer), seed=2), weak_model=build_model(len(tokenizer), seed=1),
+            args=args, train_dataset=dataset, processing_class=tokenizer,
+        )  # fmt: skip
+        assert type(trainer.data_collator).__name__ == collator

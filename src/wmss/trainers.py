@@ -40,7 +40,7 @@ from transformers.integrations import TensorBoardCallback, is_tensorboard_availa
 
 from wmss import distributed
 from wmss.config import TrainConfig
-from wmss.data import CompletionCollator, completion_collator
+from wmss.data import completion_collator
 from wmss.errors import ConfigError
 from wmss.heads import capture_head_input, final_hidden_states, output_head, use_fused_head
 from wmss.losses import (
@@ -641,6 +641,9 @@ class WDJTConfig(TrainingArguments):
     """Ablation: the weak model gets no gradient and stays in eval mode."""
     fused_loss: bool = True
     """Project only completion-predicting positions, a chunk at a time (no tokens×vocabulary logits)."""
+    padding_free: bool = False
+    """TRL's ``padding_free``: the default collator flattens each batch into one row with ``position_ids``
+    (``wmss.packing``; padded batches, with a log line, for a model whose attention ignores them)."""
     remove_unused_columns: bool = False  # the completion collator needs input_ids and labels as they are
 
     def __post_init__(self) -> None:
@@ -657,9 +660,10 @@ class WDJTTrainer(JointTrainer):
     ``save_model`` writes the strong model alone as a standard checkpoint.
 
     ``train_dataset`` rows hold ``input_ids`` and ``labels`` (-100 outside the completion), e.g. from
-    ``wmss.tokenize_dataset``; the default collator right-pads them. Everything else is ``Trainer``'s
-    (callbacks, logging, ``resume_from_checkpoint``, several processes through accelerate). With
-    LoRA, pass two ``PeftModel``s (``wmss.lora.trainable_pair`` puts them on one copy of the base)."""
+    ``wmss.tokenize_dataset``; the default collator right-pads them (``padding_free``: flattens them).
+    Everything else is ``Trainer``'s (callbacks, logging, ``resume_from_checkpoint``, several processes
+    through accelerate). With LoRA, pass two ``PeftModel``s (``wmss.lora.trainable_pair`` puts them on one
+    copy of the base)."""
 
     def __init__(
         self,
@@ -677,9 +681,11 @@ class WDJTTrainer(JointTrainer):
             )
         check_same_vocabulary(weak_model, model)
         pair = WeakStrongPair(weak_model, model, args.mix_lambda, args.freeze_weak, args.fused_loss)
-        collator = data_collator or CompletionCollator(processing_class.pad_token_id)
+        if data_collator is None:
+            flat = use_padding_free([model, weak_model], args.padding_free, "WDJTTrainer")
+            data_collator = completion_collator(processing_class.pad_token_id, flat)
         super().__init__(
-            pair, args=args, train_dataset=train_dataset, data_collator=collator,
+            pair, args=args, train_dataset=train_dataset, data_collator=data_collator,
             processing_class=processing_class, **kwargs,
         )  # fmt: skip
 
