@@ -118,11 +118,10 @@ def dataset_entropies(
     logits the fused head cannot reproduce fall back to full logits (``wmss.heads``).
 
     Rows are sorted by length and cut into batches of ``batch_size`` (little padding); with
-    ``padding_free`` each batch is flattened into one row instead (``wmss.packing``; same values to
-    float rounding). Under several
-    processes (``wmss.distributed``) process r takes batches r, r + N, r + 2N, …: every example is
-    computed exactly once, in the same padded batch as by one process, so the merged values equal a
-    one-process pass to the bit; they are then gathered to every process.
+    ``padding_free`` each batch is flattened into one row instead (``wmss.packing``; the same values to
+    float rounding). Under several processes (``wmss.distributed``) process r takes batches r, r + N,
+    r + 2N, …: every example is computed exactly once, in the same batch as by one process, so the
+    merged values equal a one-process pass to the bit; they are then gathered to every process.
     """
     was_training = model.training
     model.eval()

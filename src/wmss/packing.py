@@ -7,12 +7,13 @@ and no KV cache is given (``masking_utils.find_packed_sequence_indices``): every
 itself alone. Its labels are -100 at each example's first position, so the last token of one example
 never predicts the first token of the next (the shift by one of ``wmss.losses``).
 
-Measured on a CPU (transformers 5.24, torch 2.13; ``tests/test_padding_free.py``): ``sdpa`` and
-``eager`` honour packed ``position_ids`` for Llama, Qwen2 and GPT-2 (logits equal to one example at a
-time, to 2e-7), in the forward and the backward; ``flex_attention`` does too in the forward but has no
-backward on a CPU, and GPT-2 has no flex attention. ``flash_attention_2`` (a GPU) reads the example
-boundaries from ``position_ids`` itself. An architecture whose forward ignores them is found by
-``packing_unsupported`` (a probe, not a list) and runs on padded batches, with a log line.
+Measured on a CPU (transformers 5.24, torch 2.13): ``sdpa`` and ``eager`` honour packed
+``position_ids`` for Llama, Qwen2 and GPT-2 (logits equal to one example at a time, to 2e-7; losses
+and gradients to 1e-5: ``tests/test_padding_free.py``); ``flex_attention`` does too in the forward
+but has no backward on a CPU (``NotImplementedError``), and GPT-2 has no flex attention.
+``flash_attention_2`` (a GPU; not measured here) reads the example boundaries from ``position_ids``
+itself. An architecture whose forward ignores them is found by ``packing_unsupported`` (a probe, not
+a list) and runs on padded batches, with a log line.
 """
 
 from __future__ import annotations
