@@ -164,6 +164,8 @@ def train_sft(
     while training, uniform noise in ±α/√(L·d) is added to the input embeddings, L being the batch's
     padded length and d the hidden size; the hook is inactive in eval mode and removed after training.
     """
+    if neftune_alpha is not None and train.padding_free:
+        raise ConfigError("NEFTune scales its noise by the padded batch width: set train.padding_free=false.")
     return fit(
         CompletionTrainer,
         model,
