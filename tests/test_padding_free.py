@@ -311,3 +311,17 @@ def test_wdjt_trainer_flattens_with_padding_free(tmp_path, tokenizer):
             args=args, train_dataset=dataset, processing_class=tokenizer,
         )  # fmt: skip
         assert type(trainer.data_collator).__name__ == collator
+
+
+def test_naive_sft_trainer_uses_the_models_own_loss_on_the_flattened_row(tmp_path, tokenizer):
+    """``train.fused_loss=false``: Trainer calls the model with labels and ``position_ids``; its own
+    shifted loss must ignore every example's first position, like the padded batch."""
+    dataset = _data(tokenizer, 6)
+    losses = []
+    for flat in (False, True):
+        train = TrainConfig(**TRAIN, padding_free=flat, fused_loss=False)
+        model = build_model(len(tokenizer))
+        losses.append(
+            _losses(train_sft(model, tokenizer, dataset, train, 1.0, PhaseTraining(tmp_path / f"{flat}", 0)))
+        )
+    assert len(losses[0]) == 2 and losses[1] == pytest.approx(losses[0], rel=1e-5)
