@@ -94,10 +94,14 @@ def test_uniform_weak_logits_are_sft_at_temperature_one_over_lambda(tokenizer):
         strong = build_model(len(tokenizer))
         reference = copy.deepcopy(strong)
         pair = WeakStrongPair(None, strong, lam, fused_loss=fused, weak_logits="uniform")
-        pair(batch["input_ids"], batch["attention_mask"], batch["labels"])["loss"].backward()
+        pair(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])[
+            "loss"
+        ].backward()
         expected = completion_cross_entropy(lam * reference(batch["input_ids"]).logits, batch["labels"])
         expected.backward()
-        loss = pair(batch["input_ids"], batch["attention_mask"], batch["labels"])["loss"]
+        loss = pair(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        )["loss"]
         torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
         _assert_close_grads(_grads(strong), _grads(reference))
     rows = torch.randn(5, 8)
@@ -139,7 +143,12 @@ def test_entropy_matched_weak_logits_have_the_weak_entropy(tokenizer, fused):
 
     trainers.mixed_linear_cross_entropy = spy
     try:
-        loss = pair(batch["input_ids"], batch["attention_mask"], batch["labels"], weak_entropy=h_weak)["loss"]
+        loss = pair(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+            weak_entropy=h_weak,
+        )["loss"]
     finally:
         trainers.mixed_linear_cross_entropy = original
     with torch.no_grad():
@@ -171,7 +180,9 @@ def test_shuffled_weak_logits_keep_the_marginals_and_break_the_tie(tokenizer):
         pair = WeakStrongPair(copy.deepcopy(weak), s, 0.5, fused_loss=fused, weak_logits="shuffled", seed=7)
         assert not any(p.requires_grad for p in pair.weak.parameters())  # nothing weak is trained
         pair.begin_micro_batch(0)
-        loss = pair(batch["input_ids"], batch["attention_mask"], batch["labels"])["loss"]
+        loss = pair(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        )["loss"]
         loss.backward()
         results.append((loss.detach(), _grads(s)))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)

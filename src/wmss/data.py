@@ -348,3 +348,21 @@ class CompletionCollator:
         if "weak_entropy" in features[0]:  # WD-JT's entropy_matched control (wmss.weak_logits)
             batch["weak_entropy"] = torch.tensor([f["weak_entropy"] for f in features], dtype=torch.float32)
         return batch
+
+
+def padding_free_collator() -> Any:
+    """TRL's ``padding_free``: a batch's examples concatenated into one ``(1, total)`` row, no padding.
+
+    transformers' ``DataCollatorWithFlattening``: ``input_ids`` and ``labels`` concatenated,
+    ``position_ids`` restarting at 0 for every example, no attention mask, and each example's first
+    label set to -100 so that no example's last token predicts the next one's first (``wmss.packing``).
+    Our labels are already -100 there (the prompt), so the completion tokens are the padded batch's.
+    """
+    from transformers import DataCollatorWithFlattening
+
+    return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
+
+
+def completion_collator(pad_token_id: int, padding_free: bool = False) -> Any:
+    """The collator of completion examples: ``padding_free_collator()`` or ``CompletionCollator``."""
+    return padding_free_collator() if padding_free else CompletionCollator(pad_token_id)

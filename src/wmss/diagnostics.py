@@ -45,13 +45,14 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from wmss.config import RunConfig
-from wmss.data import CompletionCollator, load_training_data
+from wmss.data import completion_collator, load_training_data
 from wmss.entropy import dataset_entropies
 from wmss.errors import WmssError
 from wmss.heads import final_hidden_states, output_head, use_fused_head
 from wmss.io import atomic_write_json, atomic_write_text, read_json
 from wmss.losses import completion_positions, default_chunk_size
 from wmss.models import check_compatible, load_model, load_tokenizer
+from wmss.packing import use_padding_free
 from wmss.reporting import markdown_table
 
 MODEL_STATISTICS = {
@@ -145,6 +146,7 @@ def completion_logit_chunks(
     batch_size: int = 8,
     fused: bool = True,
     chunk_size: int | None = None,
+    padding_free: bool = False,
 ) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
     """``([logits of each model], targets)`` for chunks of the completion-predicting positions of ``dataset``.
 
@@ -152,27 +154,34 @@ def completion_logit_chunks(
     model's device, at most ``chunk_size`` positions at a time (default ``default_chunk_size(V)``).
     With ``fused`` the models run without their output heads and only those positions are projected
     (``wmss.heads``); otherwise (or for a model the fused head cannot reproduce) each batch's full
-    logits are computed and the positions taken from them. No gradient, eval mode.
+    logits are computed and the positions taken from them. No gradient, eval mode. With
+    ``padding_free`` each batch is flattened into one row (``wmss.packing``): the same positions, in
+    the same order.
     """
     was_training = [m.training for m in models]
     for m in models:
         m.eval()
     fused = use_fused_head(models, fused, "diagnostics")
+    collate = completion_collator(pad_token_id, use_padding_free(models, padding_free, "diagnostics"))
     device = next(models[0].parameters()).device
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=CompletionCollator(pad_token_id))
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     try:
         for batch in loader:
             rows, targets = [], None
             with torch.no_grad():
                 for m in models:
                     own = next(m.parameters()).device
-                    ids, mask = batch["input_ids"].to(own), batch["attention_mask"].to(own)
-                    labels = batch["labels"].to(own)
-                    states = (
-                        final_hidden_states(m, ids, mask)
-                        if fused
-                        else m(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                    ids, labels = batch["input_ids"].to(own), batch["labels"].to(own)
+                    mask, positions = (
+                        None if batch.get(k) is None else batch[k].to(own)
+                        for k in ("attention_mask", "position_ids")
                     )
+                    if fused:
+                        states = final_hidden_states(m, ids, mask, positions)
+                    else:
+                        states = m(
+                            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
+                        ).logits
                     r, targets = completion_positions(states, labels)
                     rows.append(r)
             targets = targets.to(device)
@@ -200,6 +209,7 @@ def logit_statistics(
     batch_size: int = 8,
     fused: bool = True,
     chunk_size: int | None = None,
+    padding_free: bool = False,
 ) -> dict[str, Any]:
     """``MODEL_STATISTICS`` of every model and ``PAIR_STATISTICS`` of every ``(weak, strong)`` name pair.
 
@@ -214,7 +224,7 @@ def logit_statistics(
     pair_sums = {f"{w} vs {s}": dict.fromkeys(PAIR_STATISTICS, 0.0) for w, s in pairs}
     positions = 0
     for logits, targets in completion_logit_chunks(
-        [models[n] for n in names], dataset, pad_token_id, batch_size, fused, chunk_size
+        [models[n] for n in names], dataset, pad_token_id, batch_size, fused, chunk_size, padding_free
     ):
         by_name = dict(zip(names, logits, strict=True))
         positions += targets.numel()
@@ -249,6 +259,7 @@ def saturation_statistics(
     threshold: float = 0.99,
     batch_size: int = 8,
     fused: bool = True,
+    padding_free: bool = False,
 ) -> dict[str, Any]:
     """How saturated SFT is on ``dataset``'s completion tokens, and (with ``weak``) what WD-JT gives back.
 
@@ -268,7 +279,10 @@ def saturation_statistics(
     def add(key: str, values: torch.Tensor) -> None:
         sums[key] = sums.get(key, 0.0) + values.double().sum().item()
 
-    for logits, targets in completion_logit_chunks(models, dataset, pad_token_id, batch_size, fused):
+    chunks = completion_logit_chunks(
+        models, dataset, pad_token_id, batch_size, fused, padding_free=padding_free
+    )
+    for logits, targets in chunks:
         z = logits[0]
         logp = torch.log_softmax(z, dim=-1)
         p = logp.exp()
@@ -345,9 +359,11 @@ def measure_auto_lambda(
     pad_token_id: int,
     batch_size: int = 8,
     fused: bool = True,
+    padding_free: bool = False,
 ) -> dict[str, Any]:
     """``crossover_lambda`` from the two models' mean centred logit norms on ``sample``."""
-    stats = logit_statistics({"weak": weak, "strong": strong}, sample, pad_token_id, (), batch_size, fused)
+    pair = {"weak": weak, "strong": strong}
+    stats = logit_statistics(pair, sample, pad_token_id, (), batch_size, fused, padding_free=padding_free)
     found = crossover_lambda(
         stats["models"]["strong"]["centred_norm"], stats["models"]["weak"]["centred_norm"]
     )
@@ -404,10 +420,11 @@ def pick_weak(strong_path: str, weak_paths: list[str], dataset: Dataset, cfg: Ru
     pad = strong_tokenizer.pad_token_id
 
     def entropies(path: str, what: str) -> np.ndarray:
-        model = load_model(path)
+        model = load_model(path, **cfg.model_args.load_kwargs())
         values = dataset_entropies(
-            model, sample, pad, cfg.wmss.entropy_batch_size, desc=what, fused=cfg.train.fused_loss
-        )
+            model, sample, pad, cfg.wmss.entropy_batch_size, desc=what, fused=cfg.train.fused_loss,
+            padding_free=cfg.train.padding_free,
+        )  # fmt: skip
         del model
         return values
 
@@ -482,7 +499,7 @@ def diagnose_logits(paths: dict[str, str], dataset: Dataset, cfg: RunConfig) -> 
         if name != "weak":
             check_compatible(paths["weak"], path, tokenizers["weak"], tokenizers[name])
     sample = diagnostic_sample(dataset, cfg)
-    models = {name: load_model(path) for name, path in paths.items()}
+    models = {name: load_model(path, **cfg.model_args.load_kwargs()) for name, path in paths.items()}
     strong = [n for n in paths if n != "weak"]
     stats = logit_statistics(
         models,
@@ -491,6 +508,7 @@ def diagnose_logits(paths: dict[str, str], dataset: Dataset, cfg: RunConfig) -> 
         [("weak", s) for s in strong],
         cfg.wmss.entropy_batch_size,
         cfg.train.fused_loss,
+        padding_free=cfg.train.padding_free,
     )
     norms = {n: s["centred_norm"] for n, s in stats["models"].items()}
     stats["crossover"] = {

@@ -17,11 +17,12 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from wmss import distributed
-from wmss.data import IGNORE_INDEX, CompletionCollator
+from wmss.data import IGNORE_INDEX, completion_collator
 from wmss.errors import DataError
 from wmss.heads import final_hidden_states, output_head, use_fused_head
 from wmss.io import atomic_write_jsonl, read_jsonl
 from wmss.losses import completion_positions, default_chunk_size
+from wmss.packing import example_index, packed_forward_kwargs, use_padding_free
 
 
 def token_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -30,18 +31,40 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=-1)
 
 
-def sequence_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-example mean entropy over the positions that predict a completion token (NaN if none)."""
+def sequence_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-example mean entropy over the positions that predict a completion token (NaN if none).
+
+    With ``position_ids``, ``logits`` is one padding-free row of several examples (``wmss.packing``);
+    one value per example, in their order."""
     entropy = token_entropy(logits[:, :-1, :])
+    if position_ids is not None:
+        keep = labels[:, 1:] != IGNORE_INDEX
+        return _per_example_mean(entropy[keep], example_index(position_ids)[:, 1:][keep], position_ids)
     mask = (labels[:, 1:] != IGNORE_INDEX).float()
     count = mask.sum(dim=1)
     total = (entropy * mask).sum(dim=1)
     return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))
 
 
+def _per_example_mean(
+    values: torch.Tensor, example: torch.Tensor, position_ids: torch.Tensor
+) -> torch.Tensor:
+    """Mean of ``values`` per example of a padding-free row (``example``: each value's), NaN if none."""
+    examples = int((position_ids == 0).sum())
+    count = torch.bincount(example, minlength=examples)
+    total = torch.zeros(examples, dtype=torch.float32, device=values.device).index_add_(0, example, values)
+    return torch.where(count > 0, total / count.clamp(min=1), torch.full_like(total, float("nan")))
+
+
 @torch.no_grad()
 def chunked_sequence_entropy(
-    hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor, chunk_size: int | None = None
+    hidden: torch.Tensor,
+    head: torch.nn.Module,
+    labels: torch.Tensor,
+    chunk_size: int | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``sequence_entropy(head(hidden), labels)`` without the tokens×vocabulary logits tensor.
 
@@ -49,7 +72,8 @@ def chunked_sequence_entropy(
     ``wmss.heads.final_hidden_states``). Only the positions that predict a completion token are
     projected, ``chunk_size`` of them at a time (default: ``default_chunk_size(vocab)``), each chunk's
     logits upcast to float32. Per example: the mean entropy over those positions, NaN if it has none.
-    Computed without gradient.
+    Computed without gradient. With ``position_ids``, ``hidden`` is one padding-free row of several
+    examples (``wmss.packing``), split back into one value per example.
     """
     keep = labels[:, 1:] != IGNORE_INDEX
     rows, _ = completion_positions(hidden, labels)
@@ -64,6 +88,8 @@ def chunked_sequence_entropy(
         e = torch.exp(z)
         mass = e.sum(dim=-1)
         entropy[start : start + chunk] = mass.log() - torch.bmm(e[:, None], z[:, :, None]).view(-1) / mass
+    if position_ids is not None:
+        return _per_example_mean(entropy, example_index(position_ids)[:, 1:][keep], position_ids)
     count = keep.sum(dim=1)
     total = torch.zeros(labels.shape[0], dtype=torch.float32, device=hidden.device).index_add_(
         0, example, entropy
@@ -80,6 +106,7 @@ def dataset_entropies(
     desc: str = "entropy",
     fused: bool = True,
     progress: str | Path | None = None,
+    padding_free: bool = False,
 ) -> np.ndarray:
     """Eq. 7 for every row of ``dataset`` (in row order), as float64, on every process.
 
@@ -90,14 +117,16 @@ def dataset_entropies(
     completion-predicting positions, a chunk at a time (``chunked_sequence_entropy``); models whose
     logits the fused head cannot reproduce fall back to full logits (``wmss.heads``).
 
-    Rows are sorted by length and cut into batches of ``batch_size`` (little padding). Under several
-    processes (``wmss.distributed``) process r takes batches r, r + N, r + 2N, …: every example is
-    computed exactly once, in the same padded batch as by one process, so the merged values equal a
-    one-process pass to the bit; they are then gathered to every process.
+    Rows are sorted by length and cut into batches of ``batch_size`` (little padding); with
+    ``padding_free`` each batch is flattened into one row instead (``wmss.packing``; the same values to
+    float rounding). Under several processes (``wmss.distributed``) process r takes batches r, r + N,
+    r + 2N, …: every example is computed exactly once, in the same batch as by one process, so the
+    merged values equal a one-process pass to the bit; they are then gathered to every process.
     """
     was_training = model.training
     model.eval()
     fused = use_fused_head([model], fused, desc)
+    padding_free = use_padding_free([model], padding_free, desc)
     device = next(model.parameters()).device
     lengths = np.array([len(ids) for ids in dataset["input_ids"]])
     order = np.argsort(-lengths, kind="stable")
@@ -106,12 +135,13 @@ def dataset_entropies(
     # the share into batch_size rows again gives back exactly these batches.
     mine = batches[distributed.rank() :: distributed.world_size()]
     rows = np.concatenate(mine) if mine else np.empty(0, dtype=np.int64)
-    collate = CompletionCollator(pad_token_id)
+    collate = completion_collator(pad_token_id, padding_free)
     settings = {
         "rows": len(dataset),
         "batch_size": batch_size,
         "fused": fused,
         "processes": distributed.world_size(),
+        **({"padding_free": True} if padding_free else {}),
     }
     own = (
         None
@@ -134,12 +164,16 @@ def dataset_entropies(
                 continue
             batch = collate([dataset[int(i)] for i in batch_rows])
             batch = {k: v.to(device) for k, v in batch.items()}
+            mask, positions = batch.get("attention_mask"), batch.get("position_ids")
             if fused:
-                hidden = final_hidden_states(model, batch["input_ids"], batch["attention_mask"])
-                entropy = chunked_sequence_entropy(hidden, output_head(model), batch["labels"])
+                hidden = final_hidden_states(model, batch["input_ids"], mask, positions)
+                entropy = chunked_sequence_entropy(
+                    hidden, output_head(model), batch["labels"], position_ids=positions
+                )
             else:
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                entropy = sequence_entropy(logits, batch["labels"])
+                packed = packed_forward_kwargs(positions)
+                logits = model(input_ids=batch["input_ids"], attention_mask=mask, **packed).logits
+                entropy = sequence_entropy(logits, batch["labels"], positions)
             values.append(entropy.double().cpu())
             if sink is not None:
                 sink.write(json.dumps({"first": key, "values": values[-1].tolist()}) + "\n")

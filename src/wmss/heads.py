@@ -68,11 +68,16 @@ def capture_head_input(model: nn.Module, skip_head: bool = True) -> Iterator[lis
 
 
 def final_hidden_states(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``(batch, seq, hidden)``: the input of the model's output head, without computing any logits."""
+    """``(batch, seq, hidden)``: the input of the model's output head, without computing any logits.
+
+    ``position_ids`` (and no ``attention_mask``): a padding-free batch (``wmss.packing``)."""
     with capture_head_input(model) as captured:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     if len(captured) != 1:
         raise RuntimeError(f"{type(model).__name__} called its output head {len(captured)} times, not once.")
     return captured[0]

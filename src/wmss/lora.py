@@ -94,21 +94,31 @@ def attach(model: PreTrainedModel, path: str | Path, cfg: PEFTConfig, seed: int)
 
 
 def trainable_model(
-    path: str, cfg: PEFTConfig, seed: int, dtype: torch.dtype = torch.float32
+    path: str,
+    cfg: PEFTConfig,
+    seed: int,
+    dtype: torch.dtype | str = torch.float32,
+    attn_implementation: str = "sdpa",
 ):  # -> PeftModel
     """The model at ``path`` ready for LoRA training: its base, frozen (in ``dtype``; bfloat16 under
-    ``train.bf16``), with its adapter (or a new one; adapters are kept in float32)."""
-    model = attach(load_model(base_of(path), dtype), path, cfg, seed)
+    ``train.bf16``; with ``attn_implementation``), with its adapter (or a new one; adapters are kept in
+    float32)."""
+    model = attach(load_model(base_of(path), dtype, attn_implementation), path, cfg, seed)
     log.info("LoRA: %s trainable parameters on %s", f"{trainable_parameters(model):,}", base_of(path))
     return model
 
 
 def trainable_pair(
-    weak_path: str, strong_path: str, cfg: PEFTConfig, seed: int, dtype: torch.dtype = torch.float32
+    weak_path: str,
+    strong_path: str,
+    cfg: PEFTConfig,
+    seed: int,
+    dtype: torch.dtype | str = torch.float32,
+    attn_implementation: str = "sdpa",
 ) -> tuple[PeftModel, PeftModel]:
     """(weak, strong) for WD-JT with LoRA: two adapters on one copy of the base weights. When the two
     start from different bases (e.g. a full M1 given as ``sft.checkpoint`` and M0), each keeps its own."""
-    strong_base = load_model(base_of(strong_path), dtype)
+    strong_base = load_model(base_of(strong_path), dtype, attn_implementation)
     if base_of(weak_path) == base_of(strong_path):
         weak_base = twin(strong_base)
     else:
@@ -118,7 +128,7 @@ def trainable_pair(
             base_of(weak_path),
             base_of(strong_path),
         )
-        weak_base = load_model(base_of(weak_path), dtype)
+        weak_base = load_model(base_of(weak_path), dtype, attn_implementation)
     return attach(weak_base, weak_path, cfg, seed + 1), attach(strong_base, strong_path, cfg, seed)
 
 

@@ -110,14 +110,39 @@ def load_tokenizer(source: str) -> Any:
     return tokenizer
 
 
-def load_model(source: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+def load_model(
+    source: str, dtype: torch.dtype | str = torch.float32, attn_implementation: str = "sdpa"
+) -> PreTrainedModel:
+    """The model at ``source`` with weights in ``dtype`` (a ``torch.dtype``, its name, or ``auto``: the
+    checkpoint's own) and ``attn_implementation`` (``model_args``; ``sdpa`` is transformers' default
+    choice, which falls back to eager for an architecture without sdpa)."""
+    options: dict[str, Any] = {
+        "dtype": getattr(torch, dtype) if dtype in ("float32", "bfloat16", "float16") else dtype
+    }
+    if attn_implementation != "sdpa":
+        options["attn_implementation"] = attn_implementation
+    if attn_implementation == "flash_attention_2":
+        check_flash_attention()
     try:
-        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(source, **options)
     except Exception as err:
         raise ModelError(
             f"could not load the model '{source}': {type(err).__name__}: {err}. Give a local "
             "checkpoint directory, a .gguf file, or a hub id reachable from this machine."
         ) from None
+
+
+def check_flash_attention() -> None:
+    """``attn_implementation: flash_attention_2`` needs the ``flash-attn`` package and a CUDA GPU."""
+    if importlib.util.find_spec("flash_attn") is None or not torch.cuda.is_available():
+        missing = (
+            "the flash-attn package is not installed" if torch.cuda.is_available() else "there is no CUDA GPU"
+        )
+        raise ModelError(
+            f"model_args.attn_implementation=flash_attention_2, but {missing}. Install it on a CUDA machine "
+            "(pip install flash-attn --no-build-isolation), or set model_args.attn_implementation=sdpa "
+            "(or eager)."
+        )
 
 
 def model_config(source: str) -> Any:

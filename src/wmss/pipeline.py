@@ -77,15 +77,22 @@ def _for_training(cfg: RunConfig, path: str) -> Any:
     if cfg.peft.enabled:
         from wmss.lora import trainable_model
 
-        return trainable_model(path, cfg.peft, cfg.seed, _base_dtype(cfg))
-    return load_model(path)
+        return trainable_model(path, cfg.peft, cfg.seed, *_base_options(cfg))
+    return _load(cfg, path)
 
 
-def _base_dtype(cfg: RunConfig) -> Any:
-    """A LoRA run's frozen base weights: bfloat16 under ``train.bf16``, else float32."""
-    import torch
+def _load(cfg: RunConfig, path: str) -> Any:
+    """The model at ``path``, loaded as ``model_args`` says (dtype, attention)."""
+    return load_model(path, **cfg.model_args.load_kwargs())
 
-    return torch.bfloat16 if cfg.train.bf16 else torch.float32
+
+def _base_options(cfg: RunConfig) -> tuple[str, str]:
+    """A LoRA run's frozen base: its dtype (``model_args.torch_dtype``; at the default float32, bfloat16
+    under ``train.bf16``) and attention."""
+    dtype = cfg.model_args.torch_dtype
+    if dtype == "float32" and cfg.train.bf16:
+        dtype = "bfloat16"
+    return dtype, cfg.model_args.attn_implementation
 
 
 def _free_memory() -> None:
@@ -161,7 +168,7 @@ def entropies(run: RunDir, name: str, model_path: str, dataset: Dataset, tokeniz
     path = run.root / "entropy" / f"{name}.jsonl"
 
     def work() -> dict[str, Any]:
-        model = load_model(model_path).to(distributed.device())
+        model = _load(run.cfg, model_path).to(distributed.device())
         values = dataset_entropies(  # every process computes its share; all get every value
             model,
             dataset,
@@ -170,6 +177,7 @@ def entropies(run: RunDir, name: str, model_path: str, dataset: Dataset, tokeniz
             desc=f"entropy {name}",
             fused=run.cfg.train.fused_loss,
             progress=run.root / "entropy" / f".{name}.partial.jsonl",
+            padding_free=run.cfg.train.padding_free,
         )
         del model
         _free_memory()
@@ -244,7 +252,9 @@ def resolve_mix_lambda(
     sample = diagnostic_sample(dataset, cfg)
     measure = partial(measure_auto_lambda, weak, strong, sample, tokenizer.pad_token_id)
     # measured once, by the main process: every process must train with the same λ
-    auto = distributed.on_main(lambda: measure(cfg.wmss.entropy_batch_size, cfg.train.fused_loss))
+    auto = distributed.on_main(
+        lambda: measure(cfg.wmss.entropy_batch_size, cfg.train.fused_loss, cfg.train.padding_free)
+    )
     log.info(
         "%s: mix_lambda auto: mean centred logit norm %.4f (strong) vs %.4f (weak) on %d positions of %d "
         "examples -> a = %.4f, λ = 1/(1+√a) = %.4f",
@@ -304,11 +314,11 @@ def phase_joint_training(
     if cfg.peft.enabled:  # two adapters on one copy of the base weights
         from wmss.lora import trainable_pair
 
-        weak, strong = trainable_pair(weak_path, strong_path, cfg.peft, cfg.seed, _base_dtype(cfg))
+        weak, strong = trainable_pair(weak_path, strong_path, cfg.peft, cfg.seed, *_base_options(cfg))
     elif w.weak_logits in LOADS_WEAK_MODEL:
-        weak, strong = load_model(weak_path), load_model(strong_path)
+        weak, strong = _load(cfg, weak_path), _load(cfg, strong_path)
     else:  # a control with no weak model
-        weak, strong = None, load_model(strong_path)
+        weak, strong = None, _load(cfg, strong_path)
     mix_lambda, auto = resolve_mix_lambda(cfg, weak, strong, dataset, tokenizer, name)
     where = run.training(name, save_to=out, learning_rate=cfg.wmss.learning_rate)
     result = train_joint(
@@ -339,9 +349,9 @@ def phase_joint_training(
 # ---------------------------------------------------------------- baselines
 
 
-def _on_device(path: str) -> Any:
+def _on_device(cfg: RunConfig, path: str) -> Any:
     """A model to generate with or score before training: on this process's GPU when there is one."""
-    return load_model(path).to(distributed.device())
+    return _load(cfg, path).to(distributed.device())
 
 
 def sft_baseline(run: RunDir, base: str, tokenizer: Any, dataset: Dataset) -> str:
@@ -369,7 +379,7 @@ def phase_undial(run: RunDir, m1: str, tokenizer: Any, dataset: Dataset, out: Pa
     from wmss.baselines import train_undial
 
     cfg = run.cfg
-    student, teacher = _for_training(cfg, m1), load_model(m1)
+    student, teacher = _for_training(cfg, m1), _load(cfg, m1)
     where = run.training("undial", save_to=out)
     result = train_undial(
         student, teacher, tokenizer, dataset, cfg.train, cfg.undial.epochs, cfg.undial.strength, where
@@ -397,7 +407,7 @@ def phase_pairs(run: RunDir, m1: str, tokenizer: Any, dataset: Dataset, path: Pa
     if not distributed.is_main():
         return {}
     cfg = run.cfg
-    model = _on_device(m1)
+    model = _on_device(cfg, m1)
     records, stats = make_pairs(model, tokenizer, dataset, cfg)
     del model
     _free_memory()
@@ -426,8 +436,9 @@ def phase_preference(
         )
     model = _for_training(cfg, m1).to(distributed.device())
     pairs = reference_log_probs(
-        model, pairs, tokenizer.pad_token_id, cfg.train.per_device_batch_size, cfg.train.fused_loss
-    )
+        model, pairs, tokenizer.pad_token_id, cfg.train.per_device_batch_size, cfg.train.fused_loss,
+        padding_free=cfg.train.padding_free,
+    )  # fmt: skip
     where = run.training(cfg.method, save_to=out, learning_rate=cfg.dpo_learning_rate)
     result = train_preference(model, tokenizer, pairs, cfg.train, cfg.dpo.epochs, cfg.dpo.beta, where)
     del model

@@ -86,6 +86,7 @@ NON_RESULT_KEYS = (
     "train.save_steps",
     "train.save_total_limit",
     "train.fused_loss",
+    "train.padding_free",
     "train.ddp_timeout",
     "wmss.entropy_batch_size",
     "wmss.min_entropy_gap",

@@ -41,7 +41,7 @@ from transformers.integrations import TensorBoardCallback, is_tensorboard_availa
 
 from wmss import distributed
 from wmss.config import TrainConfig
-from wmss.data import IGNORE_INDEX, CompletionCollator
+from wmss.data import IGNORE_INDEX, completion_collator
 from wmss.errors import ConfigError, TrainingError
 from wmss.heads import capture_head_input, final_hidden_states, output_head, use_fused_head
 from wmss.io import out_of_space
@@ -58,6 +58,7 @@ from wmss.losses import (
     shift_for_next_token,
 )
 from wmss.models import save_model
+from wmss.packing import packed_forward_kwargs, use_padding_free
 from wmss.weak_logits import entropy_matched_scales, shuffle_generator
 
 log = logging.getLogger("wmss")
@@ -92,6 +93,8 @@ def training_arguments(
         use_cpu=not torch.cuda.is_available(),
         ddp_timeout=train.ddp_timeout,
     )
+    if train.group_by_length:  # transformers' LengthGroupedSampler: batches of similar lengths
+        values["train_sampling_strategy"] = "group_by_length"
     return TrainingArguments(**{**values, **overrides})
 
 
@@ -173,6 +176,8 @@ def train_sft(
     while training, uniform noise in ±α/√(L·d) is added to the input embeddings, L being the batch's
     padded length and d the hidden size; the hook is inactive in eval mode and removed after training.
     """
+    if neftune_alpha is not None and train.padding_free:
+        raise ConfigError("NEFTune scales its noise by the padded batch width: set train.padding_free=false.")
     return fit(
         CompletionTrainer,
         model,
@@ -353,6 +358,8 @@ class CompletionTrainer(SegmentedScheduleTrainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        if "position_ids" in inputs:  # a padding-free batch: no KV cache, or the packing goes unseen
+            inputs = {**inputs, "use_cache": False}
         if not self.fused_head:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         with capture_head_input(self.accelerator.unwrap_model(model)) as self._captured:
@@ -381,7 +388,10 @@ def fit(
 ) -> dict[str, Any]:
     """Train ``model`` with ``trainer_class`` (a ``SegmentedScheduleTrainer``) as ``where`` says: the
     ``train`` section mapped onto ``TrainingArguments`` (``args_overrides`` on top), resumed from the
-    last complete checkpoint, saved to ``where.save_to``. Returns steps, Trainer's metrics and log."""
+    last complete checkpoint, saved to ``where.save_to``. Returns steps, Trainer's metrics and log.
+
+    Without a ``collator``, batches are padded (``CompletionCollator``) or, with ``train.padding_free``
+    and a model that honours packed ``position_ids``, flattened into one row (``wmss.packing``)."""
     if "tensorboard" in train.report_to and not is_tensorboard_available():
         raise ConfigError(
             f"train.report_to={train.report_to} needs TensorBoard, which is not installed: "
@@ -391,11 +401,15 @@ def fit(
     if train.save_steps is None:  # about four checkpoints per phase
         passes = math.ceil(epochs * steps_per_pass(len(dataset), train))
         overrides["save_steps"] = max(1, math.ceil(passes / 4))
+    if collator is None:
+        models = [model.strong, model.weak] if isinstance(model, WeakStrongPair) else [model]
+        flat = use_padding_free(models, train.padding_free, trainer_class.__name__)
+        collator = completion_collator(tokenizer.pad_token_id, flat)
     trainer = trainer_class(
         model=model,
         args=training_arguments(train, where.checkpoint_dir, epochs, where.seed, **overrides),
         train_dataset=dataset,
-        data_collator=collator or CompletionCollator(tokenizer.pad_token_id),
+        data_collator=collator,
         processing_class=tokenizer,
         callbacks=where.callbacks,
         **trainer_kwargs,
@@ -510,11 +524,14 @@ class WeakStrongPair(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
         labels: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
         weak_entropy: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """``position_ids`` without ``attention_mask``: a padding-free batch (``wmss.packing``);
+        ``weak_entropy``: per row, for the ``entropy_matched`` control."""
         if self.weak_logits != "model":
             return {
                 "loss": self._control_loss(
@@ -522,9 +539,9 @@ class WeakStrongPair(nn.Module):
                 )
             }
         if self.fused_loss:
-            strong_hidden = final_hidden_states(self.strong, input_ids, attention_mask)
+            strong_hidden = final_hidden_states(self.strong, input_ids, attention_mask, position_ids)
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_weak):
-                weak_hidden = final_hidden_states(self.weak, input_ids, attention_mask)
+                weak_hidden = final_hidden_states(self.weak, input_ids, attention_mask, position_ids)
             loss = fused_mixed_logit_cross_entropy(
                 strong_hidden,
                 output_head(self.strong),
@@ -535,9 +552,10 @@ class WeakStrongPair(nn.Module):
                 num_items_in_batch,
             )
             return {"loss": loss}
-        strong_logits = self.strong(input_ids=input_ids, attention_mask=attention_mask).logits
+        packed = packed_forward_kwargs(position_ids)
+        strong_logits = self.strong(input_ids=input_ids, attention_mask=attention_mask, **packed).logits
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_weak):
-            weak_logits = self.weak(input_ids=input_ids, attention_mask=attention_mask).logits
+            weak_logits = self.weak(input_ids=input_ids, attention_mask=attention_mask, **packed).logits
         loss = mixed_logit_cross_entropy(
             strong_logits, weak_logits, labels, self.mix_lambda, num_items_in_batch
         )
@@ -814,6 +832,9 @@ class WDJTConfig(TrainingArguments):
     """Ablation: the weak model gets no gradient and stays in eval mode."""
     fused_loss: bool = True
     """Project only completion-predicting positions, a chunk at a time (no tokens×vocabulary logits)."""
+    padding_free: bool = False
+    """TRL's ``padding_free``: the default collator flattens each batch into one row with ``position_ids``
+    (``wmss.packing``; padded batches, with a log line, for a model whose attention ignores them)."""
     remove_unused_columns: bool = False  # the completion collator needs input_ids and labels as they are
 
     def __post_init__(self) -> None:
@@ -830,9 +851,10 @@ class WDJTTrainer(JointTrainer):
     ``save_model`` writes the strong model alone as a standard checkpoint.
 
     ``train_dataset`` rows hold ``input_ids`` and ``labels`` (-100 outside the completion), e.g. from
-    ``wmss.tokenize_dataset``; the default collator right-pads them. Everything else is ``Trainer``'s
-    (callbacks, logging, ``resume_from_checkpoint``, several processes through accelerate). With
-    LoRA, pass two ``PeftModel``s (``wmss.lora.trainable_pair`` puts them on one copy of the base)."""
+    ``wmss.tokenize_dataset``; the default collator right-pads them (``padding_free``: flattens them).
+    Everything else is ``Trainer``'s (callbacks, logging, ``resume_from_checkpoint``, several processes
+    through accelerate). With LoRA, pass two ``PeftModel``s (``wmss.lora.trainable_pair`` puts them on one
+    copy of the base)."""
 
     def __init__(
         self,
@@ -850,9 +872,11 @@ class WDJTTrainer(JointTrainer):
             )
         check_same_vocabulary(weak_model, model)
         pair = WeakStrongPair(weak_model, model, args.mix_lambda, args.freeze_weak, args.fused_loss)
-        collator = data_collator or CompletionCollator(processing_class.pad_token_id)
+        if data_collator is None:
+            flat = use_padding_free([model, weak_model], args.padding_free, "WDJTTrainer")
+            data_collator = completion_collator(processing_class.pad_token_id, flat)
         super().__init__(
-            pair, args=args, train_dataset=train_dataset, data_collator=collator,
+            pair, args=args, train_dataset=train_dataset, data_collator=data_collator,
             processing_class=processing_class, **kwargs,
         )  # fmt: skip
 

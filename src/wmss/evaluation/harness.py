@@ -112,7 +112,7 @@ def backend_model(path: str, tokenizer: Any, cfg: RunConfig) -> Any:
     if backend == "vllm" or (backend == "auto" and vllm_usable()):
         log.info("eval: generating with vLLM")
         return VLLMGenerator(path, tokenizer, cfg.seed)
-    return load_model(path)
+    return load_model(path, **cfg.model_args.load_kwargs())
 
 
 def evaluate_models(

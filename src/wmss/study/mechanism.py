@@ -92,10 +92,14 @@ def measure_mechanism(study: Study, seed: int, setting: dict[str, Any]) -> dict[
         )  # fmt: skip
 
     if todo_start:
-        strong = load_model(strong_path).eval()
+        options = cfg.model_args.load_kwargs()
+        strong = load_model(strong_path, **options).eval()
         for name in todo_start:
             log.info("study: mechanism, seed %d: M_E* (epoch %d) with weak %s", seed, plateau, name)
-            result["start"][name] = {"weak": weak[name], **stats(strong, load_model(weak[name]).eval())}
+            result["start"][name] = {
+                "weak": weak[name],
+                **stats(strong, load_model(weak[name], **options).eval()),
+            }
             atomic_write_json(path, result)
         del strong
     for name, run in todo_arms.items():
@@ -103,7 +107,11 @@ def measure_mechanism(study: Study, seed: int, setting: dict[str, Any]) -> dict[
         final = run / "final"
         atomic_write_json(
             run / ARM_FILE,
-            {"model": str(final), "plateau_epoch": plateau, **stats(load_model(str(final)).eval())},
+            {
+                "model": str(final),
+                "plateau_epoch": plateau,
+                **stats(load_model(str(final), **cfg.model_args.load_kwargs()).eval()),
+            },
         )
     return read_mechanism(study, seed)
 
