@@ -41,9 +41,16 @@ class DataConfig:
     completion_template: str | None = None
     """Format string for the target completion, e.g. ``"{answer}"``. Set together with prompt_template."""
     chat_template: bool = True
-    """Render the prompt as a user turn with the tokenizer's chat template (when it has one)."""
+    """Render the prompt as a user turn with the tokenizer's chat template (when it has one); the
+    completion then ends its turn as the template ends it (``<|im_end|>``, ``<|eot_id|>``,
+    ``<end_of_turn>``; the whitespace after that token is not learnt), else with the EOS token.
+    Templates such as SmolLM2's and Qwen2.5's add a default system turn to plain-text prompts (a
+    warning says so); TRL renders such rows as plain text: ``false`` does the same."""
     system_prompt: str | None = None
     """Optional system message placed before the user turn when the chat template is used."""
+    assistant_turns: str = "last"
+    """Rows with a chat ``messages`` column: ``last`` learns the last assistant turn (the earlier turns
+    are its prompt); ``all`` learns every assistant turn of the conversation."""
     overlong: str = "truncate"
     """Examples longer than ``train.max_length``: ``truncate`` cuts the completion to fit, ``drop``
     removes the example. Either way the run reports how many. A prompt that alone does not fit is an
@@ -61,6 +68,8 @@ class DataConfig:
         """Raise ConfigError naming the first ``data.*`` key with a bad value."""
         if self.overlong not in ("truncate", "drop"):
             raise ConfigError(f"data.overlong must be 'truncate' or 'drop'; got {self.overlong!r}.")
+        if self.assistant_turns not in ("last", "all"):
+            raise ConfigError(f"data.assistant_turns must be 'last' or 'all'; got {self.assistant_turns!r}.")
         if (self.prompt_template is None) != (self.completion_template is None):
             raise ConfigError(
                 "data.prompt_template and data.completion_template must be set together "

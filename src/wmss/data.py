@@ -13,6 +13,7 @@ Loss is taken on completion tokens only: ``labels`` is -100 on prompt and paddin
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from datasets import Dataset
 from wmss.config import DataConfig
 from wmss.errors import DataError
 from wmss.io import read_jsonl, read_text
+
+log = logging.getLogger("wmss")
 
 IGNORE_INDEX = -100
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -79,6 +82,19 @@ def read_rows(
 # ---------------------------------------------------------------- rendering text
 
 
+def chat_messages(prompt: str | list[dict], system_prompt: str | None = None) -> list[dict]:
+    """The chat turns before the completion: a plain prompt becomes one user turn."""
+    messages = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    if system_prompt and messages[0].get("role") != "system":
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
+def uses_chat_template(tokenizer: Any, prompt: str | list[dict], chat: bool) -> bool:
+    """Whether ``prompt`` is rendered with the tokenizer's chat template (else as plain text)."""
+    return bool((chat or isinstance(prompt, list)) and getattr(tokenizer, "chat_template", None))
+
+
 def render_prompt(
     tokenizer: Any, prompt: str | list[dict], chat: bool, system_prompt: str | None = None
 ) -> str:
@@ -88,13 +104,8 @@ def render_prompt(
     the assistant header; otherwise it is the plain text, preceded by the BOS token when the
     tokenizer normally adds one. The result is tokenised with ``add_special_tokens=False``.
     """
-    if isinstance(prompt, list):
-        messages = list(prompt)
-    else:
-        messages = [{"role": "user", "content": prompt}]
-    if system_prompt and messages[0].get("role") != "system":
-        messages.insert(0, {"role": "system", "content": system_prompt})
-    if (chat or isinstance(prompt, list)) and getattr(tokenizer, "chat_template", None):
+    messages = chat_messages(prompt, system_prompt)
+    if uses_chat_template(tokenizer, prompt, chat):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     if isinstance(prompt, list):
         raise DataError(
@@ -102,10 +113,92 @@ def render_prompt(
             "none. Use prompt/completion columns or data.prompt_template instead."
         )
     text = "\n\n".join(m["content"] for m in messages)
+    return _with_bos(tokenizer, text)
+
+
+def _with_bos(tokenizer: Any, text: str) -> str:
     bos = tokenizer.bos_token
     if bos and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id] and not text.startswith(bos):
         text = bos + text
     return text
+
+
+def special_ids(tokenizer: Any) -> set[int]:
+    """Ids of the tokenizer's special tokens, including added ones marked special (``<|eot_id|>``)."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return set(tokenizer.all_special_ids) | {i for i, token in added.items() if token.special}
+
+
+def assistant_turn(
+    tokenizer: Any, messages: list[dict], prompt_text: str, completion: str
+) -> tuple[str, str]:
+    """The assistant's turn after ``prompt_text`` as the chat template renders it: (content, turn end).
+
+    The turn end is the text the template writes after the content (ChatML ``<|im_end|>``, Llama 3
+    ``<|eot_id|>``, Gemma ``<end_of_turn>``), without the whitespace that follows it: generation
+    stops at the end-of-turn token, so what comes after it (ChatML's and Gemma's ``\n``) is never
+    generated and is not learnt. Where the template rewrites the content (e.g. trims it), the whole
+    rendered turn is the content and the turn end is empty. A template whose turn does not start
+    where its generation prompt ends gives ``(completion, "")``: the caller ends it with EOS.
+    """
+    full = tokenizer.apply_chat_template(
+        [*messages, {"role": "assistant", "content": completion}], tokenize=False
+    )
+    if not full.startswith(prompt_text):
+        return completion, ""
+    turn = full[len(prompt_text) :].rstrip()
+    if turn.startswith(completion):
+        return completion, turn[len(completion) :]
+    return turn, ""
+
+
+def finish_completion(tokenizer: Any, content_ids: list[int], turn_end_ids: list[int]) -> list[int]:
+    """The completion's tokens: content, then the template's turn end, or EOS where the turn end has
+    no special token to stop generation at (plain text, or a template that ends turns with text)."""
+    ids = content_ids + turn_end_ids
+    if not turn_end_ids or ids[-1] not in special_ids(tokenizer):
+        ids = ids + [tokenizer.eos_token_id]
+    return ids
+
+
+def turn_end_id(tokenizer: Any) -> int | None:
+    """The special token that ends an assistant turn in the chat template, when it is not the EOS token
+    (Llama 3 ``<|eot_id|>``, Gemma ``<end_of_turn>``, ChatML ``<|im_end|>`` with a separate EOS such as
+    Qwen2.5's base tokenizer); None without a template or when the turn ends with EOS."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    messages = [{"role": "user", "content": "1 + 1?"}]
+    try:
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        _, end = assistant_turn(tokenizer, messages, prompt, "2")
+    except Exception:  # a template that cannot render this probe has no turn end to report
+        return None
+    ids = tokenizer(end, add_special_tokens=False).input_ids if end else []
+    if ids and ids[-1] in special_ids(tokenizer) and ids[-1] != tokenizer.eos_token_id:
+        return ids[-1]
+    return None
+
+
+def template_system_turn(tokenizer: Any) -> bool:
+    """Whether the chat template adds a system turn of its own when the messages have none (SmolLM2's
+    and Qwen2.5's do: "You are a helpful AI assistant named SmolLM …"). TRL renders plain-text
+    prompt/completion rows without a template, so without that system turn."""
+    probe_system, probe_user = "wmss-probe-system", "wmss-probe-user"
+    try:
+        with_system = tokenizer.apply_chat_template(
+            [{"role": "system", "content": probe_system}, {"role": "user", "content": probe_user}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        plain = tokenizer.apply_chat_template(
+            [{"role": "user", "content": probe_user}], tokenize=False, add_generation_prompt=True
+        )
+    except Exception:  # templates that refuse a system turn (Gemma) cannot add one
+        return False
+    if probe_system not in with_system:
+        return False
+    header = with_system[: with_system.index(probe_system)].removeprefix(tokenizer.bos_token or "")
+    return bool(header) and header in plain[: plain.index(probe_user)]
 
 
 def format_row(template: str, row: dict, where: str, key: str) -> str:
@@ -121,7 +214,9 @@ def format_row(template: str, row: dict, where: str, key: str) -> str:
 
 
 def row_to_text(row: dict, cfg: DataConfig, where: str) -> tuple[str | list[dict], str]:
-    """(prompt, completion) of one row; the prompt may still be a list of chat messages."""
+    """(prompt, completion) of one row; the prompt may still be a list of chat messages. A ``text`` row
+    (language modelling) has the empty prompt: all of its text is learnt."""
+    text_row = False
     if cfg.prompt_template is not None:
         prompt = format_row(cfg.prompt_template, row, where, "data.prompt_template")
         completion = format_row(cfg.completion_template or "", row, where, "data.completion_template")
@@ -140,10 +235,12 @@ def row_to_text(row: dict, cfg: DataConfig, where: str) -> tuple[str | list[dict
         prompt, completion = messages[:-1], messages[-1].get("content", "")
         if not prompt:
             raise DataError(f"{where}: 'messages' has no turn before the assistant's answer.")
+    elif "text" in row:
+        prompt, completion, text_row = "", row["text"], True
     else:
         raise DataError(
             f"{where}: cannot tell prompt from completion. The row has columns "
-            f"{', '.join(sorted(row))}; expected 'prompt' and 'completion', or 'messages', or set "
+            f"{', '.join(sorted(row))}; expected 'prompt' and 'completion', or 'messages', or 'text', or set "
             "data.prompt_template and data.completion_template (e.g. '{question}' and '{answer}')."
         )
     if not isinstance(prompt, (str, list)):
@@ -161,7 +258,7 @@ def row_to_text(row: dict, cfg: DataConfig, where: str) -> tuple[str | list[dict
             f"{where}: the completion is empty. Every example needs a target to learn; remove the row "
             "or fix its completion."
         )
-    if isinstance(prompt, str) and not prompt.strip():
+    if isinstance(prompt, str) and not prompt.strip() and not text_row:
         raise DataError(f"{where}: the prompt is empty.")
     return prompt, completion
 
@@ -198,8 +295,9 @@ def tokenize_examples(
 ) -> tuple[Dataset, DataReport]:
     """Tokenise rows into ``idx``/``input_ids``/``labels`` (labels -100 outside the completion).
 
-    Each example also keeps its rendered ``prompt`` text (what generation continues) and, with
-    ``data.answer_field``, its ``gold`` answer as text.
+    A completion ends its turn as the chat template ends it (``assistant_turn``), or with EOS when
+    it is rendered as plain text. Each example also keeps its rendered ``prompt`` text (what
+    generation continues) and, with ``data.answer_field``, its ``gold`` answer as text.
     """
     if cfg.limit is not None:
         rows = rows[: cfg.limit]
@@ -209,12 +307,34 @@ def tokenize_examples(
         raise DataError(
             "the tokenizer has no EOS token, so a completion cannot end; set one on the tokenizer."
         )
-    prompts, completions, ids, golds = [], [], [], []
+    prompts, contents, turn_ends, chats, ids, golds = [], [], [], [], [], []
+    segmented: dict[int, list[tuple[str, bool]]] = {}  # rows learnt in several pieces (text, all turns)
+    plain_chat_rows = 0
     for i, row in enumerate(rows):
         where = f"{source}, row {i + 1}"
         prompt, completion = row_to_text(row, cfg, where)
-        prompts.append(render_prompt(tokenizer, prompt, cfg.chat_template, cfg.system_prompt))
-        completions.append(completion)
+        chat = uses_chat_template(tokenizer, prompt, cfg.chat_template)
+        if cfg.prompt_template is None and "text" in row and not ("prompt" in row or "messages" in row):
+            prompts.append(_with_bos(tokenizer, ""))
+            eos = tokenizer.eos_token
+            segmented[i] = [
+                (prompts[-1], False),
+                (completion if completion.endswith(eos) else completion + eos, True),
+            ]
+        elif cfg.assistant_turns == "all" and isinstance(prompt, list) and "messages" in row:
+            prompts.append(render_prompt(tokenizer, prompt, True, cfg.system_prompt))
+            segmented[i] = conversation_segments(tokenizer, row["messages"], cfg.system_prompt, where)
+        else:
+            prompts.append(render_prompt(tokenizer, prompt, cfg.chat_template, cfg.system_prompt))
+            plain_chat_rows += chat and isinstance(prompt, str)
+        content, end = completion, ""
+        if chat and i not in segmented:
+            content, end = assistant_turn(
+                tokenizer, chat_messages(prompt, cfg.system_prompt), prompts[-1], completion
+            )
+        contents.append(content)
+        turn_ends.append(end)
+        chats.append(chat)
         ids.append(row[cfg.id_field] if cfg.id_field and cfg.id_field in row else i)
         if cfg.answer_field:
             if row.get(cfg.answer_field) is None:
@@ -223,15 +343,34 @@ def tokenize_examples(
                     f"(columns: {', '.join(sorted(row))})."
                 )
             golds.append(str(row[cfg.answer_field]))
+    if plain_chat_rows and not cfg.system_prompt and template_system_turn(tokenizer):
+        log.warning(
+            "%s: %d plain-text prompts are rendered with the chat template, which adds a system turn of its "
+            "own (the prompt starts %r). TRL renders such rows without a template. Set "
+            "data.chat_template=false for plain text as TRL does, or data.system_prompt to choose the "
+            "system turn.",
+            source,
+            plain_chat_rows,
+            prompts[0][:80],
+        )
     prompt_ids = tokenizer(prompts, add_special_tokens=False).input_ids
-    completion_ids = tokenizer(completions, add_special_tokens=False).input_ids
+    content_ids = tokenizer(contents, add_special_tokens=False).input_ids
+    end_ids = tokenizer(turn_ends, add_special_tokens=False).input_ids
     out: dict[str, list] = {"idx": [], "input_ids": [], "labels": [], "prompt": []}
     if cfg.answer_field:
         out["gold"] = []
     truncated = dropped = 0
     p_tokens = c_tokens = 0
-    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
-        c = c + [tokenizer.eos_token_id]
+    for i, p in enumerate(prompt_ids):
+        if i in segmented:
+            p, c, labels = _segment_ids(tokenizer, segmented[i])
+        else:
+            c = (
+                finish_completion(tokenizer, content_ids[i], end_ids[i])
+                if chats[i]
+                else content_ids[i] + [tokenizer.eos_token_id]
+            )
+            labels = c
         if len(p) + len(c) > max_length:
             if cfg.overlong == "drop":
                 dropped += 1
@@ -243,16 +382,16 @@ def tokenize_examples(
                     f"train.max_length={max_length}, so no completion token fits. Raise "
                     "train.max_length, shorten the prompt, or set data.overlong=drop to skip such rows."
                 )
-            c = c[:room]
+            c, labels = c[:room], labels[:room]
             truncated += 1
         out["idx"].append(ids[i])
         out["input_ids"].append(p + c)
-        out["labels"].append([IGNORE_INDEX] * len(p) + c)
+        out["labels"].append([IGNORE_INDEX] * len(p) + labels)
         out["prompt"].append(prompts[i])
         if cfg.answer_field:
             out["gold"].append(golds[i])
         p_tokens += len(p)
-        c_tokens += len(c)
+        c_tokens += sum(label != IGNORE_INDEX for label in labels)
     n = len(out["idx"])
     if n == 0:
         raise DataError(
@@ -265,6 +404,62 @@ def tokenize_examples(
         source, len(rows), n, truncated, dropped, max_length, cfg.overlong, p_tokens / n, c_tokens / n
     )
     return Dataset.from_dict(out), report
+
+
+def conversation_segments(
+    tokenizer: Any, messages: list[dict], system_prompt: str | None, where: str
+) -> list[tuple[str, bool]]:
+    """``(text, learnt)`` pieces of a whole conversation for ``data.assistant_turns: all``: every
+    assistant turn (content and turn end, as in ``assistant_turn``) is learnt, the rest is not."""
+    messages = chat_messages(messages, system_prompt)
+    segments: list[tuple[str, bool]] = []
+    done = ""
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        content = message.get("content")
+        if not isinstance(content, str) or not content.strip():
+            raise DataError(f"{where}: message {i + 1} (assistant) has no text content to learn.")
+        if i == 0:
+            raise DataError(f"{where}: 'messages' starts with the assistant's turn; nothing comes before it.")
+        prompt_text = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        if not prompt_text.startswith(done):
+            raise DataError(
+                f"{where}: the chat template renders the earlier turns differently once the conversation "
+                "goes on (some templates drop earlier reasoning), so the assistant turns cannot be cut "
+                "out one by one. Use data.assistant_turns=last."
+            )
+        content, end = assistant_turn(tokenizer, messages[:i], prompt_text, content)
+        segments += [(prompt_text[len(done) :], False), (content, True), (end, True)]
+        done = prompt_text + content + end
+    return segments
+
+
+def _segment_ids(tokenizer: Any, segments: list[tuple[str, bool]]) -> tuple[list[int], list[int], list[int]]:
+    """(prompt ids, the rest, its labels) of ``conversation_segments``-style pieces: learnt pieces come
+    as (content, turn end) pairs and end as ``finish_completion`` ends them; the prompt is the first
+    piece."""
+    first, rest = segments[0], segments[1:]
+    prompt = tokenizer(first[0], add_special_tokens=False).input_ids
+    ids: list[int] = []
+    labels: list[int] = []
+    pending: list[int] | None = None
+    for text, learnt in rest:
+        piece = tokenizer(text, add_special_tokens=False).input_ids if text else []
+        if not learnt:
+            ids += piece
+            labels += [IGNORE_INDEX] * len(piece)
+        elif pending is None:
+            pending = piece
+        else:
+            done = finish_completion(tokenizer, pending, piece)
+            ids += done
+            labels += done
+            pending = None
+    if pending is not None:  # a text row: one learnt piece, its EOS already in the text
+        ids += pending
+        labels += pending
+    return prompt, ids, labels
 
 
 def load_training_data(cfg: DataConfig, tokenizer: Any, max_length: int) -> tuple[Dataset, DataReport]:
