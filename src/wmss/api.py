@@ -28,12 +28,15 @@ def run(
     config: RunConfig | Mapping[str, Any] | str | Path | None = None,
     overrides: Sequence[str] = (),
     callbacks: list | None = None,
+    train_dataset: Any = None,
 ) -> dict[str, Any]:
     """Run the whole pipeline (``wmss run``): Algorithm 1, or the baseline ``method`` names; resumable.
-    Returns the run's manifest (phases, budget, evaluation). ``callbacks`` go to every Trainer."""
+    Returns the run's manifest (phases, budget, evaluation). ``callbacks`` go to every Trainer.
+    ``train_dataset``: the training rows as a ``datasets.Dataset`` (a ``DatasetDict``: its
+    ``data.split``; or a list of rows), in place of ``data.path``, in any form ``data.path`` takes."""
     from wmss.pipeline import run_pipeline
 
-    return run_pipeline(as_config(config, overrides), callbacks=callbacks)
+    return run_pipeline(as_config(config, overrides), callbacks=callbacks, train_dataset=train_dataset)
 
 
 def tokenize_dataset(
@@ -42,14 +45,15 @@ def tokenize_dataset(
     max_length: int = 1024,
     **data: Any,
 ) -> Dataset:
-    """Rows (``prompt``/``completion``, chat ``messages``, or any columns with ``prompt_template`` and
-    ``completion_template``) as the tokenised dataset every wmss building block takes: ``idx``,
-    ``input_ids`` and ``labels`` (-100 outside the completion). ``data`` are ``DataConfig`` keys
-    (``chat_template``, ``system_prompt``, ``overlong``, ``id_field`` …)."""
-    from wmss.data import tokenize_examples
+    """Rows (``prompt``/``completion`` as text or as chat turns, chat ``messages``, ``text``, or any
+    columns with ``prompt_template`` and ``completion_template``) as the tokenised dataset every wmss
+    building block takes: ``idx``, ``input_ids`` and ``labels`` (-100 outside the completion).
+    ``data`` are ``DataConfig`` keys (``chat_template``, ``system_prompt``, ``assistant_turns``,
+    ``overlong``, ``id_field`` …)."""
+    from wmss.data import dataset_rows, tokenize_examples
 
     cfg = config_from_dict({"data": data}, "tokenize_dataset").data if data else DataConfig()
-    rows = dataset.to_list() if isinstance(dataset, Dataset) else [dict(r) for r in dataset]
+    rows = dataset_rows(dataset if isinstance(dataset, Dataset) else [dict(r) for r in dataset])
     tokenized, _ = tokenize_examples(rows, tokenizer, cfg, max_length, source="dataset")
     return tokenized
 

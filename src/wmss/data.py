@@ -29,6 +29,9 @@ log = logging.getLogger("wmss")
 
 IGNORE_INDEX = -100
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
+LOADERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+"""``datasets`` builder of each file type that ``_read_with_datasets`` reads."""
 
 
 # ---------------------------------------------------------------- reading rows
@@ -49,11 +52,25 @@ def _read_json(path: Path) -> list[dict]:
 def read_rows(
     path: str, split: str = "train", subset: str | None = None, bad_lines: list[int] | None = None
 ) -> list[dict]:
-    """Rows of a local file, or of a Hugging Face dataset when ``path`` is not a local file.
+    """Rows of a local file, a ``save_to_disk`` folder, files matched by a glob, or of a Hugging Face
+    dataset when ``path`` is none of these.
 
-    With ``bad_lines`` (a list), malformed ``.jsonl`` lines are skipped and their numbers appended to it
-    instead of raising (evaluation counts them; training refuses them).
+    ``.jsonl``, ``.json`` and ``.parquet`` files are read here; ``.csv`` files, compressed files
+    (``.gz``, ``.bz2``, ``.xz``, ``.zst``) and globs (``data/*.jsonl``) through ``datasets``' own
+    loaders. With ``bad_lines`` (a list), malformed ``.jsonl`` lines are skipped and their numbers
+    appended to it instead of raising (evaluation counts them; training refuses them).
     """
+    if not isinstance(path, str):
+        raise DataError(
+            f"data.path must be a file, folder or dataset name (text); got a {type(path).__name__}. Pass "
+            "a datasets.Dataset as wmss.run(..., train_dataset=...) instead."
+        )
+    if any(c in path for c in "*?[") or Path(path).suffix in COMPRESSED or Path(path).suffix == ".csv":
+        return _read_with_datasets(path)
+    if (Path(path).expanduser() / "dataset_info.json").is_file() or (
+        Path(path).expanduser() / "dataset_dict.json"
+    ).is_file():
+        return dataset_rows(_load_from_disk(Path(path).expanduser()), split, path)
     local = Path(path).expanduser()
     if local.is_file():
         if local.suffix == ".jsonl":
@@ -62,7 +79,10 @@ def read_rows(
             return _read_json(local)
         if local.suffix == ".parquet":
             return Dataset.from_parquet(str(local)).to_list()
-        raise DataError(f"{local}: unsupported file type '{local.suffix}'; use .jsonl, .json or .parquet.")
+        raise DataError(
+            f"{local}: unsupported file type '{local.suffix}'; use .jsonl, .json, .parquet or .csv (or one "
+            "of these compressed: .gz, .bz2, .xz, .zst)."
+        )
     if local.suffix in LOCAL_SUFFIXES or path.startswith((".", "/", "~")) or local.exists():
         raise DataError(
             f"data file {local} does not exist (or is not a file). Check the path (data.path, eval.path)."
@@ -77,6 +97,64 @@ def read_rows(
             f"{type(err).__name__}: {err}. If you are offline, give data.path as a local "
             ".jsonl/.json/.parquet file."
         ) from None
+
+
+def _read_with_datasets(path: str) -> list[dict]:
+    """Rows of a ``.csv`` file, a compressed file, or every file a glob matches, read by ``datasets``."""
+    import glob
+
+    from datasets import load_dataset
+
+    expanded = str(Path(path).expanduser())
+    files = sorted(glob.glob(expanded)) if any(c in path for c in "*?[") else [expanded]
+    if not files or not all(Path(f).is_file() for f in files):
+        raise DataError(
+            f"data file {path} does not exist (a glob must match at least one file). Check the path "
+            "(data.path, eval.path)."
+        )
+    suffixes = {
+        Path(f.removesuffix(Path(f).suffix) if Path(f).suffix in COMPRESSED else f).suffix for f in files
+    }
+    if len(suffixes) != 1 or next(iter(suffixes)) not in LOADERS:
+        raise DataError(
+            f"{path}: the files must be all of one type among {', '.join(LOADERS)} (optionally compressed); "
+            f"found {', '.join(sorted(s or '(none)' for s in suffixes))}."
+        )
+    try:
+        return load_dataset(LOADERS[suffixes.pop()], data_files=files, split="train").to_list()
+    except Exception as err:  # datasets raises many types for a bad file; the user needs one message
+        raise DataError(f"{path}: could not be read by datasets: {type(err).__name__}: {err}") from None
+
+
+def _load_from_disk(path: Path) -> Any:
+    from datasets import load_from_disk
+
+    try:
+        return load_from_disk(str(path))
+    except Exception as err:  # a damaged or foreign folder
+        raise DataError(f"{path}: not a readable save_to_disk folder: {type(err).__name__}: {err}") from None
+
+
+def dataset_rows(dataset: Any, split: str = "train", source: str = "the dataset") -> list[dict]:
+    """Rows of a ``datasets.Dataset``, of a ``DatasetDict``'s ``split``, or of a list of mappings."""
+    from datasets import DatasetDict, IterableDataset, IterableDatasetDict
+
+    if isinstance(dataset, (DatasetDict, IterableDatasetDict)):
+        if split not in dataset:
+            raise DataError(
+                f"{source} has the splits {', '.join(dataset)}, not '{split}': set data.split to one of them."
+            )
+        dataset = dataset[split]
+    if isinstance(dataset, Dataset):
+        return dataset.to_list()
+    if isinstance(dataset, IterableDataset):
+        return list(dataset)
+    if isinstance(dataset, (list, tuple)) and all(isinstance(r, dict) for r in dataset):
+        return [dict(r) for r in dataset]
+    raise DataError(
+        f"{source}: expected a datasets.Dataset, a DatasetDict or a list of row mappings; got "
+        f"{type(dataset).__name__}."
+    )
 
 
 # ---------------------------------------------------------------- rendering text
@@ -462,10 +540,23 @@ def _segment_ids(tokenizer: Any, segments: list[tuple[str, bool]]) -> tuple[list
     return prompt, ids, labels
 
 
-def load_training_data(cfg: DataConfig, tokenizer: Any, max_length: int) -> tuple[Dataset, DataReport]:
+def load_training_data(
+    cfg: DataConfig, tokenizer: Any, max_length: int, dataset: Any = None
+) -> tuple[Dataset, DataReport]:
+    """The tokenised training data: ``data.path``'s rows, or those of ``dataset`` (a ``datasets.Dataset``,
+    a ``DatasetDict`` whose ``data.split`` is taken, or a list of rows) when it is given."""
+    if dataset is not None:
+        if cfg.path:
+            raise DataError(
+                f"the training data is given twice: as a dataset object and as data.path={cfg.path}. "
+                "Leave data.path unset when passing train_dataset."
+            )
+        rows = dataset_rows(dataset, cfg.split, "train_dataset")
+        return tokenize_examples(rows, tokenizer, cfg, max_length, source="train_dataset")
     if not cfg.path:
         raise DataError(
-            "data.path is not set: give a .jsonl/.json/.parquet file or a Hugging Face dataset name."
+            "data.path is not set: give a .jsonl/.json/.parquet/.csv file, a save_to_disk folder, a glob "
+            "or a Hugging Face dataset name."
         )
     rows = read_rows(cfg.path, cfg.split, cfg.subset)
     return tokenize_examples(rows, tokenizer, cfg, max_length, source=cfg.path)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -472,18 +474,24 @@ def phase_final(run: RunDir, src: Path, dst: Path) -> dict[str, Any]:
 
 
 def _start(
-    cfg: RunConfig, callbacks: list[TrainerCallback] | None, inputs: dict[str, Any] | None = None
+    cfg: RunConfig,
+    callbacks: list[TrainerCallback] | None,
+    inputs: dict[str, Any] | None = None,
+    train_dataset: Any = None,
 ) -> tuple:
-    """Base model, tokenizer, training data and the run directory (made once the inputs are usable)."""
+    """Base model, tokenizer, training data and the run directory (made once the inputs are usable).
+    ``train_dataset``: the training rows as a ``datasets.Dataset`` (or list of rows), for ``data.path``."""
     distributed.init(cfg.train.ddp_timeout)
     with distributed.main_process_first():  # the main process fills a download or GGUF cache first
         base = resolve_model(cfg.model)
         tokenizer = load_tokenizer(cfg.tokenizer or base)
-        dataset, report = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
-    identities = {
-        "data": data_identity(cfg.data.path, cfg.data.split, cfg.data.subset),
-        "base": model_identity(base),
-    }
+        dataset, report = load_training_data(cfg.data, tokenizer, cfg.train.max_length, train_dataset)
+    if train_dataset is None:
+        data = data_identity(cfg.data.path, cfg.data.split, cfg.data.subset)
+    else:  # what it holds: the tokenised examples (a resumed run must get the same ones)
+        content = json.dumps([dataset[k][:] for k in ("idx", "input_ids", "labels")]).encode()
+        data = {"train_dataset_sha256": hashlib.sha256(content).hexdigest(), "rows": report.num_rows}
+    identities = {"data": data, "base": model_identity(base)}
     for key, path in (("m1", cfg.sft.checkpoint), ("first_weak", cfg.wmss.weak)):
         if path:
             identities[key] = model_identity(resolve_model(path))
@@ -492,12 +500,15 @@ def _start(
     return base, tokenizer, dataset, run
 
 
-def run_pipeline(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
+def run_pipeline(
+    cfg: RunConfig, callbacks: list[TrainerCallback] | None = None, train_dataset: Any = None
+) -> dict[str, Any]:
     """Algorithm 1: SFT, then K iterations of WD-DS + WD-JT; returns the manifest.
 
     Other ``method`` values run a baseline in its place: ``sft``/``neftune`` train from M0 for their whole
     budget (``sft_baseline``); ``undial``/``dpo``/``spin`` take Phase 1's M1 and run their own pass
-    (``from_m1_baseline``). ``callbacks`` go to every Trainer (for logging or tests).
+    (``from_m1_baseline``). ``callbacks`` go to every Trainer (for logging or tests). ``train_dataset``:
+    the training rows as a ``datasets.Dataset`` (or ``DatasetDict``, list of rows), for ``data.path``.
 
     Launched as several processes, every process calls this; see the module docstring for who does what.
     """
@@ -505,7 +516,7 @@ def run_pipeline(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None)
         from wmss.evaluation.harness import load_problems, parse_task_spec
 
         load_problems(*parse_task_spec(None, cfg.eval), cfg.eval)
-    base, tokenizer, dataset, run = _start(cfg, callbacks)
+    base, tokenizer, dataset, run = _start(cfg, callbacks, train_dataset=train_dataset)
     try:
         return algorithm_1(run, base, tokenizer, dataset)
     finally:
