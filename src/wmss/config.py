@@ -108,9 +108,18 @@ class TrainConfig:
     """Under several processes: seconds a process waits at a barrier or collective before failing
     (``TrainingArguments.ddp_timeout``). The others wait while the main process alone writes models or
     generates DPO/SPIN pairs, so raise it for those on large data."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Further ``transformers.TrainingArguments`` fields for every training phase, by their own names:
+    ``train.args.optim=adafactor``, ``train.args.max_steps=50`` (caps each phase),
+    ``train.args.warmup_steps=100`` (replaces ``train.warmup_ratio``), ``train.args.fp16=true``,
+    ``train.args.use_liger_kernel=true``, ``train.args.lr_scheduler_kwargs={min_lr: 1e-6}``. Fields
+    that wmss sets itself are refused with the key to use instead (``learning_rate``:
+    ``train.learning_rate``; ``num_train_epochs``: the phases' ``epochs``; ``output_dir``, ``seed``,
+    ``save_strategy``, ``push_to_hub``, evaluation during training …)."""
 
     def check(self) -> None:
         """Raise ConfigError naming the first ``train.*`` key with a bad value."""
+        check_training_arguments(self.args)
         for key in ("per_device_batch_size", "gradient_accumulation_steps", "max_length", "ddp_timeout"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1; got {getattr(self, key)}.")
@@ -136,6 +145,78 @@ class TrainConfig:
                 f"train.lr_scheduler_type {self.lr_scheduler_type!r} is not a scheduler transformers knows: "
                 f"{', '.join(names)}."
             )
+
+
+TRAIN_KEY_OF = {
+    "learning_rate": "learning_rate",
+    "per_device_train_batch_size": "per_device_batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "lr_scheduler_type": "lr_scheduler_type",
+    "weight_decay": "weight_decay",
+    "max_grad_norm": "max_grad_norm",
+    "bf16": "bf16",
+    "activation_checkpointing": "activation_checkpointing",
+    "gradient_checkpointing": "activation_checkpointing",
+    "logging_steps": "logging_steps",
+    "save_steps": "save_steps",
+    "save_total_limit": "save_total_limit",
+    "report_to": "report_to",
+    "ddp_timeout": "ddp_timeout",
+}
+"""``TrainingArguments`` fields that a ``train.*`` key sets (``train.args`` refuses them, naming the key)."""
+_EVAL_IN_TRAINING = "wmss evaluates with its own harness after training (eval.*); phases get no eval set"
+_HUB = "every phase would push its own checkpoints; upload final/ instead (hf upload REPO RUN_DIR/final)"
+OWNED_TRAINING_ARGUMENTS = {
+    "output_dir": "each phase writes its checkpoints in the run directory: set output_dir",
+    "num_train_epochs": "each phase's passes come from sft.epochs, wmss.epochs, undial.epochs, dpo.epochs",
+    "resume_from_checkpoint": "each phase resumes from its last complete checkpoint: rerun the command",
+    "seed": "set the top-level seed",
+    "data_seed": "set the top-level seed",
+    "save_strategy": "phases save by steps so that a killed run resumes: set train.save_steps",
+    "remove_unused_columns": "wmss's collators need their columns as they are",
+    "ddp_find_unused_parameters": "WD-JT sets it (every parameter of the pair gets a gradient)",
+    "neftune_noise_alpha": "use method: neftune and neftune.alpha",
+    **dict.fromkeys(
+        ("do_eval", "eval_strategy", "eval_steps", "eval_delay", "load_best_model_at_end"), _EVAL_IN_TRAINING
+    ),
+    **dict.fromkeys(
+        ("push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push"),
+        _HUB,
+    ),
+}
+"""``TrainingArguments`` fields that wmss manages itself, with the reason ``train.args`` refuses them."""
+
+
+def training_argument_names() -> set[str]:
+    from transformers import TrainingArguments
+
+    return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def check_training_arguments(args: dict[str, Any], where: str = "train.args") -> None:
+    """Raise ConfigError for a ``train.args`` name that ``TrainingArguments`` does not have, or that wmss
+    sets itself (saying which key to use or why)."""
+    if not args:
+        return
+    names = training_argument_names()
+    for name in args:
+        if name in TRAIN_KEY_OF:
+            raise ConfigError(f"{where}.{name}: set it as train.{TRAIN_KEY_OF[name]} (wmss maps it itself).")
+        if name in OWNED_TRAINING_ARGUMENTS:
+            raise ConfigError(f"{where}.{name} is set by wmss: {OWNED_TRAINING_ARGUMENTS[name]}.")
+        if name not in names:
+            close = difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.6)
+            hint = f" Did you mean '{where}.{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"{where}.{name}: TrainingArguments has no field '{name}' (transformers "
+                f"{_transformers_version()}).{hint}"
+            )
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 @dataclass
@@ -477,6 +558,11 @@ class RunConfig:
             section.check()
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}.")
+        if "max_steps" in self.train.args and self.wmss.lr_schedule == "whole_run":
+            raise ConfigError(
+                "train.args.max_steps caps each phase, but wmss.lr_schedule=whole_run lays the phases out "
+                "as segments of one schedule counted in passes: use one or the other."
+            )
         if self.method == "dpo":
             d = self.dpo
             if d.num_samples < 2 or d.temperature <= 0:
@@ -538,6 +624,9 @@ def all_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
 def _unknown_key(key: str, source: str) -> ConfigError:
     close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
     hint = f" Did you mean '{close[0]}'?" if close else " Run `wmss config` to list every key."
+    section, _, name = key.partition(".")
+    if section == "train" and "." not in name and name in training_argument_names():
+        hint = f" It is a TrainingArguments field: give it as 'train.args.{name}'."
     return ConfigError(f"{source}: '{key}' is not a config key.{hint}")
 
 
@@ -549,6 +638,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             return None
         raise ConfigError(f"{source}: '{key}' cannot be null.")
     for option in options:
+        if typing.get_origin(option) is dict and isinstance(value, dict):
+            return dict(value)
         if option is bool and isinstance(value, bool):
             return value
         if option is int and isinstance(value, int) and not isinstance(value, bool):
@@ -577,6 +668,8 @@ def _apply(obj: Any, values: dict[str, Any], source: str, prefix: str = "") -> N
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: '{key}' is a section; give it as a mapping of keys.")
             _apply(getattr(obj, name), value, source, f"{key}.")
+        elif typing.get_origin(hints[name]) is dict and isinstance(value, dict):  # train.args: merged
+            setattr(obj, name, {**getattr(obj, name), **value})
         else:
             setattr(obj, name, _coerce(value, hints[name], key, source))
 
@@ -590,8 +683,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw  # not YAML (e.g. "{question} and {answer}"): a plain string, checked by type below
-    if isinstance(value, (dict, list)):  # no key takes a mapping: "{question}" is a template string
-        value = raw
+    if isinstance(value, (dict, list)) and not key.strip().startswith("train.args"):
+        value = raw  # no other key takes a mapping: "{question}" is a template string
     return key.strip(), value
 
 

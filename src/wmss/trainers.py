@@ -56,8 +56,9 @@ log = logging.getLogger("wmss")
 def training_arguments(
     train: TrainConfig, output_dir: str | Path, epochs: float, seed: int, **overrides: Any
 ) -> TrainingArguments:
-    """Map our ``train`` section onto ``TrainingArguments``; ``overrides`` are further
-    ``TrainingArguments`` fields (e.g. DPO's own ``learning_rate``, NEFTune's ``neftune_noise_alpha``)."""
+    """Map our ``train`` section onto ``TrainingArguments``, with ``train.args`` (further fields, checked
+    by ``TrainConfig.check``) on top; ``overrides`` are the phase's own fields (e.g. DPO's own
+    ``learning_rate``, NEFTune's ``neftune_noise_alpha``)."""
     values = dict(
         output_dir=str(output_dir),
         num_train_epochs=epochs,
@@ -82,7 +83,12 @@ def training_arguments(
         use_cpu=not torch.cuda.is_available(),
         ddp_timeout=train.ddp_timeout,
     )
-    return TrainingArguments(**{**values, **overrides})
+    if not train.args:
+        return TrainingArguments(**{**values, **overrides})
+    try:
+        return TrainingArguments(**{**values, **train.args, **overrides})
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"train.args {train.args}: TrainingArguments refused them: {err}") from None
 
 
 def last_complete_checkpoint(checkpoint_dir: str | Path) -> str | None:
