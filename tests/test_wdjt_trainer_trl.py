@@ -109,3 +109,17 @@ def test_bad_arguments_fail_in_init(tmp_path, tiny_model_dir, tokenizer):
         wmss.WDJTTrainer(model, build_model(len(tokenizer), seed=1), args=quick_args(tmp_path))
     with pytest.raises(wmss.WmssError, match="does not exist"):
         wmss.WDJTTrainer(str(tmp_path / "nope"), path, args=quick_args(tmp_path))
+
+
+def test_trl_style_example_runs(tmp_path, tiny_model_dir, tokenizer):
+    from tests.test_examples import _run
+
+    strong = tmp_path / "strong-in"
+    build_model(len(tokenizer), seed=7).save_pretrained(strong)
+    tokenizer.save_pretrained(strong)
+    printed = _run(
+        "trl_style_lora.py",
+        "--weak", tiny_model_dir, "--strong", strong, "--output-dir", tmp_path / "out", "--max-steps", 2,
+    )  # fmt: skip
+    assert "strong adapter at" in printed
+    assert (tmp_path / "out" / "strong" / "adapter_config.json").is_file()
