@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,28 @@ def run(
     ``data.split``; or a list of rows), in place of ``data.path``, in any form ``data.path`` takes."""
     from wmss.pipeline import run_pipeline
 
-    return run_pipeline(as_config(config, overrides), callbacks=callbacks, train_dataset=train_dataset)
+    with phase_lines():
+        return run_pipeline(as_config(config, overrides), callbacks=callbacks, train_dataset=train_dataset)
+
+
+@contextlib.contextmanager
+def phase_lines() -> Iterator[None]:
+    """Show wmss's progress lines (phases, data, the closing summary) on stderr, as ``wmss run`` does,
+    unless the program has set up logging itself (a handler on the root or the ``wmss`` logger)."""
+    logger = logging.getLogger("wmss")
+    if logger.handlers or logging.getLogger().handlers:
+        yield
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[wmss] %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def tokenize_dataset(

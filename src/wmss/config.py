@@ -137,6 +137,7 @@ class TrainConfig:
             )
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise ConfigError("train.weight_decay and train.max_grad_norm must be >= 0 (0: off).")
+        check_report_to(self.report_to)
         from transformers import SchedulerType
 
         names = [t.value for t in SchedulerType]
@@ -185,6 +186,29 @@ OWNED_TRAINING_ARGUMENTS = {
     ),
 }
 """``TrainingArguments`` fields that wmss manages itself, with the reason ``train.args`` refuses them."""
+
+
+REPORTERS_NEEDING = {
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "comet_ml": "comet_ml",
+}
+"""``train.report_to`` integrations checked when the config is read, with the package each needs."""
+
+
+def check_report_to(report_to: str) -> None:
+    """Raise ConfigError when ``train.report_to`` names an integration whose package is not installed, so
+    that the run fails before it starts rather than when its first phase does."""
+    import importlib.util
+
+    for name in (n.strip() for n in report_to.split(",")):
+        package = REPORTERS_NEEDING.get(name)
+        if package and importlib.util.find_spec(package) is None:
+            raise ConfigError(
+                f"train.report_to={report_to} needs {package}, which is not installed: pip install {package} "
+                "(or set train.report_to=none)."
+            )
 
 
 def training_argument_names() -> set[str]:

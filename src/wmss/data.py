@@ -291,6 +291,16 @@ def format_row(template: str, row: dict, where: str, key: str) -> str:
         raise DataError(f"{key} {template!r} is not a valid format string: {err}.") from None
 
 
+def is_text_row(row: dict, cfg: DataConfig) -> bool:
+    """A row of TRL's language-modelling form: a ``text`` column and none of the other forms' columns."""
+    return (
+        cfg.prompt_template is None
+        and "text" in row
+        and not ("prompt" in row and "completion" in row)
+        and "messages" not in row
+    )
+
+
 def row_to_text(row: dict, cfg: DataConfig, where: str) -> tuple[str | list[dict], str]:
     """(prompt, completion) of one row; the prompt may still be a list of chat messages. A ``text`` row
     (language modelling) has the empty prompt: all of its text is learnt."""
@@ -313,7 +323,7 @@ def row_to_text(row: dict, cfg: DataConfig, where: str) -> tuple[str | list[dict
         prompt, completion = messages[:-1], messages[-1].get("content", "")
         if not prompt:
             raise DataError(f"{where}: 'messages' has no turn before the assistant's answer.")
-    elif "text" in row:
+    elif is_text_row(row, cfg):
         prompt, completion, text_row = "", row["text"], True
     else:
         raise DataError(
@@ -392,7 +402,7 @@ def tokenize_examples(
         where = f"{source}, row {i + 1}"
         prompt, completion = row_to_text(row, cfg, where)
         chat = uses_chat_template(tokenizer, prompt, cfg.chat_template)
-        if cfg.prompt_template is None and "text" in row and not ("prompt" in row or "messages" in row):
+        if is_text_row(row, cfg):
             prompts.append(_with_bos(tokenizer, ""))
             eos = tokenizer.eos_token
             segmented[i] = [

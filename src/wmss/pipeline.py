@@ -61,6 +61,7 @@ from wmss.rundir import (
     data_identity,
     entropy_phase,
     selection_phase,
+    summary_lines,
     wdjt_phase,
 )
 from wmss.selection import Selection, active_set, read_selection_draws, select_for_config, selection_rows
@@ -590,7 +591,11 @@ def _finish(run: RunDir, last: str, tokenizer: Any, num_examples: int) -> dict[s
         if evaluated and eval_changed(evaluated.get("eval_config"), cfg.eval):
             evaluated["status"] = "stale"  # the eval section changed since: evaluate again
         run.phase(EVAL, lambda: phase_eval(run, str(final), tokenizer), alone=True)
-    log.info("run finished: final model at %s", final)
+    if final.is_dir():
+        from wmss.model_card import write_model_card
+
+        write_model_card(run.manifest, final)
+    log.info("run finished: final model at %s\n%s", final, "\n".join(summary_lines(run.manifest)))
     return run.manifest
 
 

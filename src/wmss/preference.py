@@ -128,7 +128,7 @@ def make_pairs(
         d.max_new_tokens,
         batch_size=d.generation_batch_size,
         seed=cfg.seed,
-        show_progress=False,
+        show_progress=True,  # a phase that can take hours on a large D
         **sampling,
     )
     if spin:
