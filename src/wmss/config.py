@@ -31,13 +31,17 @@ class DataConfig:
     """Where the training examples come from and how they become prompt/completion text."""
 
     path: str | None = None
-    """Local ``.jsonl``/``.json``/``.parquet`` file, or a Hugging Face dataset name."""
+    """Local ``.jsonl``/``.json``/``.parquet``/``.csv`` file (also compressed: ``.gz``, ``.bz2``, ``.xz``,
+    ``.zst``), a glob of such files (``data/*.jsonl``), a ``save_to_disk`` folder, or a Hugging Face
+    dataset name. From Python, ``wmss.run(config, train_dataset=...)`` takes a ``datasets.Dataset``
+    instead. Rows: ``prompt``/``completion`` (text or chat turns), ``messages``, ``text`` (all of it is
+    learnt), or any columns with ``prompt_template``/``completion_template``."""
     subset: str | None = None
     """Dataset configuration name, for Hugging Face datasets that have several."""
     split: str = "train"
     prompt_template: str | None = None
     """Python format string over a row's fields, e.g. ``"{question}"``. Unset: the row must have
-    ``prompt``/``completion`` columns or a chat ``messages`` column."""
+    ``prompt``/``completion`` columns, a chat ``messages`` column or a ``text`` column."""
     completion_template: str | None = None
     """Format string for the target completion, e.g. ``"{answer}"``. Set together with prompt_template."""
     chat_template: bool = True

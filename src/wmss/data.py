@@ -1,12 +1,16 @@
-"""Training data: files or hub datasets -> tokenised prompt/completion examples with a stable ``idx``.
+"""Training data: files, folders, hub datasets or Dataset objects -> tokenised prompt/completion
+examples with a stable ``idx``.
 
-Accepted layouts, per row:
-- ``prompt`` and ``completion`` columns (strings);
+Accepted layouts, per row (TRL's dataset forms, and templates over any columns):
+- ``prompt`` and ``completion`` columns, as strings or as lists of chat turns;
 - a chat ``messages`` column (list of ``{"role", "content"}``), whose last turn is the assistant's
-  completion and whose earlier turns form the prompt;
+  completion and whose earlier turns form the prompt (``data.assistant_turns: all``: every
+  assistant turn is learnt);
+- a ``text`` column (language modelling: all of the text is learnt, then EOS);
 - any columns, mapped by ``data.prompt_template`` / ``data.completion_template`` (Python format
   strings such as ``"{question}"``).
 
+With a chat template the completion ends its turn as the template ends it (``assistant_turn``).
 Loss is taken on completion tokens only: ``labels`` is -100 on prompt and padding positions.
 """
 
