@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset
+from datasets import Dataset, DatasetDict
 
 from wmss.config import DataConfig, RunConfig, config_from_dict, load_config
 
@@ -63,7 +63,7 @@ def phase_lines() -> Iterator[None]:
 
 
 def tokenize_dataset(
-    dataset: Dataset | Sequence[Mapping[str, Any]],
+    dataset: Dataset | DatasetDict | Sequence[Mapping[str, Any]],
     tokenizer: Any,
     max_length: int = 1024,
     **data: Any,
@@ -76,7 +76,7 @@ def tokenize_dataset(
     from wmss.data import dataset_rows, tokenize_examples
 
     cfg = config_from_dict({"data": data}, "tokenize_dataset").data if data else DataConfig()
-    rows = dataset_rows(dataset if isinstance(dataset, Dataset) else [dict(r) for r in dataset])
+    rows = [dict(r) for r in dataset] if isinstance(dataset, Sequence) else dataset_rows(dataset, cfg.split)
     tokenized, _ = tokenize_examples(rows, tokenizer, cfg, max_length, source="dataset")
     return tokenized
 
