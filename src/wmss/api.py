@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset
+from datasets import Dataset, DatasetDict
 
 from wmss.config import DataConfig, RunConfig, config_from_dict, load_config
 
@@ -28,28 +30,53 @@ def run(
     config: RunConfig | Mapping[str, Any] | str | Path | None = None,
     overrides: Sequence[str] = (),
     callbacks: list | None = None,
+    train_dataset: Any = None,
 ) -> dict[str, Any]:
     """Run the whole pipeline (``wmss run``): Algorithm 1, or the baseline ``method`` names; resumable.
-    Returns the run's manifest (phases, budget, evaluation). ``callbacks`` go to every Trainer."""
+    Returns the run's manifest (phases, budget, evaluation). ``callbacks`` go to every Trainer.
+    ``train_dataset``: the training rows as a ``datasets.Dataset`` (a ``DatasetDict``: its
+    ``data.split``; or a list of rows), in place of ``data.path``, in any form ``data.path`` takes."""
     from wmss.pipeline import run_pipeline
 
-    return run_pipeline(as_config(config, overrides), callbacks=callbacks)
+    with phase_lines():
+        return run_pipeline(as_config(config, overrides), callbacks=callbacks, train_dataset=train_dataset)
+
+
+@contextlib.contextmanager
+def phase_lines() -> Iterator[None]:
+    """Show wmss's progress lines (phases, data, the closing summary) on stderr, as ``wmss run`` does,
+    unless the program has set up logging itself (a handler on the root or the ``wmss`` logger)."""
+    logger = logging.getLogger("wmss")
+    if logger.handlers or logging.getLogger().handlers:
+        yield
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[wmss] %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def tokenize_dataset(
-    dataset: Dataset | Sequence[Mapping[str, Any]],
+    dataset: Dataset | DatasetDict | Sequence[Mapping[str, Any]],
     tokenizer: Any,
     max_length: int = 1024,
     **data: Any,
 ) -> Dataset:
-    """Rows (``prompt``/``completion``, chat ``messages``, or any columns with ``prompt_template`` and
-    ``completion_template``) as the tokenised dataset every wmss building block takes: ``idx``,
-    ``input_ids`` and ``labels`` (-100 outside the completion). ``data`` are ``DataConfig`` keys
-    (``chat_template``, ``system_prompt``, ``overlong``, ``id_field`` …)."""
-    from wmss.data import tokenize_examples
+    """Rows (``prompt``/``completion`` as text or as chat turns, chat ``messages``, ``text``, or any
+    columns with ``prompt_template`` and ``completion_template``) as the tokenised dataset every wmss
+    building block takes: ``idx``, ``input_ids`` and ``labels`` (-100 outside the completion).
+    ``data`` are ``DataConfig`` keys (``chat_template``, ``system_prompt``, ``assistant_turns``,
+    ``overlong``, ``id_field`` …)."""
+    from wmss.data import dataset_rows, tokenize_examples
 
     cfg = config_from_dict({"data": data}, "tokenize_dataset").data if data else DataConfig()
-    rows = dataset.to_list() if isinstance(dataset, Dataset) else [dict(r) for r in dataset]
+    rows = [dict(r) for r in dataset] if isinstance(dataset, Sequence) else dataset_rows(dataset, cfg.split)
     tokenized, _ = tokenize_examples(rows, tokenizer, cfg, max_length, source="dataset")
     return tokenized
 

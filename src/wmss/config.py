@@ -33,19 +33,30 @@ class DataConfig:
     """Where the training examples come from and how they become prompt/completion text."""
 
     path: str | None = None
-    """Local ``.jsonl``/``.json``/``.parquet`` file, or a Hugging Face dataset name."""
+    """Local ``.jsonl``/``.json``/``.parquet``/``.csv`` file (also compressed: ``.gz``, ``.bz2``, ``.xz``,
+    ``.zst``), a glob of such files (``data/*.jsonl``), a ``save_to_disk`` folder, or a Hugging Face
+    dataset name. From Python, ``wmss.run(config, train_dataset=...)`` takes a ``datasets.Dataset``
+    instead. Rows: ``prompt``/``completion`` (text or chat turns), ``messages``, ``text`` (all of it is
+    learnt), or any columns with ``prompt_template``/``completion_template``."""
     subset: str | None = None
     """Dataset configuration name, for Hugging Face datasets that have several."""
     split: str = "train"
     prompt_template: str | None = None
     """Python format string over a row's fields, e.g. ``"{question}"``. Unset: the row must have
-    ``prompt``/``completion`` columns or a chat ``messages`` column."""
+    ``prompt``/``completion`` columns, a chat ``messages`` column or a ``text`` column."""
     completion_template: str | None = None
     """Format string for the target completion, e.g. ``"{answer}"``. Set together with prompt_template."""
     chat_template: bool = True
-    """Render the prompt as a user turn with the tokenizer's chat template (when it has one)."""
+    """Render the prompt as a user turn with the tokenizer's chat template (when it has one); the
+    completion then ends its turn as the template ends it (``<|im_end|>``, ``<|eot_id|>``,
+    ``<end_of_turn>``; the whitespace after that token is not learnt), else with the EOS token.
+    Templates such as SmolLM2's and Qwen2.5's add a default system turn to plain-text prompts (a
+    warning says so); TRL renders such rows as plain text: ``false`` does the same."""
     system_prompt: str | None = None
     """Optional system message placed before the user turn when the chat template is used."""
+    assistant_turns: str = "last"
+    """Rows with a chat ``messages`` column: ``last`` learns the last assistant turn (the earlier turns
+    are its prompt); ``all`` learns every assistant turn of the conversation."""
     overlong: str = "truncate"
     """Examples longer than ``train.max_length``: ``truncate`` cuts the completion to fit, ``drop``
     removes the example. Either way the run reports how many. A prompt that alone does not fit is an
@@ -67,6 +78,8 @@ class DataConfig:
             )
         if self.overlong not in ("truncate", "drop"):
             raise ConfigError(f"data.overlong must be 'truncate' or 'drop'; got {self.overlong!r}.")
+        if self.assistant_turns not in ("last", "all"):
+            raise ConfigError(f"data.assistant_turns must be 'last' or 'all'; got {self.assistant_turns!r}.")
         if (self.prompt_template is None) != (self.completion_template is None):
             raise ConfigError(
                 "data.prompt_template and data.completion_template must be set together "
@@ -118,9 +131,18 @@ class TrainConfig:
     """Under several processes: seconds a process waits at a barrier or collective before failing
     (``TrainingArguments.ddp_timeout``). The others wait while the main process alone writes models or
     generates DPO/SPIN pairs, so raise it for those on large data."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Further ``transformers.TrainingArguments`` fields for every training phase, by their own names:
+    ``train.args.optim=adafactor``, ``train.args.max_steps=50`` (caps each phase),
+    ``train.args.warmup_steps=100`` (replaces ``train.warmup_ratio``), ``train.args.fp16=true``,
+    ``train.args.use_liger_kernel=true``, ``train.args.lr_scheduler_kwargs={min_lr: 1e-6}``. Fields
+    that wmss sets itself are refused with the key to use instead (``learning_rate``:
+    ``train.learning_rate``; ``num_train_epochs``: the phases' ``epochs``; ``output_dir``, ``seed``,
+    ``save_strategy``, ``push_to_hub``, evaluation during training …)."""
 
     def check(self) -> None:
         """Raise ConfigError naming the first ``train.*`` key with a bad value."""
+        check_training_arguments(self.args)
         for key in ("per_device_batch_size", "gradient_accumulation_steps", "max_length", "ddp_timeout"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key} must be >= 1; got {getattr(self, key)}.")
@@ -135,6 +157,7 @@ class TrainConfig:
             )
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise ConfigError("train.weight_decay and train.max_grad_norm must be >= 0 (0: off).")
+        check_report_to(self.report_to)
         from transformers import SchedulerType
 
         names = [t.value for t in SchedulerType]
@@ -143,6 +166,101 @@ class TrainConfig:
                 f"train.lr_scheduler_type {self.lr_scheduler_type!r} is not a scheduler transformers knows: "
                 f"{', '.join(names)}."
             )
+
+
+TRAIN_KEY_OF = {
+    "learning_rate": "learning_rate",
+    "per_device_train_batch_size": "per_device_batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "lr_scheduler_type": "lr_scheduler_type",
+    "weight_decay": "weight_decay",
+    "max_grad_norm": "max_grad_norm",
+    "bf16": "bf16",
+    "activation_checkpointing": "activation_checkpointing",
+    "gradient_checkpointing": "activation_checkpointing",
+    "logging_steps": "logging_steps",
+    "save_steps": "save_steps",
+    "save_total_limit": "save_total_limit",
+    "report_to": "report_to",
+    "ddp_timeout": "ddp_timeout",
+}
+"""``TrainingArguments`` fields that a ``train.*`` key sets (``train.args`` refuses them, naming the key)."""
+_EVAL_IN_TRAINING = "wmss evaluates with its own harness after training (eval.*); phases get no eval set"
+_HUB = "every phase would push its own checkpoints; upload final/ instead (hf upload REPO RUN_DIR/final)"
+OWNED_TRAINING_ARGUMENTS = {
+    "output_dir": "each phase writes its checkpoints in the run directory: set output_dir",
+    "num_train_epochs": "each phase's passes come from sft.epochs, wmss.epochs, undial.epochs, dpo.epochs",
+    "resume_from_checkpoint": "each phase resumes from its last complete checkpoint: rerun the command",
+    "seed": "set the top-level seed",
+    "data_seed": "set the top-level seed",
+    "save_strategy": "phases save by steps so that a killed run resumes: set train.save_steps",
+    "remove_unused_columns": "wmss's collators need their columns as they are",
+    "ddp_find_unused_parameters": "WD-JT sets it (every parameter of the pair gets a gradient)",
+    "neftune_noise_alpha": "use method: neftune and neftune.alpha",
+    **dict.fromkeys(
+        ("do_eval", "eval_strategy", "eval_steps", "eval_delay", "load_best_model_at_end"), _EVAL_IN_TRAINING
+    ),
+    **dict.fromkeys(
+        ("push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push"),
+        _HUB,
+    ),
+}
+"""``TrainingArguments`` fields that wmss manages itself, with the reason ``train.args`` refuses them."""
+
+
+REPORTERS_NEEDING = {
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "mlflow": "mlflow",
+    "comet_ml": "comet_ml",
+}
+"""``train.report_to`` integrations checked when the config is read, with the package each needs."""
+
+
+def check_report_to(report_to: str) -> None:
+    """Raise ConfigError when ``train.report_to`` names an integration whose package is not installed, so
+    that the run fails before it starts rather than when its first phase does."""
+    import importlib.util
+
+    for name in (n.strip() for n in report_to.split(",")):
+        package = REPORTERS_NEEDING.get(name)
+        if package and importlib.util.find_spec(package) is None:
+            raise ConfigError(
+                f"train.report_to={report_to} needs {package}, which is not installed: pip install {package} "
+                "(or set train.report_to=none)."
+            )
+
+
+def training_argument_names() -> set[str]:
+    from transformers import TrainingArguments
+
+    return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def check_training_arguments(args: dict[str, Any], where: str = "train.args") -> None:
+    """Raise ConfigError for a ``train.args`` name that ``TrainingArguments`` does not have, or that wmss
+    sets itself (saying which key to use or why)."""
+    if not args:
+        return
+    names = training_argument_names()
+    for name in args:
+        if name in TRAIN_KEY_OF:
+            raise ConfigError(f"{where}.{name}: set it as train.{TRAIN_KEY_OF[name]} (wmss maps it itself).")
+        if name in OWNED_TRAINING_ARGUMENTS:
+            raise ConfigError(f"{where}.{name} is set by wmss: {OWNED_TRAINING_ARGUMENTS[name]}.")
+        if name not in names:
+            close = difflib.get_close_matches(name, sorted(names), n=1, cutoff=0.6)
+            hint = f" Did you mean '{where}.{close[0]}'?" if close else ""
+            raise ConfigError(
+                f"{where}.{name}: TrainingArguments has no field '{name}' (transformers "
+                f"{_transformers_version()}).{hint}"
+            )
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
 
 
 @dataclass
@@ -604,6 +722,11 @@ class RunConfig:
                 "padded width, which a flattened batch would replace by its total token count (far less "
                 "noise). Set train.padding_free=false (train.group_by_length=true also cuts the padding)."
             )
+        if "max_steps" in self.train.args and self.wmss.lr_schedule == "whole_run":
+            raise ConfigError(
+                "train.args.max_steps caps each phase, but wmss.lr_schedule=whole_run lays the phases out "
+                "as segments of one schedule counted in passes: use one or the other."
+            )
         if self.method == "dpo":
             d = self.dpo
             if d.num_samples < 2 or d.temperature <= 0:
@@ -758,6 +881,9 @@ def all_keys(cls: type = RunConfig, prefix: str = "") -> list[str]:
 def _unknown_key(key: str, source: str) -> ConfigError:
     close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
     hint = f" Did you mean '{close[0]}'?" if close else " Run `wmss config` to list every key."
+    section, _, name = key.partition(".")
+    if section == "train" and "." not in name and name in training_argument_names():
+        hint = f" It is a TrainingArguments field: give it as 'train.args.{name}'."
     return ConfigError(f"{source}: '{key}' is not a config key.{hint}")
 
 
@@ -769,6 +895,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             return None
         raise ConfigError(f"{source}: '{key}' cannot be null.")
     for option in options:
+        if typing.get_origin(option) is dict and isinstance(value, dict):
+            return dict(value)
         if option is bool and isinstance(value, bool):
             return value
         if option is int and isinstance(value, int) and not isinstance(value, bool):
@@ -797,6 +925,8 @@ def _apply(obj: Any, values: dict[str, Any], source: str, prefix: str = "") -> N
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: '{key}' is a section; give it as a mapping of keys.")
             _apply(getattr(obj, name), value, source, f"{key}.")
+        elif typing.get_origin(hints[name]) is dict and isinstance(value, dict):  # train.args: merged
+            setattr(obj, name, {**getattr(obj, name), **value})
         else:
             setattr(obj, name, _coerce(value, hints[name], key, source))
 
@@ -810,8 +940,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw  # not YAML (e.g. "{question} and {answer}"): a plain string, checked by type below
-    if isinstance(value, (dict, list)):  # no key takes a mapping: "{question}" is a template string
-        value = raw
+    if isinstance(value, (dict, list)) and not key.strip().startswith("train.args"):
+        value = raw  # no other key takes a mapping: "{question}" is a template string
     return key.strip(), value
 
 

@@ -81,16 +81,19 @@ def twin(model: PreTrainedModel) -> PreTrainedModel:
     return copy.train(model.training)
 
 
-def attach(model: PreTrainedModel, path: str | Path, cfg: PEFTConfig, seed: int) -> PeftModel:
+def attach(
+    model: PreTrainedModel, path: str | Path | None, cfg: PEFTConfig | LoraConfig, seed: int
+) -> PeftModel:
     """``model`` (a base) with a trainable adapter: ``path``'s when it is an adapter directory, else a
-    new one (its B matrices start at zero, so the wrapped model equals the base; A is seeded)."""
+    new one (its B matrices start at zero, so the wrapped model equals the base; A is seeded).
+    ``cfg``: our ``peft`` section, or a ``peft.LoraConfig`` (``WDJTTrainer``'s ``peft_config``)."""
     from peft import PeftModel, get_peft_model
 
     model.requires_grad_(False)
-    if is_adapter(path):
+    if path is not None and is_adapter(path):
         return PeftModel.from_pretrained(model, str(path), is_trainable=True)
     torch.manual_seed(seed)
-    return get_peft_model(model, lora_config(cfg))
+    return get_peft_model(model, lora_config(cfg) if isinstance(cfg, PEFTConfig) else cfg)
 
 
 def trainable_model(
@@ -111,7 +114,7 @@ def trainable_model(
 def trainable_pair(
     weak_path: str,
     strong_path: str,
-    cfg: PEFTConfig,
+    cfg: PEFTConfig | LoraConfig,
     seed: int,
     dtype: torch.dtype | str = torch.float32,
     attn_implementation: str = "sdpa",
@@ -130,6 +133,37 @@ def trainable_pair(
         )
         weak_base = load_model(base_of(weak_path), dtype, attn_implementation)
     return attach(weak_base, weak_path, cfg, seed + 1), attach(strong_base, strong_path, cfg, seed)
+
+
+def peft_pair(
+    weak: str | PreTrainedModel,
+    strong: str | PreTrainedModel,
+    config: PEFTConfig | LoraConfig,
+    seed: int,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[PeftModel, PeftModel]:
+    """(weak, strong) for WD-JT with LoRA, each given as a path (checkpoint or adapter directory) or a
+    plain model: two adapters on one copy of the base weights when both start from the same base
+    (same base path, or the same module), else each on its own base (``WDJTTrainer``'s ``peft_config``)."""
+    from peft import PeftModel
+
+    for name, source in (("weak_model", weak), ("model", strong)):
+        if isinstance(source, PeftModel):
+            raise ModelError(
+                f"{name} already has an adapter and peft_config asks for a new one: pass the base model with "
+                "peft_config, or the PeftModels without it."
+            )
+    if isinstance(weak, str) and isinstance(strong, str):
+        return trainable_pair(weak, strong, config, seed, dtype)
+    strong_base = load_model(base_of(strong), dtype) if isinstance(strong, str) else strong
+    if weak is strong:
+        weak_base = twin(strong_base)
+    else:
+        weak_base = load_model(base_of(weak), dtype) if isinstance(weak, str) else weak
+    return (
+        attach(weak_base, weak if isinstance(weak, str) else None, config, seed + 1),
+        attach(strong_base, strong if isinstance(strong, str) else None, config, seed),
+    )
 
 
 def trainable_parameters(model: torch.nn.Module) -> int:

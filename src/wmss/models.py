@@ -208,6 +208,8 @@ def save_model(
             "Training diverged or a model it started from is damaged: lower the learning rate, or check that "
             "model."
         )
+    if tokenizer is not None:
+        stop_at_turn_end(model, tokenizer)
     with atomic_directory(path) as tmp:
         model.save_pretrained(tmp, state_dict=state_dict)
         if tokenizer is not None:
@@ -227,6 +229,24 @@ def nonfinite_weight(path: str | Path) -> str | None:
                 if weight.is_floating_point() and not torch.isfinite(weight).all():
                     return f"{file.name}: {name}"
     return None
+
+
+def stop_at_turn_end(model: PreTrainedModel, tokenizer: Any) -> None:
+    """Add the chat template's end-of-turn token to ``model.generation_config.eos_token_id`` where it is
+    not the EOS token (Llama 3 ``<|eot_id|>``, Qwen2.5 base ``<|im_end|>``), so that ``generate`` and
+    servers reading ``generation_config.json`` stop where the trained turn ends."""
+    from wmss.data import turn_end_id
+
+    token = turn_end_id(tokenizer)
+    config = getattr(model, "generation_config", None)
+    if token is None or config is None:
+        return
+    current = config.eos_token_id
+    ids = [] if current is None else [current] if isinstance(current, int) else list(current)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    if token not in ids:
+        config.eos_token_id = [*ids, token]
 
 
 def model_identity(path: str) -> dict[str, Any]:

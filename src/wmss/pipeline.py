@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -62,6 +64,7 @@ from wmss.rundir import (
     data_identity,
     entropy_phase,
     selection_phase,
+    summary_lines,
     wdjt_phase,
 )
 from wmss.selection import Selection, active_set, read_selection_draws, select_for_config, selection_rows
@@ -530,19 +533,25 @@ def phase_final(run: RunDir, src: Path, dst: Path) -> dict[str, Any]:
 
 
 def _start(
-    cfg: RunConfig, callbacks: list[TrainerCallback] | None, inputs: dict[str, Any] | None = None
+    cfg: RunConfig,
+    callbacks: list[TrainerCallback] | None,
+    inputs: dict[str, Any] | None = None,
+    train_dataset: Any = None,
 ) -> tuple:
-    """Base model, tokenizer, training data and the run directory (made once the inputs are usable)."""
+    """Base model, tokenizer, training data and the run directory (made once the inputs are usable).
+    ``train_dataset``: the training rows as a ``datasets.Dataset`` (or list of rows), for ``data.path``."""
     distributed.init(cfg.train.ddp_timeout)
     with distributed.main_process_first():  # the main process fills a download or GGUF cache first
         base = resolve_model(cfg.model)
         tokenizer = load_tokenizer(cfg.tokenizer or base)
-        dataset, report = load_training_data(cfg.data, tokenizer, cfg.train.max_length)
+        dataset, report = load_training_data(cfg.data, tokenizer, cfg.train.max_length, train_dataset)
     check_token_ids(base, dataset, cfg.tokenizer or base)
-    identities = {
-        "data": data_identity(cfg.data.path, cfg.data.split, cfg.data.subset),
-        "base": model_identity(base),
-    }
+    if train_dataset is None:
+        data = data_identity(cfg.data.path, cfg.data.split, cfg.data.subset)
+    else:  # what it holds: the tokenised examples (a resumed run must get the same ones)
+        content = json.dumps([dataset[k][:] for k in ("idx", "input_ids", "labels")]).encode()
+        data = {"train_dataset_sha256": hashlib.sha256(content).hexdigest(), "rows": report.num_rows}
+    identities = {"data": data, "base": model_identity(base)}
     for key, path in (("m1", cfg.sft.checkpoint), ("first_weak", cfg.wmss.weak)):
         if path:
             resolved = resolve_model(path)
@@ -558,12 +567,15 @@ def _start(
     return base, tokenizer, dataset, run
 
 
-def run_pipeline(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
+def run_pipeline(
+    cfg: RunConfig, callbacks: list[TrainerCallback] | None = None, train_dataset: Any = None
+) -> dict[str, Any]:
     """Algorithm 1: SFT, then K iterations of WD-DS + WD-JT; returns the manifest.
 
     Other ``method`` values run a baseline in its place: ``sft``/``neftune`` train from M0 for their whole
     budget (``sft_baseline``); ``undial``/``dpo``/``spin`` take Phase 1's M1 and run their own pass
-    (``from_m1_baseline``). ``callbacks`` go to every Trainer (for logging or tests).
+    (``from_m1_baseline``). ``callbacks`` go to every Trainer (for logging or tests). ``train_dataset``:
+    the training rows as a ``datasets.Dataset`` (or ``DatasetDict``, list of rows), for ``data.path``.
 
     Launched as several processes, every process calls this; see the module docstring for who does what.
     """
@@ -571,7 +583,7 @@ def run_pipeline(cfg: RunConfig, callbacks: list[TrainerCallback] | None = None)
         from wmss.evaluation.harness import load_problems, parse_task_spec
 
         load_problems(*parse_task_spec(None, cfg.eval), cfg.eval)
-    base, tokenizer, dataset, run = _start(cfg, callbacks)
+    base, tokenizer, dataset, run = _start(cfg, callbacks, train_dataset=train_dataset)
     try:
         return algorithm_1(run, base, tokenizer, dataset)
     finally:
@@ -655,7 +667,11 @@ def _finish(run: RunDir, last: str, tokenizer: Any, num_examples: int) -> dict[s
         if evaluated and (republished or eval_changed(evaluated.get("eval_config"), cfg.eval)):
             evaluated["status"] = "stale"
         run.phase(EVAL, lambda: phase_eval(run, str(final), tokenizer), alone=True)
-    log.info("run finished: final model at %s", final)
+    if final.is_dir():
+        from wmss.model_card import write_model_card
+
+        write_model_card(run.manifest, final)
+    log.info("run finished: final model at %s\n%s", final, "\n".join(summary_lines(run.manifest)))
     return run.manifest
 
 

@@ -19,7 +19,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel
 
 from wmss.config import RunConfig
-from wmss.data import IGNORE_INDEX
+from wmss.data import IGNORE_INDEX, special_ids
 from wmss.evaluation.evaluate import score
 from wmss.evaluation.generation import generate
 from wmss.evaluation.tasks import gold_answer
@@ -128,7 +128,7 @@ def make_pairs(
         d.max_new_tokens,
         batch_size=d.generation_batch_size,
         seed=cfg.seed,
-        show_progress=False,
+        show_progress=True,  # a phase that can take hours on a large D
         **sampling,
     )
     if spin:
@@ -156,8 +156,10 @@ def _golds(dataset: Dataset) -> list[str]:
     return golds
 
 
-def _completion(prompt_ids: list[int], text: str, tokenizer: Any, max_length: int) -> dict[str, list[int]]:
-    tokens = tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+def _completion(
+    prompt_ids: list[int], text: str, tokenizer: Any, max_length: int, end: int
+) -> dict[str, list[int]]:
+    tokens = tokenizer(text, add_special_tokens=False).input_ids + [end]
     tokens = tokens[: max_length - len(prompt_ids)]  # the prompt fits: data loading checked it
     return {"input_ids": prompt_ids + tokens, "labels": [IGNORE_INDEX] * len(prompt_ids) + tokens}
 
@@ -168,6 +170,7 @@ def pair_dataset(
     """Tokenised pairs (``idx``, ``chosen_*``/``rejected_*`` ``input_ids`` and ``labels``) of the records
     with a pair. SPIN's chosen side is the training example itself, token for token."""
     row_of = {idx: row for row, idx in enumerate(dataset["idx"])}
+    special = special_ids(tokenizer)
     out: dict[str, list] = {
         k: [] for k in ("idx", "chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
     }
@@ -176,12 +179,15 @@ def pair_dataset(
             continue
         example = dataset[row_of[record["idx"]]]
         prompt_ids = example["input_ids"][: prompt_length(example["labels"])]
+        # a generated answer ends its turn as the training completion does (``wmss.data.assistant_turn``)
+        last = example["input_ids"][-1]
+        end = last if last in special else tokenizer.eos_token_id
         chosen = (
             {"input_ids": example["input_ids"], "labels": example["labels"]}
             if spin
-            else _completion(prompt_ids, record["chosen"], tokenizer, max_length)
+            else _completion(prompt_ids, record["chosen"], tokenizer, max_length, end)
         )
-        rejected = _completion(prompt_ids, record["rejected"], tokenizer, max_length)
+        rejected = _completion(prompt_ids, record["rejected"], tokenizer, max_length, end)
         out["idx"].append(record["idx"])
         for side, seq in (("chosen", chosen), ("rejected", rejected)):
             out[f"{side}_input_ids"].append(seq["input_ids"])

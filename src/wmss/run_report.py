@@ -57,6 +57,8 @@ def _example_texts(cfg: RunConfig, wanted: set) -> tuple[dict[Any, tuple[str, st
     """``{idx: (prompt, completion)}`` for the ``wanted`` ids, read from the run's training data."""
     from wmss.data import read_rows, row_to_text
 
+    if not cfg.data.path:
+        return {}, "the training data was passed as a dataset object, so only ids are shown."
     try:
         rows = read_rows(cfg.data.path, cfg.data.split, cfg.data.subset)
     except (WmssError, OSError, ValueError) as err:

@@ -509,6 +509,28 @@ def budget(phases: dict[str, dict], num_examples: int, cfg: RunConfig) -> dict[s
     return out
 
 
+def summary_lines(manifest: dict[str, Any]) -> list[str]:
+    """The closing summary of a run: each phase's optimizer steps, passes over D and wall time, then the
+    totals (from ``manifest["budget"]`` and the phases' records)."""
+    spent = manifest.get("budget", {})
+    trained = spent.get("phases", {})
+    lines = [f"{'phase':<14} {'steps':>7} {'passes':>7} {'time':>9}"]
+    for name, entry in manifest.get("phases", {}).items():
+        row = trained.get(name, {})
+        steps = row.get("steps", "")
+        passes = "" if row.get("passes") is None else f"{row['passes']:.2f}"
+        seconds = entry.get("wall_time_s")
+        time_text = "" if seconds is None else f"{seconds:.1f} s"
+        lines.append(f"{name:<14} {steps!s:>7} {passes:>7} {time_text:>9}")
+    if spent:
+        lines.append(
+            f"{'total':<14} {spent.get('optimizer_steps', '')!s:>7} "
+            f"{spent.get('passes_over_data', 0.0):>7.2f} {spent.get('train_wall_time_s', 0.0):>7.1f} s"
+            " (training)"
+        )
+    return lines
+
+
 def training_cost(phases: dict[str, dict]) -> tuple[int, float]:
     """Optimizer steps of every phase, and wall time of every phase but ``NOT_TRAINING``."""
     steps = sum(p.get("steps", 0) for p in phases.values())

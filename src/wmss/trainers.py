@@ -21,6 +21,7 @@ writes a standard checkpoint (``save_trained``).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import logging
@@ -40,7 +41,7 @@ from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArgu
 from transformers.integrations import TensorBoardCallback, is_tensorboard_available
 
 from wmss import distributed
-from wmss.config import TrainConfig
+from wmss.config import DataConfig, TrainConfig
 from wmss.data import IGNORE_INDEX, completion_collator
 from wmss.errors import ConfigError, TrainingError
 from wmss.heads import capture_head_input, final_hidden_states, output_head, use_fused_head
@@ -67,8 +68,9 @@ log = logging.getLogger("wmss")
 def training_arguments(
     train: TrainConfig, output_dir: str | Path, epochs: float, seed: int, **overrides: Any
 ) -> TrainingArguments:
-    """Map our ``train`` section onto ``TrainingArguments``; ``overrides`` are further
-    ``TrainingArguments`` fields (e.g. DPO's own ``learning_rate``, NEFTune's ``neftune_noise_alpha``)."""
+    """Map our ``train`` section onto ``TrainingArguments``, with ``train.args`` (further fields, checked
+    by ``TrainConfig.check``) on top; ``overrides`` are the phase's own fields (e.g. DPO's own
+    ``learning_rate``, NEFTune's ``neftune_noise_alpha``)."""
     values = dict(
         output_dir=str(output_dir),
         num_train_epochs=epochs,
@@ -95,7 +97,12 @@ def training_arguments(
     )
     if train.group_by_length:  # transformers' LengthGroupedSampler: batches of similar lengths
         values["train_sampling_strategy"] = "group_by_length"
-    return TrainingArguments(**{**values, **overrides})
+    if not train.args:
+        return TrainingArguments(**{**values, **overrides})
+    try:
+        return TrainingArguments(**{**values, **train.args, **overrides})
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"train.args {train.args}: TrainingArguments refused them: {err}") from None
 
 
 def last_complete_checkpoint(checkpoint_dir: str | Path) -> str | None:
@@ -835,6 +842,11 @@ class WDJTConfig(TrainingArguments):
     padding_free: bool = False
     """TRL's ``padding_free``: the default collator flattens each batch into one row with ``position_ids``
     (``wmss.packing``; padded batches, with a log line, for a model whose attention ignores them)."""
+    max_length: int = 1024
+    """Tokens per example when ``WDJTTrainer`` tokenises a raw ``train_dataset`` (``train.max_length``)."""
+    data_config: dict[str, Any] | None = None
+    """``data.*`` keys for tokenising a raw ``train_dataset``, e.g. ``{"assistant_turns": "all"}`` or
+    ``{"chat_template": False}`` (``wmss.config.DataConfig``; unset: its defaults)."""
     remove_unused_columns: bool = False  # the completion collator needs input_ids and labels as they are
 
     def __post_init__(self) -> None:
@@ -843,38 +855,150 @@ class WDJTConfig(TrainingArguments):
             raise ConfigError(
                 f"mix_lambda must lie in [0, 1] (Eq. 5 mixes the two logits); got {self.mix_lambda}."
             )
+        if self.max_length < 1:
+            raise ConfigError(f"max_length must be >= 1; got {self.max_length}.")
+        self.data_cfg()  # a bad data_config key fails here, not when the dataset is tokenised
+
+    def data_cfg(self) -> DataConfig:
+        from wmss.config import config_from_dict
+
+        return config_from_dict({"data": dict(self.data_config or {})}, "WDJTConfig.data_config").data
+
+    @classmethod
+    def from_training_arguments(cls, args: TrainingArguments) -> WDJTConfig:
+        """A ``WDJTConfig`` with the fields of plain ``TrainingArguments`` (WD-JT's own at their defaults)."""
+        names = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+        values = {k: v for k, v in args.to_dict().items() if k in names}
+        values["hub_token"] = args.hub_token  # to_dict masks it
+        values["remove_unused_columns"] = False
+        return cls(**values)
+
+
+def _load_for_wdjt(source: str | nn.Module, name: str) -> nn.Module:
+    """A model given as an id or path (``wmss.models.resolve_model``: directory, GGUF, hub id) or as a
+    module."""
+    if isinstance(source, nn.Module):
+        return source
+    if not isinstance(source, (str, Path)):
+        raise ConfigError(f"{name} must be a model id, a path or a model; got {type(source).__name__}.")
+    from wmss.models import load_model, resolve_model
+
+    return load_model(resolve_model(str(source)))
+
+
+def _source_name(source: str | nn.Module | None) -> str | None:
+    """Where a model (or the tokenizer beside it) can be loaded from."""
+    if isinstance(source, (str, Path)):
+        from wmss.models import resolve_model
+
+        return resolve_model(str(source))
+    config = getattr(source, "config", None)
+    return getattr(config, "_name_or_path", None) or None
+
+
+def _wdjt_dataset(dataset: Any, tokenizer: Any, args: WDJTConfig, name: str) -> Any:
+    """``dataset`` as tokenised examples: a tokenised ``Dataset`` as it is; raw rows in any form
+    ``wmss.run`` takes (a Dataset, DatasetDict, list of rows, file, folder or hub name) tokenised
+    as ``wmss.run`` tokenises them (``args.data_config``, ``args.max_length``)."""
+    from wmss.data import dataset_rows, read_rows, tokenize_examples
+
+    if dataset is None:
+        return None
+    columns = getattr(dataset, "column_names", None)
+    if isinstance(columns, list) and "input_ids" in columns:
+        if "labels" not in columns:
+            raise ConfigError(
+                f"{name} has input_ids but no labels (-100 outside the completion): pass the raw rows "
+                "(prompt/completion, messages or text) to be tokenised here, or wmss.tokenize_dataset's "
+                "output."
+            )
+        return dataset
+    cfg = args.data_cfg()
+    rows = read_rows(str(dataset), cfg.split, cfg.subset) if isinstance(dataset, (str, Path)) else None
+    rows = rows if rows is not None else dataset_rows(dataset, cfg.split, name)
+    tokenized, report = tokenize_examples(rows, tokenizer, cfg, args.max_length, source=name)
+    log.info("WDJTTrainer: %s", report.summary())
+    return tokenized
 
 
 class WDJTTrainer(JointTrainer):
-    """WD-JT on a ``transformers.Trainer``: ``model`` is the strong model, ``weak_model`` the weak one; both
-    are trained on the cross-entropy of their mixed logits (one optimizer over both), and
-    ``save_model`` writes the strong model alone as a standard checkpoint.
+    """WD-JT on a ``transformers.Trainer``, shaped like TRL's trainers: ``model`` is the strong model,
+    ``weak_model`` the weak one; both are trained on the cross-entropy of their mixed logits (one
+    optimizer over both), and ``save_model`` writes the strong model alone as a standard checkpoint.
 
-    ``train_dataset`` rows hold ``input_ids`` and ``labels`` (-100 outside the completion), e.g. from
-    ``wmss.tokenize_dataset``; the default collator right-pads them (``padding_free``: flattens them).
-    Everything else is ``Trainer``'s (callbacks, logging, ``resume_from_checkpoint``, several processes
-    through accelerate). With LoRA, pass two ``PeftModel``s (``wmss.lora.trainable_pair`` puts them on one
-    copy of the base)."""
+    - ``model`` and ``weak_model``: a hub id, a path (checkpoint directory, ``.gguf``, adapter
+      directory with ``peft_config``) or a loaded model.
+    - ``args``: a ``WDJTConfig``, plain ``TrainingArguments`` (WD-JT's settings at their defaults), or
+      None (``WDJTConfig(output_dir="<model name>-WDJT")``).
+    - ``processing_class``: the tokenizer; None: loaded from ``model``.
+    - ``train_dataset`` (and ``eval_dataset``): tokenised rows (``input_ids``, ``labels``), or raw rows
+      in any form ``wmss.run`` takes — TRL's prompt/completion (text or chat turns), ``messages`` and
+      ``text`` forms, as a ``Dataset``, ``DatasetDict``, list, file, ``save_to_disk`` folder or hub
+      name — tokenised on the way in (``args.data_config``, ``args.max_length``).
+    - ``args.padding_free``: the default collator flattens each batch into one row with
+      ``position_ids`` (``wmss.packing``).
+    - ``peft_config``: a ``peft.LoraConfig``: the weak and the strong model become two adapters on one
+      frozen copy of the base weights (``wmss.lora.peft_pair``); ``save_model`` writes the strong adapter.
+
+    Bad arguments raise here, before training. Everything else is ``Trainer``'s (callbacks, logging,
+    ``resume_from_checkpoint``, several processes through accelerate)."""
 
     def __init__(
         self,
-        model: PreTrainedModel,
-        weak_model: PreTrainedModel,
-        args: WDJTConfig,
-        train_dataset: Dataset,
-        processing_class: Any,
+        model: str | PreTrainedModel,
+        weak_model: str | PreTrainedModel | None = None,
+        args: WDJTConfig | TrainingArguments | None = None,
+        train_dataset: Any = None,
+        processing_class: Any = None,
         data_collator: Any = None,
+        peft_config: Any = None,
         **kwargs: Any,
     ):
-        if not isinstance(args, WDJTConfig):
+        if weak_model is None:
             raise ConfigError(
-                "WDJTTrainer needs its arguments as a WDJTConfig (TrainingArguments + mix_lambda)."
+                "WDJTTrainer needs weak_model: the weak model of Eq. 5 (M_{t-1}, e.g. the base) next to "
+                "model, the strong one (e.g. its SFT checkpoint)."
             )
+        if args is None:
+            name = Path(str(_source_name(model) or "model").rstrip("/")).name
+            args = WDJTConfig(output_dir=f"{name}-WDJT")
+        elif not isinstance(args, WDJTConfig):
+            if not isinstance(args, TrainingArguments):
+                raise ConfigError(
+                    f"args must be a WDJTConfig or TrainingArguments; got {type(args).__name__}."
+                )
+            args = WDJTConfig.from_training_arguments(args)
+        if processing_class is None:
+            source = _source_name(model)
+            if source is None:
+                raise ConfigError("pass processing_class: the model does not say where its tokenizer is.")
+            from wmss.models import load_tokenizer
+
+            processing_class = load_tokenizer(source)
+        if peft_config is not None:
+            from wmss.lora import peft_pair
+
+            weak_model, model = peft_pair(weak_model, model, peft_config, args.seed)
+        else:
+            weak_model, model = _load_for_wdjt(weak_model, "weak_model"), _load_for_wdjt(model, "model")
         check_same_vocabulary(weak_model, model)
+        train_dataset = _wdjt_dataset(train_dataset, processing_class, args, "train_dataset")
+        if isinstance(kwargs.get("eval_dataset"), dict):
+            kwargs["eval_dataset"] = {
+                k: _wdjt_dataset(v, processing_class, args, f"eval_dataset[{k!r}]")
+                for k, v in kwargs["eval_dataset"].items()
+            }
+        elif kwargs.get("eval_dataset") is not None:
+            kwargs["eval_dataset"] = _wdjt_dataset(
+                kwargs["eval_dataset"], processing_class, args, "eval_dataset"
+            )
         pair = WeakStrongPair(weak_model, model, args.mix_lambda, args.freeze_weak, args.fused_loss)
         if data_collator is None:
+            pad = processing_class.pad_token_id
             flat = use_padding_free([model, weak_model], args.padding_free, "WDJTTrainer")
-            data_collator = completion_collator(processing_class.pad_token_id, flat)
+            data_collator = completion_collator(
+                pad if pad is not None else processing_class.eos_token_id, flat
+            )
         super().__init__(
             pair, args=args, train_dataset=train_dataset, data_collator=data_collator,
             processing_class=processing_class, **kwargs,
