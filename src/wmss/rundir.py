@@ -165,10 +165,9 @@ class RunDir:
                     f"{self.manifest_path} is damaged ({err.msg}, line {err.lineno}); the run cannot be "
                     "resumed. Use a new output_dir (or move this one away)."
                 ) from None
-            if self._computed():
-                self._check_same_run(wanted, inputs or {})
-            else:  # e.g. a model that failed to load, now repaired: nothing to mix with
-                self.manifest.update(result_config=wanted, inputs={})
+            if not self._computed():  # e.g. a model that failed to load, now repaired: nothing to mix with
+                self.manifest["inputs"] = {}
+            self._check_same_run(wanted, inputs or {})
         else:
             self.manifest = {
                 "wmss_version": __version__,
@@ -187,8 +186,8 @@ class RunDir:
 
     def _computed(self) -> bool:
         """Whether anything of the run has been computed yet: a finished phase (M0 only names the base)
-        or a Trainer checkpoint. Until then another configuration or other inputs may take the directory
-        over (a first attempt that failed early, e.g. on a damaged model, is not an experiment)."""
+        or a Trainer checkpoint. Until then changed inputs (a model that failed to load, now repaired)
+        may take the directory over: there is nothing made from the old ones to mix with."""
         phases = self.manifest.get("phases", {})
         if any(p.get("status") == "done" for name, p in phases.items() if name != M0):
             return True
