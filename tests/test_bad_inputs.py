@@ -115,6 +115,12 @@ def test_bad_config_files(tmp_path, capsys, content, message):
     _fails(capsys, ["run", str(tmp_path / "missing.yaml")], "missing.yaml does not exist")
 
 
+def test_a_study_file_with_a_key_given_twice_is_refused(tmp_path, capsys):
+    study = tmp_path / "study.yaml"
+    study.write_text("name: s\nseeds: [1]\nseeds: [2]\n")
+    _fails(capsys, ["study", "report", str(study)], "the key 'seeds' is given twice (lines 2 and 3)")
+
+
 DATA_CASES = [
     ('{"question": 5, "answer": "1"}\n', "prompt", "line 1"),
     ('{"prompt": 7, "completion": "x"}\n', "raw", "the prompt must be text"),

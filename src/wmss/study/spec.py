@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from wmss.config import config_from_dict, parse_override
+from wmss.config import config_from_dict, load_yaml, parse_override
 from wmss.errors import ConfigError
 from wmss.study.mawps import FORMATS
 
@@ -135,10 +135,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"study file {path} does not exist.")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {error}") from None
+    raw = load_yaml(path.read_text(), path) or {}  # a key given twice is refused, naming the line
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping.")
     run_overrides = []
