@@ -325,3 +325,15 @@ def test_naive_sft_trainer_uses_the_models_own_loss_on_the_flattened_row(tmp_pat
             _losses(train_sft(model, tokenizer, dataset, train, 1.0, PhaseTraining(tmp_path / f"{flat}", 0)))
         )
     assert len(losses[0]) == 2 and losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
+@pytest.mark.parametrize("flat,grouped", [(True, False), (False, True)])
+def test_dpo_trains_padding_free_and_length_grouped(tmp_path, tokenizer, flat, grouped):
+    from wmss.baselines import reference_log_probs, train_preference
+
+    model = build_model(len(tokenizer))
+    pairs = reference_log_probs(model, _pairs(tokenizer), tokenizer.pad_token_id, 3)
+    train = TrainConfig(**TRAIN, padding_free=flat, group_by_length=grouped)
+    result = train_preference(model, tokenizer, pairs, train, 1.0, 0.1, PhaseTraining(tmp_path, 0))
+    assert len(_losses(result)) == 2
+    assert _losses(result)[0] == pytest.approx(0.6931472, abs=1e-5)  # the policy is its reference: log 2

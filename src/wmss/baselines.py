@@ -407,6 +407,11 @@ def train_preference(
     """DPO in place on ``model`` over ``pairs`` (columns ``chosen_input_ids``, ``chosen_labels``,
     ``rejected_input_ids``, ``rejected_labels``, ``reference_chosen``, ``reference_rejected``), trained as
     ``where`` says (its ``learning_rate``: the DPO phase's own)."""
+    if train.group_by_length:  # the sampler groups by the "length" column: a pair's padded width
+        chosen, rejected = pairs["chosen_input_ids"], pairs["rejected_input_ids"]
+        pairs = pairs.add_column(
+            "length", [max(len(c), len(r)) for c, r in zip(chosen, rejected, strict=True)]
+        )
     return fit(
         PreferenceTrainer,
         model,
