@@ -22,6 +22,7 @@ import string
 from collections.abc import Callable
 from pathlib import Path
 
+from wmss.demo_data import draw_distinct
 from wmss.io import atomic_write_jsonl
 
 WORDS = ["apple", "river", "stone", "cloud", "tiger", "lemon", "piano", "orbit", "maple", "delta", "ember"]
@@ -335,19 +336,12 @@ FAMILIES: list[Family] = [
 
 
 def make_code_problems(n: int, seed: int) -> list[dict]:
-    """``n`` problems with distinct entry points; for one seed, a shorter list is a prefix of a longer one."""
-    if n < 0:
-        raise ValueError(f"the number of code problems must be at least 0, got {n}")
-    rng = random.Random(seed)
-    problems: list[dict] = []
-    seen: set[str] = set()
-    for _ in range(100 * n + 1000):
-        if len(problems) == n:
-            break
-        entry, signature, description, body, inputs = rng.choice(FAMILIES)(rng)
-        if entry in seen:
-            continue
-        seen.add(entry)
+    """``n`` problems with distinct entry points; for one seed, a shorter list is a prefix of a longer one
+    (the families allow a few hundred)."""
+    problems = []
+    for i, (entry, signature, description, body, inputs) in enumerate(
+        draw_distinct(FAMILIES, n, seed, lambda draw: draw[0], "code problems")
+    ):
         prompt = f'def {entry}{signature}:\n    """{description}"""\n'
         reference = prompt + body
         namespace: dict = {}
@@ -356,13 +350,8 @@ def make_code_problems(n: int, seed: int) -> list[dict]:
             f"assert candidate({', '.join(map(repr, args))}) == {namespace[entry](*args)!r}"
             for args in inputs
         ]
-        problems.append({"id": f"code-{seed}-{len(problems)}", "prompt": prompt, "entry_point": entry,
+        problems.append({"id": f"code-{seed}-{i}", "prompt": prompt, "entry_point": entry,
                          "tests": tests, "canonical_solution": reference})  # fmt: skip
-    if len(problems) < n:
-        raise ValueError(
-            f"could only make {len(problems)} distinct code problems, {n} were asked for "
-            f"(the families allow a few hundred)"
-        )
     return problems
 
 

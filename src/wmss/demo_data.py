@@ -173,31 +173,40 @@ TEMPLATES: list[Template] = [
 ]
 
 
-def make_demo_problems(n: int, seed: int) -> list[dict]:
-    """``n`` problems with distinct questions; for one seed, a shorter list is a prefix of a longer one."""
+def draw_distinct(makers: list[Callable], n: int, seed: int, key: Callable[[tuple], str], what: str) -> list:
+    """``n`` draws of ``rng.choice(makers)(rng)`` with distinct ``key``, in draw order (one seed's shorter
+    list is a prefix of its longer one); ``what`` names them in errors."""
     if n < 0:
-        raise ValueError(f"the number of demo problems must be at least 0, got {n}")
+        raise ValueError(f"the number of {what} must be at least 0, got {n}")
     rng = random.Random(seed)
-    problems: list[dict] = []
+    draws: list = []
     seen: set[str] = set()
     for _ in range(100 * n + 1000):
-        if len(problems) == n:
+        if len(draws) == n:
             break
-        question, steps, answer = rng.choice(TEMPLATES)(rng)
-        if question in seen:
+        draw = rng.choice(makers)(rng)
+        if key(draw) in seen:
             continue
-        seen.add(question)
-        problems.append(
-            {
-                "id": f"demo-{seed}-{len(problems)}",
-                "question": question,
-                "solution": "\n".join([*steps, f"The answer is {answer}."]),
-                "answer": str(answer),
-            }
+        seen.add(key(draw))
+        draws.append(draw)
+    if len(draws) < n:
+        raise ValueError(f"could only make {len(draws)} distinct {what}, {n} were asked for")
+    return draws
+
+
+def make_demo_problems(n: int, seed: int) -> list[dict]:
+    """``n`` problems with distinct questions; for one seed, a shorter list is a prefix of a longer one."""
+    return [
+        {
+            "id": f"demo-{seed}-{i}",
+            "question": question,
+            "solution": "\n".join([*steps, f"The answer is {answer}."]),
+            "answer": str(answer),
+        }
+        for i, (question, steps, answer) in enumerate(
+            draw_distinct(TEMPLATES, n, seed, lambda draw: draw[0], "demo problems")
         )
-    if len(problems) < n:
-        raise ValueError(f"could only make {len(problems)} distinct demo problems, {n} were asked for")
-    return problems
+    ]
 
 
 def demo_splits(n_train: int, n_test: int, seed: int = 0) -> tuple[list[dict], list[dict]]:

@@ -568,6 +568,19 @@ class WeakStrongPair(nn.Module):
         )
         return {"loss": loss}
 
+    def _completion_rows(
+        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The completion-predicting rows of ``model``'s forward, hidden states (fused head) or logits,
+        and their target tokens."""
+        if self.fused_loss:
+            return completion_positions(final_hidden_states(model, input_ids, attention_mask), labels)
+        rows, targets = shift_for_next_token(
+            model(input_ids=input_ids, attention_mask=attention_mask).logits, labels
+        )
+        keep = targets != IGNORE_INDEX
+        return rows[keep], targets[keep]
+
     def _control_loss(
         self,
         input_ids: torch.Tensor,
@@ -581,18 +594,9 @@ class WeakStrongPair(nn.Module):
             raise ValueError(
                 "entropy_matched weak logits need the batch's weak_entropy (Eq. 7 of the weak model)."
             )
-        keep = labels[:, 1:] != IGNORE_INDEX
-        example_of_row = keep.nonzero()[:, 0]
+        example_of_row = (labels[:, 1:] != IGNORE_INDEX).nonzero()[:, 0]
         head = output_head(self.strong)
-        if self.fused_loss:
-            strong_rows, targets = completion_positions(
-                final_hidden_states(self.strong, input_ids, attention_mask), labels
-            )
-        else:
-            strong_rows, targets = shift_for_next_token(
-                self.strong(input_ids=input_ids, attention_mask=attention_mask).logits, labels
-            )
-            strong_rows, targets = strong_rows[keep.reshape(-1)], targets[keep.reshape(-1)]
+        strong_rows, targets = self._completion_rows(self.strong, input_ids, attention_mask, labels)
         weak_rows = None
         if self.weak_logits == "entropy_matched":  # β_i·sg(z_strong): scale the rows, not the logits
             scales = entropy_matched_scales(
@@ -601,15 +605,7 @@ class WeakStrongPair(nn.Module):
             weak_rows = strong_rows.detach() * scales[:, None].to(strong_rows.dtype)
         elif self.weak_logits == "shuffled":
             with torch.no_grad():
-                if self.fused_loss:
-                    rows, _ = completion_positions(
-                        final_hidden_states(self.weak, input_ids, attention_mask), labels
-                    )
-                else:
-                    rows, _ = shift_for_next_token(
-                        self.weak(input_ids=input_ids, attention_mask=attention_mask).logits, labels
-                    )
-                    rows = rows[keep.reshape(-1)]
+                rows, _ = self._completion_rows(self.weak, input_ids, attention_mask, labels)
             permutation = torch.randperm(
                 rows.shape[0], generator=shuffle_generator(self.seed, self._step, self._micro_batch)
             )
