@@ -264,6 +264,11 @@ def cmd_config(args: argparse.Namespace) -> None:
     if args.keys:
         print("\n".join(all_keys()))
         return
+    if args.reference:
+        from wmss.config_reference import reference
+
+        print(reference(), end="")
+        return
     print(yaml.safe_dump(_config(args.config).to_dict(), sort_keys=False), end="")
 
 
@@ -483,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("config", cmd_config, "Print the resolved configuration (defaults + file + overrides).")
     p.add_argument("config", nargs="*", help=CONFIG_HELP)
     p.add_argument("--keys", action="store_true", help="list every config key")
+    p.add_argument(
+        "--reference", action="store_true", help="print the configuration reference (docs/configuration.md)"
+    )
     return parser
 
 

@@ -41,6 +41,7 @@ class DataConfig:
     subset: str | None = None
     """Dataset configuration name, for Hugging Face datasets that have several."""
     split: str = "train"
+    """Split of a hub dataset or ``save_to_disk`` folder (a local file has one)."""
     prompt_template: str | None = None
     """Python format string over a row's fields, e.g. ``"{question}"``. Unset: the row must have
     ``prompt``/``completion`` columns, a chat ``messages`` column or a ``text`` column."""
@@ -94,14 +95,25 @@ class TrainConfig:
     """Optimisation settings shared by every training phase (passed to transformers' Trainer)."""
 
     learning_rate: float = 1e-5
+    """Peak learning rate (AdamW) of every training phase (``wmss.learning_rate``, ``dpo.learning_rate``
+    may set their own)."""
     per_device_batch_size: int = 4
+    """Examples per batch and process."""
     gradient_accumulation_steps: int = 1
+    """Batches per optimizer step; the global batch is ``per_device_batch_size`` × this × processes."""
     max_length: int = 1024
+    """Tokens per example (prompt + completion); longer ones are handled as ``data.overlong`` says."""
     warmup_ratio: float = 0.1
+    """Share of each phase's optimizer steps spent warming the learning rate up from 0."""
     lr_scheduler_type: str = "cosine"
+    """A transformers scheduler name (``cosine``, ``linear``, ``constant``, …) for the decay after warm-up."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     max_grad_norm: float = 1.0
+    """Gradient clipping on the norm of all trained parameters together (for WD-JT: both models'); 0: off."""
     bf16: bool = False
+    """Mixed precision: bfloat16 autocast over float32 weights (``model_args.torch_dtype`` sets the
+    weights' own dtype)."""
     activation_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% more time)."""
     fused_loss: bool = True
@@ -121,10 +133,12 @@ class TrainConfig:
     ``TrainingArguments``' ``group_by_length``): less padding, without flattening. Changes which examples
     share a batch, so results differ from random batches."""
     logging_steps: int = 10
+    """Optimizer steps between training log lines (loss, learning rate, gradient norms)."""
     save_steps: int | None = None
     """Steps between Trainer checkpoints (a killed run resumes from the last one). Unset: a quarter of the
     phase's steps, so every phase keeps about four."""
     save_total_limit: int = 2
+    """Trainer checkpoints kept per phase (older ones are removed)."""
     report_to: str = "none"
     """``none``, ``tensorboard``, ``wandb``, … exactly as in ``TrainingArguments``."""
     ddp_timeout: int = 1800
@@ -304,8 +318,11 @@ class WMSSConfig:
     logits measured on ``wmss.diagnostic_examples`` training examples (Appendix D;
     ``wmss.diagnostics.crossover_lambda``)."""
     alpha: float = 0.1
+    """α of Eq. 9: weight of the "consolidate" term ``[−ΔH]_+``."""
     beta: float = 0.8
+    """β of Eq. 9: weight of the "hard now" term ``H_strong``."""
     gamma: float = 0.1
+    """γ of Eq. 9: weight of the "repair" term ``[ΔH]_+``."""
     selection: str = "paper"
     """Form of Eq. 9: ``paper``, ``normalized`` (each term divided by its sum over D), or
     ``released_code`` (the authors' released code; see ``wmss.selection``), ``uniform`` (a control:
@@ -343,6 +360,7 @@ class WMSSConfig:
     what the later passes train on. A de-duplicated active set, smaller than D, ends its segment
     early; with ``sft.checkpoint`` that M1 is assumed to be the first segment."""
     entropy_batch_size: int = 8
+    """Examples per batch of the Eq. 7 entropy pass (no gradient)."""
     diagnostic_examples: int = 200
     """Size of the seeded sample of training examples on which ``mix_lambda: auto``, ``wmss diagnose
     logits`` and ``wmss pick-weak`` measure."""
@@ -483,6 +501,7 @@ class DPOConfig:
     temperature: float = 0.8
     """``dpo``: sampling temperature (SPIN decodes greedily)."""
     top_p: float = 1.0
+    """Nucleus sampling for DPO's answers (1: off)."""
     max_new_tokens: int = 256
     """Generation budget of the sampled (dpo) or greedy (spin) answers; a pair is then cut to
     ``train.max_length`` like the training data."""
@@ -510,11 +529,13 @@ class PEFTConfig:
     base, a standard checkpoint."""
 
     enabled: bool = False
+    """Train LoRA adapters on a frozen base instead of every weight."""
     r: int = 16
     """LoRA rank."""
     alpha: float = 32.0
     """LoRA scaling numerator: the update is (alpha / r)·B·A."""
     dropout: float = 0.05
+    """Dropout on the LoRA branch in training."""
     target_modules: str = "all-linear"
     """Modules that get an adapter: ``all-linear`` (every linear layer but the output head) or a
     comma-separated list of module names, e.g. ``q_proj,v_proj``."""
@@ -548,7 +569,9 @@ class EvalConfig:
     path: str | None = None
     """Data file (or hub dataset) of the task; built-in tasks also look in ``$WMSS_DATA_DIR``."""
     split: str = "test"
+    """Split of a hub evaluation dataset."""
     question_field: str = "question"
+    """Question column of the ``generic`` task (and of a task YAML that names none)."""
     answer_field: str = "answer"
     """For ``generic``: the gold answer column (a number, LaTeX, or a GSM8K-style ``#### n`` solution)."""
     prompt_template: str | None = None
@@ -557,17 +580,21 @@ class EvalConfig:
     """Appended to the question. Unset: the task's own (e.g. end with "The answer is …"; none for
     ``generic``); ``""``: no instruction (use it when the training prompts had none)."""
     num_fewshot: int = 0
+    """Worked examples put before each question (from ``eval.fewshot_path``, or the task's own)."""
     fewshot_path: str | None = None
     """Where few-shot examples come from (same layout as the task); they are its first rows."""
     limit: int | None = None
+    """Evaluate only the first N problems (unset: all)."""
     max_new_tokens: int | None = None
     """Generation budget; unset: the task's."""
     batch_size: int = 16
+    """Prompts per generation batch."""
     num_samples: int = 1
     """Samples per problem; > 1 (with temperature > 0) gives pass@k by the unbiased estimator."""
     temperature: float = 0.0
     """0: greedy decoding (the paper's pass@1 protocol)."""
     top_p: float = 1.0
+    """Nucleus sampling when ``eval.temperature`` > 0 (1: off)."""
     exclude_bad_golds: bool = False
     """Problems whose gold answer is missing or cannot be read are graded as wrong (and counted apart in
     the summary, with a warning); ``true`` leaves them out of the accuracy instead."""
@@ -656,11 +683,14 @@ class RunConfig:
     """Tokenizer source when it differs from ``model``."""
     model_args: ModelArgsConfig = field(default_factory=ModelArgsConfig)
     output_dir: str = "runs/wmss"
+    """Run directory: the manifest, checkpoints, models, entropies, selections, logs, ``final/`` and the
+    evaluation."""
     allow_existing_output: bool = False
     """Let ``output_dir`` be an existing, non-empty directory that wmss did not make (no ``manifest.json``
     nor ``.wmss-run`` marker in it). Off: such a directory is refused, since a run replaces its
     ``final/`` and ``models/`` folders."""
     seed: int = 42
+    """Seeds the data order, initialisation of new weights (LoRA), WD-DS sampling and sampled decoding."""
     method: str = "wmss"
     """What to train: ``wmss`` (Algorithm 1), or a baseline the paper compares against in the same
     harness: ``sft`` (SFT only), ``neftune`` (SFT with noisy embeddings), ``undial`` (M1, then

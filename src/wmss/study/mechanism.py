@@ -24,6 +24,7 @@ from typing import Any
 
 from wmss.io import atomic_write_json, read_json
 from wmss.rundir import finished_phases
+from wmss.study.layout import arm_dir, curve_dir, curve_model, plateau_epoch, setting_overrides, study_config
 from wmss.study.spec import Study
 
 log = logging.getLogger("wmss")
@@ -37,7 +38,6 @@ def weak_models(study: Study, seed: int, plateau: int) -> dict[str, str]:
     """The weak models the study's ``from_curve`` arms pair with M_E* (``plateau``): ``M0`` always,
     ``M_(E*-1)`` when an arm has ``weak: previous`` and the curve has that epoch."""
     from wmss.models import resolve_model
-    from wmss.study.runner import curve_model
 
     weak = {"M0": resolve_model(str(study.run["model"]))}
     if plateau >= 2 and any(a.weak == "previous" for a in study.arms if a.from_curve):
@@ -50,14 +50,6 @@ def measure_mechanism(study: Study, seed: int, setting: dict[str, Any]) -> dict[
     from wmss.data import load_training_data
     from wmss.diagnostics import saturation_statistics
     from wmss.models import load_model, load_tokenizer
-    from wmss.study.runner import (
-        arm_dir,
-        curve_dir,
-        curve_model,
-        plateau_epoch,
-        setting_overrides,
-        study_config,
-    )
 
     root = curve_dir(study, seed)
     path = root / MECHANISM_FILE
@@ -119,8 +111,6 @@ def measure_mechanism(study: Study, seed: int, setting: dict[str, Any]) -> dict[
 def read_mechanism(study: Study, seed: int) -> dict[str, Any] | None:
     """``curve/seed-<seed>/mechanism.json`` with ``arms``: the measurement of each ``from_curve`` arm of
     that seed (from its run directory); None before the start is measured."""
-    from wmss.study.runner import arm_dir, curve_dir
-
     path = curve_dir(study, seed) / MECHANISM_FILE
     if not path.is_file():
         return None

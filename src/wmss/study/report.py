@@ -21,7 +21,7 @@ from wmss.evaluation.metrics import paired_bootstrap
 from wmss.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
 from wmss.reporting import markdown_table
 from wmss.rundir import EVAL, SFT, finished_phases, selection_phase, training_cost, wdjt_phase
-from wmss.study.runner import arm_dir, arm_tuning_path, setting_name
+from wmss.study.layout import arm_dir, arm_tuning_path, setting_name
 from wmss.study.spec import Arm, Study
 from wmss.trainers import GRADIENT_KEYS
 
@@ -181,7 +181,7 @@ def collect(study: Study) -> dict[str, Any]:
     curves = {}
     if study.curve is not None:
         from wmss.study.curve import read_curve
-        from wmss.study.runner import curve_dir
+        from wmss.study.layout import curve_dir
 
         curves = {s: c for s in study.curve["seeds"] if (c := read_curve(curve_dir(study, s))) is not None}
     mechanism = {}

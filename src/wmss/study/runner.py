@@ -1,12 +1,6 @@
 """Run a study: tune SFT on the validation split, then every arm for its seeds on the test split.
 
-Layout under the study's ``output_dir``::
-
-    data/<format>/train.jsonl      the training subset with derived solutions (and data.json)
-    tune/<setting>/                one `wmss run` directory per tuning candidate (SFT, scored on validset)
-    tuning.json                    every candidate's validation accuracy and the chosen setting
-    arms/<arm>/seed-<s>/           one `wmss run` directory per arm and seed (scored on testset)
-
+Where each run lives (its layout under the study's ``output_dir``) is ``wmss.study.layout``.
 Every run is a resumable `wmss run` directory, so re-running the same command after an
 interruption skips what is finished. Nothing here reads the test file until tuning is done.
 """
@@ -19,67 +13,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from wmss.config import RunConfig, config_from_dict
 from wmss.errors import ConfigError, WmssError
 from wmss.io import atomic_write_json, read_json
 from wmss.pipeline import run_pipeline
 from wmss.rundir import EVAL
-from wmss.study.mawps import prepare
+from wmss.study.layout import (
+    arm_dir,
+    arm_tuning_path,
+    curve_dir,
+    curve_model,
+    plateau_epoch,
+    setting_name,
+    setting_overrides,
+    study_config,
+    training_file,
+)
 from wmss.study.spec import Arm, Study
 
 log = logging.getLogger("wmss")
-
-SHORT = {
-    "train.learning_rate": "lr",
-    "train.per_device_batch_size": "bs",
-    "train.gradient_accumulation_steps": "ga",
-}
-
-
-def setting_name(setting: dict[str, Any]) -> str:
-    parts = [str(setting["format"])]
-    for key in sorted(k for k in setting if k != "format"):
-        parts.append(f"{SHORT.get(key, key.split('.')[-1])}{setting[key]}")
-    return "-".join(parts)
-
-
-def setting_overrides(setting: dict[str, Any]) -> list[str]:
-    return [f"{k}={v!r}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items() if k != "format"]
-
-
-def training_file(study: Study, fmt: str) -> Path:
-    out = study.output_dir / "data" / fmt
-    info = out / "data.json"
-    expected = {"format": fmt, "train_size": study.train_size, "subset_seed": study.subset_seed}
-    if info.is_file():
-        old = read_json(info)
-        if all(old.get(k) == v for k, v in expected.items() if v is not None):
-            return out / "train.jsonl"
-    made = prepare(study.data_dir, out, fmt, study.train_size, study.subset_seed)
-    log.info(
-        "study data: %d training rows (%s format, %d without working) in %s",
-        made["train_size"], fmt, made["rows_without_working"], out,
-    )  # fmt: skip
-    return out / "train.jsonl"
-
-
-def study_config(study: Study, out: Path, seed: int, fmt: str, overrides: list[str], split: str) -> RunConfig:
-    """The `wmss run` config of one run of the study (``split``: validset or testset is evaluated)."""
-    eval_path = study.data_dir / f"{split}.json"
-    if not eval_path.is_file():
-        raise WmssError(f"{eval_path} does not exist; check the study's data_dir ({study.data_dir}).")
-    return config_from_dict(
-        study.run,
-        f"{study.path}: run",
-        [
-            f"output_dir={out}",
-            f"seed={seed}",
-            f"data.path={training_file(study, fmt)}",
-            "eval.task=mawps",
-            f"eval.path={eval_path}",
-            *overrides,
-        ],
-    )
 
 
 def run_one(
@@ -177,10 +128,6 @@ def chosen_setting(study: Study) -> dict[str, Any]:
     return read_json(path)["chosen"]
 
 
-def arm_dir(study: Study, arm: Arm, seed: int) -> Path:
-    return study.output_dir / "arms" / arm.slug / f"seed-{seed}"
-
-
 def _arm_overrides(study: Study, arm: Arm, seed: int, setting: dict[str, Any]) -> list[str]:
     overrides = setting_overrides(setting) + arm.overrides
     if arm.from_curve:
@@ -197,10 +144,6 @@ def _arm_overrides(study: Study, arm: Arm, seed: int, setting: dict[str, Any]) -
             raise WmssError(f"arm {arm.name!r} needs {m1}; run arm {arm.m1_from!r} for seed {seed} first.")
         overrides.append(f"sft.checkpoint={m1.resolve()}")
     return overrides
-
-
-def arm_tuning_path(study: Study, arm: Arm) -> Path:
-    return study.output_dir / "tune-arms" / arm.slug / "tuning.json"
 
 
 def tune_arm(study: Study, arm: Arm, setting: dict[str, Any]) -> dict[str, Any]:
@@ -253,31 +196,6 @@ def score_arm_measures(study: Study, arm: Arm, seed: int, setting: dict[str, Any
         arm.name, seed, summary["nll_per_token"], calibration["ece"], calibration["brier"],
     )  # fmt: skip
     return {**summary, "calibration": calibration}
-
-
-def curve_dir(study: Study, seed: int) -> Path:
-    return study.output_dir / "curve" / f"seed-{seed}"
-
-
-def curve_model(study: Study, seed: int, epoch: int) -> Path:
-    path = curve_dir(study, seed) / "epochs" / f"epoch-{epoch}"
-    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-        raise WmssError(
-            f"{path} does not exist: run the learning curve first (`wmss study run --stage curve`)."
-        )
-    return path
-
-
-def plateau_epoch(study: Study, seed: int) -> int:
-    from wmss.study.curve import read_curve
-
-    curve = read_curve(curve_dir(study, seed))
-    if curve is None:
-        raise WmssError(
-            f"the learning curve of seed {seed} is missing ({curve_dir(study, seed)}); run "
-            f"`wmss study run {study.path} --stage curve` first."
-        )
-    return int(curve["plateau_epoch"])
 
 
 def run_curve(study: Study, seed: int, setting: dict[str, Any]) -> dict[str, Any]:
