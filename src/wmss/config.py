@@ -696,8 +696,8 @@ class RunConfig:
     harness: ``sft`` (SFT only), ``neftune`` (SFT with noisy embeddings), ``undial`` (M1, then
     self-distillation with adjusted logits), ``dpo`` (M1, then DPO on pairs of its own graded samples),
     ``spin`` (M1, then one SPIN iteration), ``dft`` (SFT with DFT's loss, −sg(p_y)·log p_y, TRL's
-    ``loss_type="dft"``), ``expo`` (M1, then training-free extrapolation away from M0). See the README's
-    method table."""
+    ``loss_type="dft"``), ``expo`` (M1, then training-free extrapolation away from M0). See the method
+    table in docs/methods.md."""
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
