@@ -376,3 +376,36 @@ def test_learning_curve_stops_at_the_plateau_and_arms_start_from_it(tmp_path, ti
     assert (archive / "report" / "results.json").is_file()  # and the archive there is left as it was
     with pytest.raises(ConfigError, match="weak: previous needs from_curve"):
         load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, arms=[{"name": "A", "weak": "previous"}]))
+
+
+def test_post_hoc_measures_held_out_nll_calibration_and_sampled_pass_at_k(
+    tmp_path, tiny_model_dir, mawps_dir
+):
+    """``heldout: true`` scores every finished arm on the held-out problems and for calibration;
+    ``pass_at_k`` samples the named arms; the report gains their columns and table."""
+    from wmss.study.report import write_study_report
+    from wmss.study.runner import run_study
+
+    arms = [
+        {"name": "SFT", "overrides": ["sft.epochs=1", "wmss.iterations=0"]},
+        {"name": "Weak: uniform", "overrides": ["wmss.weak_logits=uniform"]},
+    ]
+    fixed = {"fixed": {"train.learning_rate": 1e-3}, "source": "chosen elsewhere"}
+    path = write_study(tmp_path, tiny_model_dir, mawps_dir, arms=arms, tuning=fixed, seeds=[1], heldout=True,
+                       pass_at_k={"arms": ["SFT"], "samples": 2})  # fmt: skip
+    study = load_study(path)
+    run_study(study)
+    for slug in ("sft", "weak-uniform"):
+        run = study.output_dir / "arms" / slug / "seed-1"
+        held = read_json(run / "heldout.json")
+        assert held["problems"] == 4 and held["tokens"] > 0 and held["nll_per_token"] > 0  # 16 - 12 held out
+        assert {"ece", "brier"} <= set(read_json(run / "calibration.json"))
+        assert (run / "pass_at_k.json").is_file() == (slug == "sft")
+    assert set(read_json(study.output_dir / "arms" / "sft" / "seed-1" / "pass_at_k.json")["pass_at_k"]) == {
+        "1",
+        "2",
+    }
+    text = write_study_report(study).read_text()
+    assert "held-out NLL/token" in text and "**Sampled pass@k** (2 answers" in text
+    with pytest.raises(ConfigError, match="pass_at_k must be"):
+        load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, pass_at_k={"arms": ["nobody"]}))

@@ -92,6 +92,7 @@ def _run_row(study: Study, arm: Arm, seed: int) -> dict | None:
         "gradients": phases.get(wdjt_phase(1), {}).get("gradients"),
         "heldout": _heldout(run),
         "calibration": read_json(run / "calibration.json") if (run / "calibration.json").is_file() else None,
+        "pass_at_k": read_json(run / "pass_at_k.json") if (run / "pass_at_k.json").is_file() else None,
     }
 
 
@@ -106,6 +107,20 @@ def _mean_gradients(per_seed: list[dict]) -> dict | None:
     if not per_seed:
         return None
     return {"runs": len(per_seed), **{key: _mean([g.get(key) for g in per_seed]) for key in GRADIENT_KEYS}}
+
+
+def _mean_pass_at_k(per_seed: list[dict]) -> dict | None:
+    """The sampled pass@k of ``pass_at_k.json`` (``wmss.study.runner.sampled_pass_at_k``), each k averaged
+    over the seeds that measured it, with their count and the sampling settings; None if none did."""
+    if not per_seed:
+        return None
+    ks = sorted(set(per_seed[0]["pass_at_k"]).intersection(*(r["pass_at_k"] for r in per_seed)), key=int)
+    return {
+        "runs": len(per_seed),
+        "samples": per_seed[0]["samples"],
+        "temperature": per_seed[0]["temperature"],
+        "pass_at_k": {k: _mean([r["pass_at_k"][k] for r in per_seed]) for k in ks},
+    }
 
 
 def _paired(
@@ -161,6 +176,7 @@ def collect(study: Study) -> dict[str, Any]:
                 key: _mean([r["calibration"][key] for r in done.values() if r["calibration"] is not None])
                 for key in ("ece", "brier")
             },
+            "pass_at_k": _mean_pass_at_k([r["pass_at_k"] for r in done.values() if r["pass_at_k"]]),
         }
         versus = arm.versus or baseline
         if arm.name != versus and (paired := _paired(runs, arm.name, versus)) is not None:
@@ -520,6 +536,24 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
                     for g in [a["gradients"]]
                 ],
             ),
+        ]
+    sampled = [a for a in results["arms"] if a.get("pass_at_k")]
+    if sampled:
+        ks = list(sampled[0]["pass_at_k"]["pass_at_k"])
+        first = sampled[0]["pass_at_k"]
+        lines += [
+            "",
+            f"**Sampled pass@k** ({first['samples']} answers per test problem at temperature "
+            f"{first['temperature']}, unbiased estimator; means over the arm's measured seeds):",
+            "",
+            markdown_table(
+                ["arm", "runs"] + [f"pass@{k}" for k in ks],
+                [
+                    [a["arm"], str(a["pass_at_k"]["runs"])]
+                    + [_pct(a["pass_at_k"]["pass_at_k"].get(k)) for k in ks]
+                    for a in sampled
+                ],
+            ),  # fmt: skip
         ]
     if results.get("contrasts"):
         lines += [

@@ -7,12 +7,14 @@ interruption skips what is finished. Nothing here reads the test file until tuni
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from wmss.config import RunConfig
 from wmss.errors import ConfigError, WmssError
 from wmss.io import atomic_write_json, read_json
 from wmss.pipeline import run_pipeline
@@ -195,7 +197,38 @@ def score_arm_measures(study: Study, arm: Arm, seed: int, setting: dict[str, Any
         "study: %s seed %d: held-out gold NLL %.4f per token; ECE %.3f, Brier %.3f",
         arm.name, seed, summary["nll_per_token"], calibration["ece"], calibration["brier"],
     )  # fmt: skip
-    return {**summary, "calibration": calibration}
+    out = {**summary, "calibration": calibration}
+    if study.pass_at_k and arm.name in study.pass_at_k["arms"]:
+        out["pass_at_k"] = sampled_pass_at_k(study, run_dir, cfg)
+    return out
+
+
+def sampled_pass_at_k(study: Study, run_dir: Path, cfg: RunConfig) -> dict[str, Any]:
+    """``pass_at_k.json``: the final model's pass@k on the test split from ``study.pass_at_k``'s samples
+    per problem at its temperature (the run's own evaluation settings otherwise)."""
+    from wmss.evaluation.harness import backend_model, evaluate_one, load_problems, parse_task_spec
+    from wmss.models import load_tokenizer
+
+    path = run_dir / "pass_at_k.json"
+    if path.is_file():
+        return read_json(path)
+    spec = study.pass_at_k
+    cfg = dataclasses.replace(
+        cfg, eval=dataclasses.replace(cfg.eval, num_samples=spec["samples"], temperature=spec["temperature"])
+    )
+    task, task_path = parse_task_spec(None, cfg.eval)
+    tokenizer = load_tokenizer(str(run_dir / "final"))
+    model = backend_model(str(run_dir / "final"), tokenizer, cfg)
+    summary = evaluate_one(model, tokenizer, task, load_problems(task, task_path, cfg.eval), cfg,
+                           run_dir / "eval-pass-at-k")  # fmt: skip
+    result = {
+        "samples": spec["samples"],
+        "temperature": spec["temperature"],
+        "pass_at_k": summary["pass_at_k"],
+        "per_problem": summary["per_problem"],
+    }
+    atomic_write_json(path, result)
+    return result
 
 
 def run_curve(study: Study, seed: int, setting: dict[str, Any]) -> dict[str, Any]:

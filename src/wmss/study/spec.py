@@ -96,6 +96,10 @@ class Study:
     heldout: bool = False
     """Score every arm's final model, once evaluated, on the held-out MAWPS problems (gold-solution NLL per
     token, ``wmss.study.heldout``) and for calibration on its test answers (``wmss.study.calibration``)."""
+    pass_at_k: dict[str, Any] | None = None
+    """``{arms: [names], samples: 8, temperature: 0.8}``: with ``heldout``, those arms' final models are
+    also evaluated on the test split with ``samples`` sampled answers per problem (``pass_at_k.json``:
+    pass@k for k = 1…samples, unbiased estimator), for whether a gain at pass@1 costs coverage."""
 
     def arm(self, name: str) -> Arm:
         for arm in self.arms:
@@ -119,6 +123,7 @@ KEYS = (
     "curve",
     "contrasts",
     "heldout",
+    "pass_at_k",
 )
 
 
@@ -287,7 +292,26 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         tuning_source=tuning.get("source") if fixed is None else raw["tuning"].get("source"),
         contrasts=[dict(c) for c in contrasts],
         heldout=_flag(raw.get("heldout", False), path, "heldout"),
+        pass_at_k=_pass_at_k(raw.get("pass_at_k"), path, {a.name for a in arms}),
     )
+
+
+def _pass_at_k(value: Any, path: Path, names: set[str]) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    spec = {"samples": 8, "temperature": 0.8, **value} if isinstance(value, dict) else None
+    if (
+        spec is None
+        or set(spec) != {"arms", "samples", "temperature"}
+        or not (isinstance(spec["arms"], list) and set(spec["arms"]) <= names)
+        or not (isinstance(spec["samples"], int) and spec["samples"] >= 1)
+        or not (isinstance(spec["temperature"], (int, float)) and spec["temperature"] > 0)
+    ):
+        raise ConfigError(
+            f"{path}: pass_at_k must be {{arms: [names of arms], samples: N >= 1, temperature: T > 0}}; "
+            f"got {value!r}."
+        )
+    return spec
 
 
 def _flag(value: Any, path: Path, key: str) -> bool:
