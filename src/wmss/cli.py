@@ -233,7 +233,12 @@ def cmd_grade_code(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from wmss.demo import run_demo
 
-    run_demo(args.output_dir, quick=args.quick)
+    if args.code and not args.allow_code_execution:
+        raise ConfigError(
+            "wmss demo --code runs the model's Python code (in a sandbox: a guard, not a security boundary; "
+            "see docs/code-evaluation.md): add --allow-code-execution to say yes."
+        )
+    run_demo(args.output_dir, quick=args.quick, code=args.code)
 
 
 def cmd_study(args: argparse.Namespace) -> None:
@@ -450,6 +455,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--quick", action="store_true", help="a much smaller demo (about 3 minutes), for a smoke test"
+    )
+    p.add_argument(
+        "--code",
+        action="store_true",
+        help="the Python demo: generated function-writing problems, graded by their tests in a sandbox",
+    )
+    p.add_argument(
+        "--allow-code-execution", action="store_true", help="consent to run model-written code (--code)"
     )
 
     p = add(
