@@ -66,15 +66,18 @@ def heldout_rows(
 @torch.no_grad()
 def gold_nll(model: Any, dataset: Any, pad_token_id: int, batch_size: int = 16) -> list[tuple[int, float]]:
     """Per row of ``dataset`` (``input_ids``, ``labels``): (completion tokens, summed NLL of them),
-    teacher-forced, in eval mode, projecting only the completion-predicting positions."""
+    teacher-forced, in eval mode, projecting only the completion-predicting positions (batches of rows of
+    similar length)."""
     model.eval()
     head = output_head(model)
     device = head.weight.device
     collate = CompletionCollator(pad_token_id)
     chunk = default_chunk_size(head.weight.shape[0])
-    out: list[tuple[int, float]] = []
+    order = np.argsort([-len(ids) for ids in dataset["input_ids"]], kind="stable")  # little padding
+    out: list[tuple[int, float]] = [(0, 0.0)] * len(dataset)
     for start in range(0, len(dataset), batch_size):
-        batch = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        rows_of_batch = [int(i) for i in order[start : start + batch_size]]
+        batch = collate([dataset[i] for i in rows_of_batch])
         batch = {k: v.to(device) for k, v in batch.items()}
         hidden = final_hidden_states(model, batch["input_ids"], batch["attention_mask"])
         rows, targets = completion_positions(hidden, batch["labels"])
@@ -92,7 +95,8 @@ def gold_nll(model: Any, dataset: Any, pad_token_id: int, batch_size: int = 16) 
         n = batch["input_ids"].shape[0]
         sums = torch.zeros(n, dtype=torch.float64, device=device).index_add_(0, example, nll)
         counts = torch.bincount(example, minlength=n)
-        out += [(int(c), float(s)) for c, s in zip(counts.tolist(), sums.tolist(), strict=True)]
+        for row, c, total in zip(rows_of_batch, counts.tolist(), sums.tolist(), strict=True):
+            out[row] = (int(c), float(total))
     return out
 
 
