@@ -1,5 +1,6 @@
 """What a run shows and leaves: phase lines and a closing summary through the Python API, a progress bar
-while DPO/SPIN pairs are generated, a model card in final/, and reporting integrations checked early."""
+while DPO/SPIN pairs are generated, a model card in final/, reporting integrations checked early, and one
+W&B run per training phase."""
 
 import importlib.util
 import json
@@ -80,3 +81,69 @@ def test_missing_reporting_integration_fails_when_the_config_is_read(integration
         pytest.skip(f"{integration} is installed")
     with pytest.raises(ConfigError, match=f"needs {integration}, which is not installed: pip install"):
         load_config(None, [f"train.report_to={integration}"])
+
+
+def wandb_records(path):
+    """The records of a W&B run file (``run-<id>.wandb``): after a 7-byte file header, blocks of 32 KiB
+    holding chunks, each with a 7-byte header (checksum, little-endian length, kind: 1 whole record,
+    2/3/4 its first/middle/last part)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, pos, pending, records = path.read_bytes(), 7, b"", []
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a header is padding
+            pos += 32768 - pos % 32768
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def test_each_training_phase_is_its_own_wandb_run(tmp_path, tiny_model_dir, monkeypatch):
+    pytest.importorskip("wandb")
+    for name, value in (("WANDB_MODE", "offline"), ("WANDB_DIR", str(tmp_path)), ("WANDB_SILENT", "true")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("WANDB_RUN_GROUP", raising=False)
+    from wmss.pipeline import run_pipeline
+
+    data = write_jsonl(tmp_path / "d.jsonl", arithmetic_rows(8))
+    cfg = load_config(
+        None,
+        [
+            f"model={tiny_model_dir}",
+            f"data.path={data}",
+            f"output_dir={tmp_path / 'wb-run'}",
+            "data.prompt_template={question}",
+            "data.completion_template={answer}",
+            "train.per_device_batch_size=2",
+            "train.max_length=96",
+            "train.logging_steps=1",
+            "train.report_to=wandb",
+            "wmss.iterations=1",
+        ],
+    )
+    manifest = run_pipeline(cfg)
+    runs = {}
+    for path in sorted(tmp_path.glob("wandb/offline-run-*/run-*.wandb")):
+        records = wandb_records(path)
+        (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+        steps = [
+            json.loads(item.value_json)
+            for r in records
+            if r.WhichOneof("record_type") == "history"
+            for item in r.history.item
+            if (item.key or "/".join(item.nested_key)) == "train/global_step"
+        ]
+        runs[run.display_name] = (run.run_group, run.job_type, steps)
+    assert sorted(runs) == ["wb-run/sft", "wb-run/wdjt-1"]
+    for phase in ("sft", "wdjt-1"):
+        group, job_type, steps = runs[f"wb-run/{phase}"]
+        assert (group, job_type) == ("wb-run", phase)
+        # within a run the step never starts again: 1, 2, … up to the phase's last
+        assert steps[0] == 1 and steps == sorted(steps) and steps[-1] == manifest["phases"][phase]["steps"]

@@ -140,7 +140,9 @@ class TrainConfig:
     save_total_limit: int = 2
     """Trainer checkpoints kept per phase (older ones are removed)."""
     report_to: str = "none"
-    """``none``, ``tensorboard``, ``wandb``, … exactly as in ``TrainingArguments``."""
+    """``none``, ``tensorboard``, ``wandb``, … exactly as in ``TrainingArguments``. With ``wandb`` each
+    training phase is its own W&B run, named ``<run directory's name>/<phase>`` and grouped by the run
+    directory's name (``$WANDB_RUN_GROUP`` replaces the group)."""
     ddp_timeout: int = 1800
     """Under several processes: seconds a process waits at a barrier or collective before failing
     (``TrainingArguments.ddp_timeout``). The others wait while the main process alone writes models or

@@ -14,7 +14,8 @@ Layout::
     pairs.jsonl              dpo/spin: M1's answers per training example, their verdicts and the pair
     checkpoints/<phase>/     Trainer checkpoints of an unfinished training phase (removed when it ends)
     logs/<phase>.json        Trainer log history of a finished training phase
-    tensorboard/<phase>/     TensorBoard event files, with ``train.report_to: tensorboard``
+    tensorboard/<phase>/     TensorBoard event files, with ``train.report_to: tensorboard`` (with
+                             ``wandb``, each phase is a W&B run named ``<run dir's name>/<phase>``)
     diagnostics/             ``wmss diagnose logits --run``: logits.json, logits.md
     report/                  ``wmss report``: report.html (self-contained) and its PNG figures
     eval/                    predictions and accuracy of the final model, when an eval task is set
@@ -337,6 +338,7 @@ class RunDir:
             learning_rate=learning_rate,
             segment=segments.get(phase),
             phase=phase,
+            run_name=self.root.resolve().name,
         )
 
     def training_record(self, result: dict[str, Any], phase: str) -> dict[str, Any]:

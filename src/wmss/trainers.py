@@ -6,7 +6,8 @@ precision, logging (``report_to``) and checkpoint/resume all come from ``Trainer
 
 With ``report_to: tensorboard``, Trainer's TensorBoard callback writes its event files to the
 phase's ``logging_dir`` when one is given (the pipeline gives ``RUN_DIR/tensorboard/<phase>``), else
-to Trainer's default under the checkpoint directory; ``$TENSORBOARD_LOGGING_DIR`` overrides both.
+to Trainer's default under the checkpoint directory; ``$TENSORBOARD_LOGGING_DIR`` overrides both. With
+``report_to: wandb`` each phase is its own W&B run, grouped by the run directory (``phase_tracking``).
 
 Both phases use the fused loss head by default (``train.fused_loss``): the models run without
 their output heads and the loss projects only completion-predicting positions, a chunk at a time.
@@ -21,14 +22,17 @@ writes a standard checkpoint (``save_trained``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,7 +42,7 @@ from datasets import Dataset
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, get_scheduler
-from transformers.integrations import TensorBoardCallback, is_tensorboard_available
+from transformers.integrations import TensorBoardCallback, WandbCallback, is_tensorboard_available
 
 from wmss import distributed
 from wmss.config import DataConfig, TrainConfig
@@ -260,6 +264,9 @@ class PhaseTraining:
     segment: ScheduleSegment | None = None
     phase: str = "training"
     """The phase's name, for messages (``sft``, ``wdjt-1``, …)."""
+    run_name: str | None = None
+    """The run directory's name: with W&B reporting each phase is its own W&B run, named
+    ``<run_name>/<phase>`` and grouped by ``run_name`` (``phase_tracking``). None: transformers' own."""
 
 
 class SegmentedScheduleTrainer(Trainer):
@@ -426,7 +433,8 @@ def fit(
         if isinstance(callback, TensorBoardCallback) and where.logging_dir and callback.logging_dir is None:
             callback.logging_dir = str(where.logging_dir)  # None unless $TENSORBOARD_LOGGING_DIR is set
     try:
-        result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(where.checkpoint_dir))
+        with phase_tracking(trainer, where):
+            result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(where.checkpoint_dir))
     except RuntimeError as err:  # torch.save says "file write failed" on a full disk: say what it is
         if out_of_space(where.checkpoint_dir):
             raise OSError(errno.ENOSPC, "No space left on device", str(where.checkpoint_dir)) from err
@@ -434,6 +442,36 @@ def fit(
     if where.save_to is not None:
         save_trained(trainer, where.save_to)
     return {"steps": trainer.state.global_step, **result.metrics, "log_history": trainer.state.log_history}
+
+
+@contextlib.contextmanager
+def phase_tracking(trainer: Trainer, where: PhaseTraining) -> Iterator[None]:
+    """With W&B among ``trainer``'s reporters and a run directory's name (``where.run_name``), the phase is
+    its own W&B run: named ``<run_name>/<phase>``, in the group ``<run_name>`` (``$WANDB_RUN_GROUP``
+    replaces it), job type the phase, in ``$WANDB_PROJECT`` (transformers' default ``huggingface``), and
+    finished when the phase ends (marked failed if it stops with an error). Left alone, transformers'
+    ``WandbCallback`` would log every phase of the process into one run, where ``train/global_step``
+    starts again at each phase. The callback logs into the run opened here (it opens none while one is
+    active). Only the main process reports."""
+    reports = any(isinstance(c, WandbCallback) for c in trainer.callback_handler.callbacks)
+    if not (reports and where.run_name and distributed.is_main()):
+        yield
+        return
+    import wandb
+
+    run = wandb.init(
+        project=os.getenv("WANDB_PROJECT", "huggingface"),
+        name=f"{where.run_name}/{where.phase}",
+        group=os.getenv("WANDB_RUN_GROUP") or where.run_name,
+        job_type=where.phase,
+        reinit="finish_previous",
+    )
+    try:
+        yield
+    except BaseException:
+        run.finish(exit_code=1)
+        raise
+    run.finish()
 
 
 class WeakStrongPair(nn.Module):
