@@ -36,7 +36,7 @@ def test_python_api_shows_phases_summary_and_writes_a_model_card(tmp_path, tiny_
     assert "[wmss] phase sft: started" in done.stderr and "[wmss] data: 8 examples" in done.stderr
     assert "total" in done.stderr and "(training)" in done.stderr
     card = (out / "final" / "README.md").read_text()
-    assert f"base_model: {tiny_model_dir}" in card and "supervised fine-tuning" in card
+    assert f"**Base model:** `{tiny_model_dir}`" in card and "supervised fine-tuning" in card
     assert "8 examples" in card and "wmss.run(...)" in card
     manifest = json.loads((out / "manifest.json").read_text())
     assert f"{manifest['budget']['optimizer_steps']} optimizer steps" in card

@@ -154,7 +154,7 @@ class TrainConfig:
     ``train.args.use_liger_kernel=true``, ``train.args.lr_scheduler_kwargs={min_lr: 1e-6}``. Fields
     that wmss sets itself are refused with the key to use instead (``learning_rate``:
     ``train.learning_rate``; ``num_train_epochs``: the phases' ``epochs``; ``output_dir``, ``seed``,
-    ``save_strategy``, ``push_to_hub``, evaluation during training …)."""
+    ``save_strategy``, evaluation during training …; ``push_to_hub``: ``hub.push``)."""
 
     def check(self) -> None:
         """Raise ConfigError naming the first ``train.*`` key with a bad value."""
@@ -202,7 +202,10 @@ TRAIN_KEY_OF = {
 }
 """``TrainingArguments`` fields that a ``train.*`` key sets (``train.args`` refuses them, naming the key)."""
 _EVAL_IN_TRAINING = "wmss evaluates with its own harness after training (eval.*); phases get no eval set"
-_HUB = "every phase would push its own checkpoints; upload final/ instead (hf upload REPO RUN_DIR/final)"
+_HUB = (
+    "every phase would push its own checkpoints; wmss uploads final/ once the run is done: set hub.push=true "
+    "and hub.model_id=namespace/name"
+)
 OWNED_TRAINING_ARGUMENTS = {
     "output_dir": "each phase writes its checkpoints in the run directory: set output_dir",
     "num_train_epochs": "each phase's passes come from sft.epochs, wmss.epochs, undial.epochs, dpo.epochs",
@@ -216,10 +219,10 @@ OWNED_TRAINING_ARGUMENTS = {
     **dict.fromkeys(
         ("do_eval", "eval_strategy", "eval_steps", "eval_delay", "load_best_model_at_end"), _EVAL_IN_TRAINING
     ),
-    **dict.fromkeys(
-        ("push_to_hub", "hub_model_id", "hub_strategy", "hub_token", "hub_private_repo", "hub_always_push"),
-        _HUB,
-    ),
+    **dict.fromkeys(("push_to_hub", "hub_strategy", "hub_always_push", "hub_revision"), _HUB),
+    "hub_model_id": "set hub.model_id (with hub.push=true): wmss uploads final/ once the run is done",
+    "hub_private_repo": "set hub.private (with hub.push=true): wmss uploads final/ once the run is done",
+    "hub_token": "the token is huggingface_hub's own ($HF_TOKEN or hf auth login), never in the config",
 }
 """``TrainingArguments`` fields that wmss manages itself, with the reason ``train.args`` refuses them."""
 
@@ -675,6 +678,48 @@ class ModelArgsConfig:
 
 
 @dataclass
+class HubConfig:
+    """Uploading the finished model to the Hugging Face Hub (off by default). Once the run is done, its
+    ``final/`` (model, tokenizer, generation config and model card) goes to ``hub.model_id`` in one commit;
+    no intermediate model or Trainer checkpoint is uploaded. The token is huggingface_hub's own
+    (``$HF_TOKEN`` or ``hf auth login``), never a config key: the config is saved in the run directory.
+    A failed upload leaves the run complete and recorded as such in the manifest (``hub``); running the
+    same command again retries the upload alone. These keys do not change what a run computes, so a
+    finished run can be uploaded later by running it again with ``hub.push=true``."""
+
+    push: bool = False
+    """Upload ``final/`` to ``hub.model_id`` when the run is done."""
+    model_id: str | None = None
+    """The repository to upload to, ``namespace/name`` (your user or organisation name); it is made
+    when it does not exist. Needed with ``hub.push``."""
+    private: bool = True
+    """A repository the upload makes is private (one that exists keeps its visibility)."""
+
+    def check(self) -> None:
+        """Raise ConfigError naming the first ``hub.*`` key with a bad value."""
+        if self.push and not self.model_id:
+            raise ConfigError(
+                "hub.push=true needs hub.model_id, the repository to upload final/ to "
+                "(e.g. hub.model_id=your-name/smollm2-wmss)."
+            )
+        if self.model_id is None:
+            return
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(self.model_id)
+            valid = self.model_id.count("/") == 1
+        except HFValidationError:
+            valid = False
+        if not valid:
+            raise ConfigError(
+                f"hub.model_id {self.model_id!r} is not a Hub repository id: write it as namespace/name "
+                "(your user or organisation name, a slash, the model's name; letters, digits, '-', '_' "
+                "and '.'), e.g. hub.model_id=your-name/smollm2-wmss."
+            )
+
+
+@dataclass
 class RunConfig:
     """Everything one ``wmss run`` needs."""
 
@@ -710,6 +755,7 @@ class RunConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     peft: PEFTConfig = field(default_factory=PEFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -736,6 +782,7 @@ class RunConfig:
             self.expo,
             self.dpo,
             self.peft,
+            self.hub,
         ):
             section.check()
         if self.method not in METHODS:

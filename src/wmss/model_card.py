@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -28,6 +29,13 @@ def command_line() -> str:
     return f"wmss.run(...) from {name or 'Python'} (the whole configuration is in the run's config.yaml)"
 
 
+def is_hub_id(model: str) -> bool:
+    """Whether ``model`` names a Hub repository (``namespace/name``, not a local path or ``.gguf`` file):
+    only such a name may be the card's ``base_model``, which the Hub checks when the card is uploaded."""
+    is_local = Path(model).exists() or model.endswith(".gguf")
+    return not is_local and re.fullmatch(r"[\w.-]+/[\w.-]+", model) is not None
+
+
 def model_card(manifest: dict[str, Any]) -> str:
     """The card's Markdown: base model, method, data, budget, evaluation and the command."""
     cfg = manifest.get("config", {})
@@ -41,7 +49,7 @@ def model_card(manifest: dict[str, Any]) -> str:
     spent = manifest.get("budget", {})
     lines = [
         "---",
-        f"base_model: {cfg.get('model')}",
+        *([f"base_model: {cfg.get('model')}"] if is_hub_id(str(cfg.get("model"))) else []),
         "library_name: transformers",
         f"tags: [wmss, {method}]",
         "---",

@@ -42,6 +42,7 @@ from wmss.data import load_training_data
 from wmss.diagnostics import diagnostic_sample, entropy_separation, measure_auto_lambda, separation_warning
 from wmss.entropy import dataset_entropies, read_entropy_file, write_entropy_file
 from wmss.errors import WmssError
+from wmss.hub import final_fingerprint, upload_final
 from wmss.io import atomic_directory, atomic_write_json, atomic_write_jsonl, file_digest, read_jsonl
 from wmss.losses import TokenLoss
 from wmss.models import (
@@ -671,8 +672,45 @@ def _finish(run: RunDir, last: str, tokenizer: Any, num_examples: int) -> dict[s
         from wmss.model_card import write_model_card
 
         write_model_card(run.manifest, final)
+    failed = push_final(run, final) if cfg.hub.push and final.is_dir() else None
     log.info("run finished: final model at %s\n%s", final, "\n".join(summary_lines(run.manifest)))
+    if failed:
+        raise WmssError(failed)
     return run.manifest
+
+
+def push_final(run: RunDir, final: Path) -> str | None:
+    """Upload ``final/`` to ``hub.model_id`` (``wmss.hub``) unless the manifest records this same
+    ``final/`` already uploaded there; record the outcome in ``manifest["hub"]``. A failed upload leaves
+    the run as it is (complete): the message saying what failed and what to do is returned, not raised."""
+    hub = run.cfg.hub
+    fingerprint = final_fingerprint(final, run.manifest["phases"][FINAL].get("finished"))
+    before = run.manifest.get("hub", {})
+    if (before.get("status"), before.get("model_id"), before.get("final")) == (
+        "pushed",
+        hub.model_id,
+        fingerprint,
+    ):
+        log.info("hub: final/ already uploaded to %s (%s), skipping", hub.model_id, before.get("commit_url"))
+        return None
+    log.info("hub: uploading %s to %s", final, hub.model_id)
+    message = f"wmss {run.cfg.method}: {run.root.resolve().name}/final"
+    record: dict[str, Any] = {"model_id": hub.model_id, "final": fingerprint}
+    try:
+        record.update(upload_final(final, hub, message), status="pushed")
+    except Exception as err:  # whatever stopped it (network, login, rights), the run itself is complete
+        record.update(status="failed", error=f"{type(err).__name__}: {' '.join(str(err).split())}")
+    run.manifest["hub"] = record
+    run.save()
+    if record["status"] == "pushed":
+        log.info("hub: uploaded final/ to %s (%s)", hub.model_id, record["commit_url"])
+        return None
+    return (
+        f"hub: uploading {final} to {hub.model_id} (hub.model_id) failed: {record['error']}. The run itself "
+        f"is complete and its model is in {final}. Check that you are logged in with write access to "
+        f"{hub.model_id} ($HF_TOKEN or `hf auth login`), then run the same command again: finished phases "
+        f"are skipped and only the upload is retried (or upload by hand: hf upload {hub.model_id} {final})."
+    )
 
 
 # ---------------------------------------------------------------- one phase alone (wmss sft, wmss joint)

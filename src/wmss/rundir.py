@@ -4,7 +4,8 @@
 Layout::
 
     manifest.json            status, config, timings and outputs of every phase; ``budget``: optimizer
-                             steps, passes over the data and training wall time of the whole run
+                             steps, passes over the data and training wall time of the whole run;
+                             ``hub``: the upload of ``final/`` (``hub.push``), its commit or error
     config.yaml              the resolved configuration
     models/M1, models/M2 …   every model of the chain (M0 is recorded as a reference to the base);
                              baselines: models/neftune, models/undial, models/dpo, models/spin
@@ -82,6 +83,7 @@ NON_RESULT_KEYS = (
     "output_dir",
     "allow_existing_output",
     "eval",
+    "hub",
     "train.logging_steps",
     "train.report_to",
     "train.save_steps",
