@@ -33,7 +33,8 @@ log = logging.getLogger("wmss")
 SIZES = {"full": (160, 100), "quick": (32, 16)}
 CODE_SIZES = {"full": (160, 60), "quick": (32, 12)}
 HUMANEVAL_MAX_NEW_TOKENS = 384
-"""Generation budget on HumanEval (``humaneval``): SmolLM2's whole functions there run to 200-350 tokens."""
+"""Generation budget on HumanEval (``humaneval``): the demo teaches answers that repeat the signature and
+docstring; such a whole function is under 384 SmolLM2 tokens for 96% of HumanEval's canonical solutions."""
 ARMS = (
     ("SFT", "2 epochs of SFT", ["sft.epochs=2", "wmss.iterations=0"]),
     ("WMSS", "1 SFT epoch + WD-DS + 1 WD-JT epoch", ["sft.epochs=1", "wmss.iterations=1"]),
