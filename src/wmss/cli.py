@@ -238,7 +238,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
             "wmss demo --code runs the model's Python code (in a sandbox: a guard, not a security boundary; "
             "see docs/code-evaluation.md): add --allow-code-execution to say yes."
         )
-    run_demo(args.output_dir, quick=args.quick, code=args.code)
+    run_demo(
+        args.output_dir,
+        quick=args.quick,
+        code=args.code,
+        humaneval=args.humaneval,
+        humaneval_limit=args.humaneval_limit,
+    )
 
 
 def cmd_study(args: argparse.Namespace) -> None:
@@ -463,6 +469,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--allow-code-execution", action="store_true", help="consent to run model-written code (--code)"
+    )
+    p.add_argument(
+        "--humaneval",
+        action="store_true",
+        help="with --code: also grade both arms' final models on HumanEval (164 problems) and report "
+        "pass@1 and WMSS - SFT with paired bootstrap intervals on both evaluations",
+    )
+    p.add_argument(
+        "--humaneval-limit",
+        type=int,
+        metavar="N",
+        help="with --humaneval: HumanEval's first N problems only (a smoke test)",
     )
 
     p = add(
