@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import ctypes
 import gc
 import json
 import math
@@ -67,6 +68,23 @@ from wmss.models import load_model, load_tokenizer, resolve_model
 CONTENDERS = ("wmss sft", "trl sft", "wmss wd-jt")
 MODES = ("padding-free", "padded")
 MIX_LAMBDA = 0.5
+
+
+def release_freed_memory() -> None:
+    """Give memory freed by this process back to the system (glibc keeps it in each thread's arena):
+    several trainers' threads would otherwise hold the peak of each at once."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _die_with_parent() -> None:
+    """In a memory subprocess: end when the benchmark ends (Linux ``PR_SET_PDEATHSIG``, SIGTERM)."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, 15)
+    except (OSError, AttributeError):
+        pass
 
 
 class TurnTaking:
@@ -115,6 +133,7 @@ class Turns(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         if self.start is not None:
             self.record.step_seconds.append(time.perf_counter() - self.start)
+        release_freed_memory()  # untimed
         self.turns.done(self.name)
         self.turns.wait(self.name)
         self.start = time.perf_counter()
@@ -141,8 +160,13 @@ def wmss_train_config(setup: Setup, padding_free: bool) -> TrainConfig:
         warmup_ratio=0.0,
         lr_scheduler_type="constant",
         padding_free=padding_free,
-        save_steps=10**9,  # no checkpoint inside the timed steps
-        args={"train_sampling_strategy": "sequential", "logging_first_step": True, "disable_tqdm": True},
+        # no checkpoint (Trainer would save one after the last step), as TRL's save_strategy="no" below
+        args={
+            "save_strategy": "no",
+            "train_sampling_strategy": "sequential",
+            "logging_first_step": True,
+            "disable_tqdm": True,
+        },
     )
 
 
@@ -248,6 +272,7 @@ def interleaved(
         for t in threads:
             t.join()
     gc.collect()  # the contenders' models and optimizer states
+    release_freed_memory()
     if taking.failed is not None:
         raise RuntimeError(f"a contender failed: {taking.failed}") from taking.failed
     return records
@@ -331,7 +356,7 @@ def memory_in_subprocess(args: argparse.Namespace, contender: str, mode: str, ex
     command += ["--model", args.model, "--dtype", args.dtype, "--attn", args.attn]
     command += ["--batch", str(args.batch), "--lr", str(args.lr), "--max-length", str(args.max_length)]
     command += ["--seed", str(args.seed)] + (["--quick"] if args.quick else [])
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, preexec_fn=_die_with_parent)
     if done.returncode != 0:
         raise SystemExit(f"memory run of {contender} ({mode}) failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -342,7 +367,9 @@ def mib(n: float) -> str:
 
 
 def report_data(args: argparse.Namespace, data: str, tokenizer, base) -> None:
-    examples, size = load_examples(args, data, tokenizer, args.warmup + args.steps + 1)
+    examples, size = load_examples(
+        args, data, tokenizer, max(args.warmup + args.steps + 1, args.memory_steps)
+    )
     steps_per_epoch = math.ceil(size / args.batch)
     setup = Setup(args.batch, args.lr, args.max_length, args.seed)
     print(
@@ -364,13 +391,18 @@ def report_data(args: argparse.Namespace, data: str, tokenizer, base) -> None:
     memory: dict[tuple[str, str], dict] = {}
     first = Path(tempfile.mkdtemp(prefix="trl_sft_examples_")) / "examples.json"
     first.write_text(json.dumps(examples[: args.memory_steps * args.batch]))
+    for mode in args.modes:  # first, while this process holds one model only
+        for name in args.contenders:
+            memory[name, mode] = memory_in_subprocess(args, name, mode, first)
+    shutil.rmtree(first.parent)
     for mode in args.modes:
         with contextlib.redirect_stdout(sys.stderr):  # the trainers' log lines, apart from the results
+            run = examples[: (args.warmup + args.steps + 1) * args.batch]
             records = interleaved(
                 list(args.contenders),
                 lambda: copy.deepcopy(base),
                 tokenizer,
-                examples,
+                run,
                 setup,
                 mode == "padding-free",
             )
@@ -380,9 +412,6 @@ def report_data(args: argparse.Namespace, data: str, tokenizer, base) -> None:
                 raise SystemExit(f"{name} ({mode}): {len(timed)} timed steps, {args.steps} expected")
             median[name, mode] = statistics.median(timed)
             losses[name, mode] = record.first_loss
-        for name in args.contenders:
-            memory[name, mode] = memory_in_subprocess(args, name, mode, first)
-    shutil.rmtree(first.parent)
 
     print("first-step loss (same batch, same weights):")
     for (name, mode), loss in losses.items():
