@@ -7,8 +7,12 @@
 # Results go to stdout, the trainers' own log lines to stderr. PYTHON runs wmss's benchmarks;
 # BENCH_PYTHON, the environment with TRL in it (benchmarks/README.md), runs trl_sft.py.
 #
-# Estimated on the 2-core development CPU (from per-step times of short runs): about 25 minutes,
-# most of it GSM8K; the batch and step counts below are what fits that.
+# Time on the 2-core development CPU, from short runs there (SmolLM2, quiet machine): a GSM8K SFT
+# step at batch 16 takes ~26 s padded and ~40 s padding-free; trl_sft.py's GSM8K session at batch 8
+# took ~5 minutes for its set-up and 2 steps of each contender, its memory subprocesses ~1 minute
+# each; the MAWPS run of trl_sft.py with 1 timed step took ~12 minutes. With the counts below, expect
+# about 70 minutes in all (padding_free.py ~20, trl_sft.py ~50); fewer steps would not tell a 10%
+# difference from noise on this machine.
 #
 # Memory: padding-free batches on a CPU attend over the whole flattened row with a block-diagonal
 # mask (sdpa's math kernel), so attention memory grows with the square of the batch's total tokens.
@@ -38,4 +42,9 @@ run "$PYTHON" benchmarks/padding_free.py --data gsm8k --batch 8 --phases wdjt --
 run "$PYTHON" benchmarks/padding_free.py --data mawps --batch 16 --batches 3 --rounds 1 --warmup 0
 
 # wmss against TRL's SFTTrainer, padding-free and padded, with the WD-JT step; batch 8.
-run "$BENCH_PYTHON" benchmarks/trl_sft.py --data gsm8k,mawps --batch 8 --steps 3 --warmup 1 --memory-steps 2
+# One process per data set and padding mode: a process holds all contenders' models at once.
+for data in gsm8k mawps; do
+    for mode in padding-free padded; do
+        run "$BENCH_PYTHON" benchmarks/trl_sft.py --data $data --modes $mode --batch 8 --steps 3 --warmup 1 --memory-steps 2
+    done
+done
