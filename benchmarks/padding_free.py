@@ -6,8 +6,9 @@ prompt/completion, ``--max-length``). From it, ``--batches`` random batches of `
 are drawn (seeded); each is run three ways:
   padded        the batch right-padded to its longest row (``CompletionCollator``, today's default),
   padding-free  the same examples flattened into one row with ``position_ids`` (``train.padding_free``),
-  grouped       batches of the same size drawn by transformers' ``LengthGroupedSampler``
-                (``train.group_by_length``): other examples per batch, less padding, still padded.
+  grouped       batches of the same size made by transformers' ``LengthGroupedSampler``
+                (``train.group_by_length``), drawn at random from one epoch of them: other examples
+                per batch, less padding, still padded.
 A step is what Trainer does per batch (forward, fused loss head, backward, clipping to 1.0, AdamW,
 zero_grad); an entropy step is one batch of the no-grad entropy pass. The variants' steps are
 interleaved (round-robin, the order rotating each round) on one model per phase, so that a busy
@@ -54,13 +55,17 @@ def read_rows(data: str, data_dir: Path) -> tuple[list[dict], DataConfig]:
 
 
 def make_batches(dataset, batch: int, batches: int, seed: int, pad_id: int) -> dict[str, list[dict]]:
-    """The same number of batches per variant: random ones, flattened or padded; length-grouped ones."""
+    """The same number of batches per variant: random ones, flattened or padded; length-grouped ones,
+    drawn at random from one epoch of ``LengthGroupedSampler``'s batches (its first batches are the
+    longest of their mega-batch, so taking those would time longer batches than the random ones)."""
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(dataset), generator=g).tolist()
     random = [[dataset[i] for i in order[k * batch : (k + 1) * batch]] for k in range(batches)]
     torch.manual_seed(seed)
     grouped_order = list(iter(LengthGroupedSampler(batch, lengths=[len(x) for x in dataset["input_ids"]])))
-    grouped = [[dataset[i] for i in grouped_order[k * batch : (k + 1) * batch]] for k in range(batches)]
+    full = len(grouped_order) // batch  # whole batches of the epoch
+    picked = torch.randperm(full, generator=g)[:batches].tolist()
+    grouped = [[dataset[i] for i in grouped_order[k * batch : (k + 1) * batch]] for k in picked]
     pad, flat = CompletionCollator(pad_id), padding_free_collator()
     return {
         "padded": [pad(b) for b in random],

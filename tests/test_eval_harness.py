@@ -272,6 +272,27 @@ def test_smollm2_on_20_gsm8k_problems(tmp_path):
     assert 0.0 <= table["rows"]["smollm2"]["tasks"]["gsm8k"]["accuracy"] <= 0.5
 
 
+@pytest.mark.parametrize("torch_dtype,expected", [
+    ("float32", "auto"), ("bfloat16", "bfloat16"), ("float16", "float16"), ("auto", "auto"),
+])  # fmt: skip
+def test_vllm_engine_gets_the_dtype_model_args_asks_for(torch_dtype, expected):
+    from wmss.evaluation.generation import vllm_engine_args
+    from wmss.evaluation.harness import vllm_dtype
+
+    cfg = load_config(None, [f"model_args.torch_dtype={torch_dtype}", "seed=7"])
+    assert vllm_dtype(cfg.model_args) == expected
+    args = vllm_engine_args("/models/m", cfg.seed, vllm_dtype(cfg.model_args))
+    assert args == {"model": "/models/m", "tokenizer": "/models/m", "seed": 7, "dtype": expected}
+
+
+def test_vllm_engine_refuses_a_dtype_it_does_not_know():
+    from wmss.errors import ConfigError
+    from wmss.evaluation.generation import vllm_engine_args
+
+    with pytest.raises(ConfigError, match="must be one of auto, float32, bfloat16, float16; got 'fp8'"):
+        vllm_engine_args("/models/m", 0, "fp8")
+
+
 def test_vllm_backend_without_gpu_is_a_clear_error(tiny_model_dir, tokenizer):
     from wmss.errors import ConfigError
     from wmss.evaluation.harness import backend_model

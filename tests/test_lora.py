@@ -125,3 +125,54 @@ def test_every_training_method_runs_with_lora(tmp_path, tiny_model_dir, train_fi
     base = load_model(str(tiny_model_dir)).state_dict()
     final = load_model(str(tmp_path / "run" / "final")).state_dict()
     assert final.keys() == base.keys() and any(not torch.equal(final[k], base[k]) for k in base)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_merged_model_is_in_the_asked_dtype_with_the_update_rounded_once(
+    tmp_path, tokenizer, tiny_model_dir, dtype
+):
+    adapter = _adapter(tiny_model_dir, tokenizer, tmp_path / "adapter", seed=3)
+    want = getattr(torch, dtype)
+    merged = merged_model(adapter, dtype)
+    assert {p.dtype for p in merged.parameters()} == {want}
+    assert merged_model(adapter).dtype == torch.float32  # the default is as before
+
+    base = load_model(str(tiny_model_dir), dtype)  # the base the adapter trains on in this dtype
+    lora = PeftModel.from_pretrained(load_model(str(tiny_model_dir)), str(adapter))
+    scale = LORA.alpha / LORA.r
+    checked = 0
+    for name, module in lora.get_base_model().named_modules():
+        if not hasattr(module, "lora_A"):
+            continue
+        a, b = module.lora_A["default"].weight, module.lora_B["default"].weight
+        expected = (base.get_submodule(name).weight.float() + (b @ a) * scale).to(want)
+        assert torch.equal(merged.get_submodule(name).weight, expected), name
+        checked += 1
+    assert checked == 2 * 7
+    assert torch.equal(merged.model.embed_tokens.weight, base.model.embed_tokens.weight)
+
+
+@pytest.mark.parametrize("torch_dtype", ["float32", "bfloat16"])
+def test_final_of_a_lora_run_is_saved_in_model_args_torch_dtype(
+    tmp_path, tokenizer, tiny_model_dir, train_file, torch_dtype
+):
+    from wmss.pipeline import phase_final
+    from wmss.rundir import RunDir
+
+    adapter = _adapter(tiny_model_dir, tokenizer, tmp_path / "adapter", seed=4)
+    out = tmp_path / "run"
+    cfg = _config(
+        tiny_model_dir, train_file, out, "peft.enabled=true", f"model_args.torch_dtype={torch_dtype}"
+    )
+    run = RunDir(cfg)
+    try:
+        record = phase_final(run, adapter, out / "final")
+    finally:
+        run.release()
+    assert record["merged_adapter"]
+    saved = load_file(str(out / "final" / "model.safetensors"))
+    assert {t.dtype for t in saved.values()} == {getattr(torch, torch_dtype)}
+    reloaded = AutoModelForCausalLM.from_pretrained(out / "final", dtype="auto")
+    assert reloaded.dtype == getattr(torch, torch_dtype)
+    for name, value in merged_model(adapter, torch_dtype).state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], value), name

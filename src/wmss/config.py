@@ -646,19 +646,23 @@ class EvalConfig:
 @dataclass
 class ModelArgsConfig:
     """How every model of a run is loaded: each training phase, the entropy pass, the diagnostics, the
-    evaluation and the LoRA base (``from_pretrained``'s ``dtype`` and ``attn_implementation``)."""
+    evaluation and the LoRA base (``from_pretrained``'s ``dtype`` and ``attn_implementation``), and the
+    dtype of a LoRA run's merged ``final/``."""
 
     torch_dtype: str = "float32"
     """Weights' dtype: ``float32``, ``bfloat16``, ``float16``, or ``auto`` (the checkpoint's own). Not the
     same as ``train.bf16`` (autocast over float32 weights, which the optimizer keeps in float32): with
     ``bfloat16`` the weights, their gradients and the optimizer states are bfloat16 (half the memory).
     The fused loss head computes each chunk's logits in the weights' dtype and accumulates in float32.
-    A LoRA base at the default ``float32`` is loaded in bfloat16 under ``train.bf16``, as before."""
+    A LoRA base at the default ``float32`` is loaded in bfloat16 under ``train.bf16``, as before; the merged
+    ``final/`` is saved in this dtype. The vLLM backend (``eval.backend``) runs in ``bfloat16``, ``float16``
+    or ``auto`` as given, and at the default ``float32`` in vLLM's own choice (half precision for a
+    float32 checkpoint; ``eval.backend=hf`` evaluates in float32)."""
     attn_implementation: str = "sdpa"
     """``sdpa`` (the default: transformers' own choice, which is sdpa where the architecture has it and
     eager where it has not), ``eager``, or ``flash_attention_2`` (a CUDA GPU with the ``flash-attn``
     package; bfloat16 or float16 weights; it reads padding-free batches' example boundaries from
-    ``position_ids``)."""
+    ``position_ids``). vLLM picks its own attention kernels and ignores this."""
 
     def check(self) -> None:
         """Raise ConfigError naming the first ``model_args.*`` key with a bad value."""

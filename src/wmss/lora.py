@@ -170,8 +170,11 @@ def trainable_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def merged_model(path: str | Path) -> PreTrainedModel:
-    """The adapter at ``path`` merged into its base: a plain model, for a standard checkpoint."""
+def merged_model(path: str | Path, dtype: torch.dtype | str = torch.float32) -> PreTrainedModel:
+    """The adapter at ``path`` merged into its base: a plain model, for a standard checkpoint, with
+    weights in ``dtype`` (``model_args.torch_dtype``; ``auto``: the base checkpoint's own). The base is
+    loaded in ``dtype`` and the adapter, kept in float32, adds its update B·A to each weight in float32,
+    rounded once to ``dtype``: the merged weights are those of the base the adapter was trained on."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(load_model(adapter_base(path)), str(path)).merge_and_unload()
+    return PeftModel.from_pretrained(load_model(adapter_base(path), dtype), str(path)).merge_and_unload()

@@ -503,7 +503,8 @@ def phase_eval(run: RunDir, model_path: str, tokenizer: Any) -> dict[str, Any]:
 
 def phase_final(run: RunDir, src: Path, dst: Path) -> dict[str, Any]:
     """Publish the last strong model at ``final/`` (hard links where the filesystem allows). With LoRA
-    (``peft.merge``) its adapter is merged into the base: ``final/`` is a standard checkpoint."""
+    (``peft.merge``) its adapter is merged into the base: ``final/`` is a standard checkpoint, in
+    ``model_args.torch_dtype``."""
     from wmss.lora import is_adapter, merged_model
 
     bad = nonfinite_weight(src)  # every process reads it, so all stop together
@@ -515,7 +516,7 @@ def phase_final(run: RunDir, src: Path, dst: Path) -> dict[str, Any]:
         )
     if run.cfg.peft.enabled and run.cfg.peft.merge and is_adapter(src):
         if distributed.is_main():
-            save_model(merged_model(str(src)), load_tokenizer(str(src)), dst)
+            save_model(merged_model(str(src), run.cfg.model_args.torch_dtype), load_tokenizer(str(src)), dst)
         return {"model": run.rel(dst), "from": str(src), "merged_adapter": True}
 
     def link_or_copy(a: str, b: str) -> None:

@@ -6,10 +6,13 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+
+from wmss.errors import ConfigError
 
 
 def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -145,16 +148,31 @@ def vllm_usable() -> bool:
     return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 
 
+VLLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""Weight dtypes ``vllm.LLM`` is given by name (``auto``: vLLM's own choice for the checkpoint)."""
+
+
+def vllm_engine_args(model_path: str, seed: int = 0, dtype: str = "auto") -> dict[str, Any]:
+    """Keyword arguments of ``vllm.LLM`` for ``model_path``: its tokenizer, the seed and the weights'
+    ``dtype`` (one of ``VLLM_DTYPES``; ``auto`` is vLLM's default: the checkpoint's own dtype, except that
+    vLLM runs a float32 checkpoint in half precision)."""
+    if dtype not in VLLM_DTYPES:
+        raise ConfigError(f"the vLLM backend's dtype must be one of {', '.join(VLLM_DTYPES)}; got {dtype!r}.")
+    return {"model": model_path, "tokenizer": model_path, "seed": seed, "dtype": dtype}
+
+
 class VLLMGenerator:
     """The vLLM backend: same prompts (as token ids, no special tokens added), same settings, same
     ``Generation`` records as ``generate``. vLLM has no regex stop, so an answer-complete pattern is
     applied to the finished text (the time saving is lost, the result is the same)."""
 
-    def __init__(self, model_path: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0):
+    def __init__(
+        self, model_path: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0, dtype: str = "auto"
+    ):
         from vllm import LLM
 
         self.tokenizer = tokenizer
-        self.llm = LLM(model=model_path, tokenizer=model_path, seed=seed)
+        self.llm = LLM(**vllm_engine_args(model_path, seed, dtype))
 
     def generate(
         self,

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from wmss.config import EvalConfig, RunConfig
+from wmss.config import EvalConfig, ModelArgsConfig, RunConfig
 from wmss.errors import ConfigError
 from wmss.evaluation.code import BASE_MODEL_STOP, continues_code_prompt
 from wmss.evaluation.evaluate import evaluate_task, grade_predictions
@@ -102,16 +102,26 @@ def _identity(model: Any) -> Any:
     return model_identity(str(path)) if path else None
 
 
+def vllm_dtype(model_args: ModelArgsConfig) -> str:
+    """The weights' dtype the vLLM backend runs in, from ``model_args.torch_dtype``: ``bfloat16``,
+    ``float16`` and ``auto`` as given; at the default ``float32``, vLLM's own choice (``auto``, which runs
+    a float32 checkpoint in half precision), as before the option existed. ``attn_implementation`` does
+    not apply: vLLM picks its own attention kernels."""
+    return "auto" if model_args.torch_dtype == "float32" else model_args.torch_dtype
+
+
 def backend_model(path: str, tokenizer: Any, cfg: RunConfig) -> Any:
-    """The model to generate with: a vLLM engine (``eval.backend``) or the transformers model."""
+    """The model to generate with: a vLLM engine (``eval.backend``) or the transformers model, in the
+    dtype ``model_args`` asks for (``vllm_dtype`` for vLLM)."""
     from wmss.models import load_model
 
     backend = cfg.eval.backend
     if backend == "vllm" and not vllm_usable():
         raise ConfigError("eval.backend=vllm needs the vllm package and a CUDA GPU; use eval.backend=hf.")
     if backend == "vllm" or (backend == "auto" and vllm_usable()):
-        log.info("eval: generating with vLLM")
-        return VLLMGenerator(path, tokenizer, cfg.seed)
+        dtype = vllm_dtype(cfg.model_args)
+        log.info("eval: generating with vLLM (dtype %s)", dtype)
+        return VLLMGenerator(path, tokenizer, cfg.seed, dtype)
     return load_model(path, **cfg.model_args.load_kwargs())
 
 
