@@ -10,17 +10,17 @@ from wmss.errors import ConfigError
 from wmss.io import read_json, read_jsonl
 
 
+def tiny_overrides(model_dir) -> list[str]:
+    """The demo's settings cut down for the tiny model: short rows, a few tokens generated."""
+    return [f"model={model_dir}", "train.max_length=320", "eval.max_new_tokens=8", "eval.batch_size=12"]
+
+
 def test_the_code_demo_trains_both_arms_and_grades_by_running_tests(tmp_path, tiny_model_dir):
     rows = run_demo(
         tmp_path / "demo",
         quick=True,
         code=True,
-        overrides=[
-            f"model={tiny_model_dir}",
-            "train.max_length=320",
-            "eval.max_new_tokens=8",
-            "eval.batch_size=12",
-        ],
+        overrides=tiny_overrides(tiny_model_dir),
     )
     assert [r["method"] for r in rows] == ["SFT", "WMSS"]
     assert all(r["num_problems"] == 12 and r["optimizer_steps"] > 0 for r in rows)
@@ -44,12 +44,7 @@ def test_the_code_demo_with_humaneval_grades_both_arms_on_both_evaluations(tmp_p
     common = dict(
         quick=True,
         code=True,
-        overrides=[
-            f"model={tiny_model_dir}",
-            "train.max_length=320",
-            "eval.max_new_tokens=8",
-            "eval.batch_size=12",
-        ],
+        overrides=tiny_overrides(tiny_model_dir),
         humaneval=True,
         humaneval_limit=3,
         humaneval_max_new_tokens=6,
