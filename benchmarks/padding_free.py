@@ -12,8 +12,12 @@ are drawn (seeded); each is run three ways:
 A step is what Trainer does per batch (forward, fused loss head, backward, clipping to 1.0, AdamW,
 zero_grad); an entropy step is one batch of the no-grad entropy pass. The variants' steps are
 interleaved (round-robin, the order rotating each round) on one model per phase, so that a busy
-machine slows them alike; the median step time of each is reported, with the padding share (pad
-tokens ÷ tokens computed) of the padded and grouped batches. The padding share bounds what
+machine slows them alike. Reported per variant: the median step time as steps/s, and the median
+of real (non-pad) tokens per second over its steps. The ratios compare real tokens per second,
+which is what sets the time of an epoch (an epoch holds the same real tokens however it is
+batched); for padded and padding-free batches, which hold the same examples, it equals the ratio
+of step times, while the grouped batches hold other examples (shorter or longer ones). The
+padding share (pad tokens ÷ tokens computed) of the padded and grouped batches bounds what
 flattening can give: 1 / (1 − share) when attention cost is negligible.
 
 Usage: python benchmarks/padding_free.py [--data gsm8k|mawps] [--batch 16] [--batches 8] [--rounds 5]
@@ -74,12 +78,13 @@ def make_batches(dataset, batch: int, batches: int, seed: int, pad_id: int) -> d
     }
 
 
+def real_tokens(batch: dict) -> int:
+    return int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+
+
 def padding_share(batches: list[dict]) -> float:
     tokens = sum(b["input_ids"].numel() for b in batches)
-    real = sum(
-        int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in batches
-    )
-    return 1 - real / tokens
+    return 1 - sum(real_tokens(b) for b in batches) / tokens
 
 
 def _inputs(batch: dict) -> dict:
@@ -131,10 +136,13 @@ def step_functions(phase: str, base: torch.nn.Module):
     return train_step
 
 
-def time_interleaved(step, batches: dict[str, list[dict]], rounds: int, warmup: int) -> dict[str, float]:
-    """Median seconds per step of each variant; each round runs every batch of every variant, the
-    variants' order rotating from round to round."""
+def time_interleaved(
+    step, batches: dict[str, list[dict]], rounds: int, warmup: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Median seconds per step and median real tokens per second of each variant; each round runs
+    every batch of every variant, the variants' order rotating from round to round."""
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for r in range(warmup + rounds):
         for k in range(len(batches["padded"])):
             for v in VARIANTS[r % 3 :] + VARIANTS[: r % 3]:
@@ -143,8 +151,13 @@ def time_interleaved(step, batches: dict[str, list[dict]], rounds: int, warmup: 
                 step(batches[v][k])
                 synchronize()
                 if r >= warmup:
-                    times[v].append(time.perf_counter() - start)
-    return {v: statistics.median(t) for v, t in times.items()}
+                    elapsed = time.perf_counter() - start
+                    times[v].append(elapsed)
+                    rates[v].append(real_tokens(batches[v][k]) / elapsed)
+    return (
+        {v: statistics.median(t) for v, t in times.items()},
+        {v: statistics.median(t) for v, t in rates.items()},
+    )
 
 
 def main() -> None:
@@ -191,15 +204,15 @@ def main() -> None:
         f"padding share: padded {shares['padded']:.1%}, grouped {shares['grouped']:.1%}, padding-free 0% "
         f"(bound on the speed-up from flattening: {1 / (1 - shares['padded']):.2f}x)"
     )
-    columns = " | ".join(f"{v} steps/s" for v in VARIANTS)
+    columns = " | ".join(f"{v} steps/s (real tok/s)" for v in VARIANTS)
     print(f"| phase | {columns} | padding-free ÷ padded | grouped ÷ padded |")
     print("|---|---|---|---|---|---|")
     for phase in args.phases.split(","):
-        seconds = time_interleaved(step_functions(phase, base), batches, args.rounds, args.warmup)
-        rate = {v: 1 / s for v, s in seconds.items()}
+        seconds, tokens = time_interleaved(step_functions(phase, base), batches, args.rounds, args.warmup)
+        cells = " | ".join(f"{1 / seconds[v]:.3f} ({tokens[v]:.0f})" for v in VARIANTS)
         print(
-            f"| {phase} | {' | '.join(f'{rate[v]:.3f}' for v in VARIANTS)} | "
-            f"{rate['padding-free'] / rate['padded']:.2f}x | {rate['grouped'] / rate['padded']:.2f}x |"
+            f"| {phase} | {cells} | {tokens['padding-free'] / tokens['padded']:.2f}x | "
+            f"{tokens['grouped'] / tokens['padded']:.2f}x |"
         )
 
 
