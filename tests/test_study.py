@@ -409,3 +409,17 @@ def test_post_hoc_measures_held_out_nll_calibration_and_sampled_pass_at_k(
     assert "held-out NLL/token" in text and "**Sampled pass@k** (2 answers" in text
     with pytest.raises(ConfigError, match="pass_at_k must be"):
         load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, pass_at_k={"arms": ["nobody"]}))
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[1] / "configs" / "study").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_shipped_study_config_loads(path):
+    """The study configs that docs/RESULTS.md quotes parse, with their arms, overrides and contrasts
+    (a config key renamed in the code would break them only at run time otherwise)."""
+    study = load_study(path)
+    assert study.arms, f"{path.name} has no arms"
+    names = {arm.name for arm in study.arms}
+    for contrast in study.contrasts:
+        pair = {contrast["arm"], contrast["versus"]}
+        assert pair <= names, f"{path.name}: contrast {pair} names an arm it does not have"
