@@ -7,12 +7,9 @@
 # Results go to stdout, the trainers' own log lines to stderr. PYTHON runs wmss's benchmarks;
 # BENCH_PYTHON, the environment with TRL in it (benchmarks/README.md), runs trl_sft.py.
 #
-# Time on the 2-core development CPU, from short runs there (SmolLM2, quiet machine): a GSM8K SFT
-# step at batch 16 takes ~26 s padded and ~40 s padding-free; trl_sft.py's GSM8K session at batch 8
-# took ~5 minutes for its set-up and 2 steps of each contender, its memory subprocesses ~1 minute
-# each; the MAWPS run of trl_sft.py with 1 timed step took ~12 minutes. With the counts below, expect
-# about 70 minutes in all (padding_free.py ~20, trl_sft.py ~50); fewer steps would not tell a 10%
-# difference from noise on this machine.
+# Time on the 2-core development CPU, quiet: 58 minutes on 2026-12-03 (padding_free.py ~20, trl_sft.py
+# ~38); its output of that day is results/benchmarks/issue25-2026-12-03.md. Fewer steps would not tell
+# a 10% difference from noise on this machine.
 #
 # Memory: padding-free batches on a CPU attend over the whole flattened row with a block-diagonal
 # mask (sdpa's math kernel), so attention memory grows with the square of the batch's total tokens.
