@@ -1,6 +1,8 @@
 """Padding-free batches (``train.padding_free``): the flattened row gives the padded batch's loss,
 gradients, per-example entropies and logit statistics, in every phase; length-grouped batches."""
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -337,3 +339,16 @@ def test_dpo_trains_padding_free_and_length_grouped(tmp_path, tokenizer, flat, g
     result = train_preference(model, tokenizer, pairs, train, 1.0, 0.1, PhaseTraining(tmp_path, 0))
     assert len(_losses(result)) == 2
     assert _losses(result)[0] == pytest.approx(0.6931472, abs=1e-5)  # the policy is its reference: log 2
+
+
+def test_padding_free_on_a_cpu_points_to_length_grouping(tokenizer, caplog):
+    """On a CPU the flattened row's mask is dense in its length: the log says so and names the faster
+    option; with padding_free off nothing is said."""
+    model = build_model(len(tokenizer))
+    with caplog.at_level(logging.INFO, logger="wmss"):
+        assert use_padding_free([model], True, "SFT")
+    assert "train.group_by_length=true" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="wmss"):
+        assert not use_padding_free([model], False, "SFT")
+    assert "group_by_length" not in caplog.text

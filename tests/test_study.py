@@ -412,7 +412,9 @@ def test_post_hoc_measures_held_out_nll_calibration_and_sampled_pass_at_k(
 
 
 @pytest.mark.parametrize(
-    "path", sorted((Path(__file__).resolve().parents[1] / "configs" / "study").glob("*.yaml")), ids=lambda p: p.name
+    "path",
+    sorted((Path(__file__).resolve().parents[1] / "configs" / "study").glob("*.yaml")),
+    ids=lambda p: p.name,
 )
 def test_every_shipped_study_config_loads(path):
     """The study configs that docs/RESULTS.md quotes parse, with their arms, overrides and contrasts
