@@ -13,6 +13,7 @@ from wmss.errors import ConfigError, DataError
 from wmss.io import read_json, read_jsonl
 from wmss.study.mawps import convert, number, prepare, solution
 from wmss.study.spec import load_study
+from wmss.study.verdict import NOT_SEPARABLE, SHARPENING, WEAK_SPECIFIC, control_reading, decide
 
 
 def test_number_formatting():
@@ -139,6 +140,9 @@ def test_study_file_errors_name_the_problem(tmp_path, tiny_model_dir, mawps_dir)
         ({"tuning": {"search": {"format": ["latex"]}}}, "not one of worked, equation"),
         ({"contrasts": [{"arm": "WMSS", "versus": "SFT2"}]}, r"contrasts\[0\] must be .* naming two"),
         ({"contrasts": {"arm": "WMSS"}}, r"contrasts\[0\] must be"),
+        ({"verdict": {"arm": "WMSS", "controls": ["SFT2"]}}, "verdict must be"),
+        ({"verdict": {"arm": "WMSS", "controls": ["WMSS"]}}, "verdict must be"),
+        ({"verdict": {"arm": "WMSS"}}, "verdict must be"),
     ]
     for changes, message in cases:
         with pytest.raises(ConfigError, match=message):
@@ -157,7 +161,10 @@ def test_a_whole_study_on_a_tiny_model(tmp_path, tiny_model_dir, mawps_dir):
     from wmss.study.runner import run_study
 
     contrast = {"arm": "WD-JT only", "versus": "WD-DS only", "differs": "all of D, λ = 0.5"}
-    study = load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, contrasts=[contrast]))
+    verdict = {"arm": "WMSS", "controls": ["WD-DS only", "WD-JT only"]}
+    study = load_study(
+        write_study(tmp_path, tiny_model_dir, mawps_dir, contrasts=[contrast], verdict=verdict)
+    )
     run_study(study)
     root = study.output_dir
     tuning = read_json(root / "tuning.json")
@@ -197,6 +204,14 @@ def test_a_whole_study_on_a_tiny_model(tmp_path, tiny_model_dir, mawps_dir):
     gap = rows["WD-JT only"]["accuracies"][0] - rows["WD-DS only"]["accuracies"][0]
     assert paired["delta"] == pytest.approx(gap) and paired["low"] <= paired["delta"] <= paired["high"]
 
+    # the verdict: each control minus the reference on their shared seeds, then the rule
+    readings = results["verdict"]["readings"]
+    assert set(readings) == {"WD-DS only", "WD-JT only"} and results["verdict"]["unfinished"] == []
+    control_gap = rows["WD-DS only"]["accuracies"][0] - rows["WMSS"]["accuracies"][0]
+    assert readings["WD-DS only"]["accuracy"]["delta"] == pytest.approx(control_gap)
+    assert readings["WD-DS only"]["nll"] is None  # no held-out NLL in this study: accuracy alone
+    assert results["verdict"]["answer"] == decide(readings)["answer"]
+
     doc = tmp_path / "RESULTS.md"
     doc.write_text(
         "# Results\n\nkept above\n\n<!-- study:tiny:begin -->\nold\n<!-- study:tiny:end -->\n\nkept below\n"
@@ -207,6 +222,7 @@ def test_a_whole_study_on_a_tiny_model(tmp_path, tiny_model_dir, mawps_dir):
     assert "| WMSS |" in text and "wmss study run" in text and "% distinct)" in text
     assert "| WD-JT only | WD-DS only | all of D, λ = 0.5 | 1 |" in text
     assert "**WD-JT gradients**" in text and "| WMSS | 2 |" in text
+    assert f"**{results['verdict']['answer']}**" in text and "reads accuracy alone" in text
     assert (root / "report" / "accuracy_by_arm.png").is_file()
 
     # a study carried on on a second machine (no runs/ there): it re-runs SFT's seed 2 and has an
@@ -425,3 +441,34 @@ def test_every_shipped_study_config_loads(path):
     for contrast in study.contrasts:
         pair = {contrast["arm"], contrast["versus"]}
         assert pair <= names, f"{path.name}: contrast {pair} names an arm it does not have"
+
+
+def _diff(delta, low, high):
+    return {"delta": delta, "low": low, "high": high, "seeds": [1, 2, 3]}
+
+
+def test_verdict_rule_sharpening_when_a_control_does_as_well():
+    """A control level with the reference on accuracy and not worse on NLL: sharpening, even when
+    another control loses clearly."""
+    readings = {
+        "entropy-matched": control_reading(_diff(0.0, -0.03, 0.03), _diff(0.001, -0.002, 0.004)),
+        "uniform": control_reading(_diff(-0.08, -0.12, -0.04), _diff(0.05, 0.03, 0.07)),
+    }
+    assert decide(readings) == {"answer": SHARPENING, "because": ["entropy-matched"]}
+    # the same accuracy but a held-out NLL clearly worse: that control no longer does as well
+    readings["entropy-matched"] = control_reading(_diff(0.0, -0.03, 0.03), _diff(0.01, 0.004, 0.02))
+    assert decide(readings)["answer"] != SHARPENING
+
+
+def test_verdict_rule_weak_specific_only_when_every_control_loses_clearly():
+    lose_on_accuracy = control_reading(_diff(-0.05, -0.09, -0.01), _diff(0.0, -0.01, 0.01))
+    lose_on_nll = control_reading(_diff(-0.01, -0.04, 0.02), _diff(0.02, 0.01, 0.03))
+    assert decide({"a": lose_on_accuracy, "b": lose_on_nll})["answer"] == WEAK_SPECIFIC
+    # a control that loses on accuracy but wins on NLL, clearly: not separable
+    mixed = control_reading(_diff(-0.05, -0.09, -0.01), _diff(-0.02, -0.03, -0.01))
+    assert decide({"a": lose_on_accuracy, "c": mixed}) == {"answer": NOT_SEPARABLE, "because": ["c"]}
+    # a control behind on accuracy, interval holding zero, no NLL: not separable either
+    unclear = control_reading(_diff(-0.02, -0.06, 0.02), None)
+    assert decide({"a": lose_on_accuracy, "d": unclear}) == {"answer": NOT_SEPARABLE, "because": ["d"]}
+    with pytest.raises(ValueError):
+        decide({})

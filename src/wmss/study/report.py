@@ -23,6 +23,7 @@ from wmss.reporting import markdown_table
 from wmss.rundir import EVAL, SFT, finished_phases, selection_phase, training_cost, wdjt_phase
 from wmss.study.layout import arm_dir, arm_tuning_path, setting_name
 from wmss.study.spec import Arm, Study
+from wmss.study.verdict import control_reading, decide
 from wmss.trainers import GRADIENT_KEYS
 
 
@@ -142,6 +143,22 @@ def _paired(
     return {"arm": versus, "seeds": shared, "delta": delta, "low": low, "high": high}
 
 
+def _verdict(runs: dict[str, dict[int, dict | None]], spec: dict) -> dict | None:
+    """The study's ``verdict``: each control against the reference arm (control − reference, on the
+    seeds both finished), then the rule of ``wmss.study.verdict``; None until a control has a seed."""
+    readings = {}
+    for control in spec["controls"]:
+        accuracy = _paired(runs, control, spec["arm"])
+        if accuracy is not None:
+            readings[control] = control_reading(accuracy, _paired(runs, control, spec["arm"], "heldout"))
+    if not readings:
+        return None
+    unfinished = [
+        arm for arm in (spec["arm"], *spec["controls"]) if any(r is None for r in runs[arm].values())
+    ]
+    return {"arm": spec["arm"], "readings": readings, "unfinished": unfinished, **decide(readings)}
+
+
 def collect(study: Study) -> dict[str, Any]:
     """Every finished run of the study, grouped by arm, with the comparisons to SFT."""
     tuning_path = study.output_dir / "tuning.json"
@@ -189,6 +206,7 @@ def collect(study: Study) -> dict[str, Any]:
         paired = _paired(runs, contrast["arm"], contrast["versus"])
         if paired is not None:
             contrasts.append({**paired, **contrast})  # "arm" is the contrast's, not the one it is paired with
+    verdict = _verdict(runs, study.verdict) if study.verdict is not None else None
     arm_tuning = {
         arm.name: read_json(arm_tuning_path(study, arm))
         for arm in study.arms
@@ -215,6 +233,7 @@ def collect(study: Study) -> dict[str, Any]:
         "passes": {arm.name: extra_passes(study, arm) for arm in study.arms},
         "arms": rows,
         "contrasts": contrasts,
+        "verdict": verdict,
         "missing": missing,
     }
 
@@ -229,6 +248,53 @@ def _number(value: float | None) -> str:
 
 def _delta(paired: dict) -> str:
     return f"{100 * paired['delta']:+.1f} [{100 * paired['low']:+.1f}, {100 * paired['high']:+.1f}]"
+
+
+def _verdict_lines(verdict: dict) -> list[str]:
+    """The rule's answer and the table it was read from."""
+    rows = []
+    for name, r in verdict["readings"].items():
+        nll = r["nll"]
+        rows.append(
+            [
+                name,
+                ",".join(map(str, r["accuracy"]["seeds"])),
+                _delta(r["accuracy"]),
+                "– (not measured)"
+                if nll is None
+                else f"{nll['delta']:+.4f} [{nll['low']:+.4f}, {nll['high']:+.4f}]",
+                "yes" if r["does_as_well"] else "no",
+                "yes" if r["reference_better"] and not r["control_better"] else "no",
+            ]
+        )
+    accuracy_only = any(r["nll"] is None for r in verdict["readings"].values())
+    return [
+        f"**Answer by the rule fixed before the runs** (docs/controls.md; `verdict` in the study file): "
+        f"**{verdict['answer']}** (decided by: {', '.join(verdict['because'])}). Each control minus "
+        f"{verdict['arm']}, pooled over the seeds both ran, paired bootstrap 95% intervals over problems"
+        + (
+            "; where the held-out NLL is not measured the rule reads accuracy alone."
+            if accuracy_only
+            else "."
+        )
+        + (
+            f" **Provisional**: seeds of {', '.join(verdict['unfinished'])} are still to run."
+            if verdict.get("unfinished")
+            else ""
+        ),
+        "",
+        markdown_table(
+            [
+                "control",
+                "seeds",
+                f"Δ accuracy vs {verdict['arm']} [95% CI]",
+                "Δ held-out NLL/token [95% CI]",
+                "does as well",
+                f"{verdict['arm']} better",
+            ],
+            rows,
+        ),  # fmt: skip
+    ]
 
 
 def _lambda(arm: dict) -> float | None:
@@ -569,6 +635,8 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
                 ],
             ),
         ]
+    if results.get("verdict"):
+        lines += ["", *_verdict_lines(results["verdict"])]
     if results["missing"]:
         lines += ["", "Not run yet: " + ", ".join(results["missing"]) + "."]
     machines = sorted({m for a in results["arms"] for m in a["machines"]})

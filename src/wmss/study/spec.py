@@ -23,6 +23,7 @@ A study YAML (see ``configs/study/``) has these keys::
       - {name: WMSS tuned, m1_from: WMSS, tune: {wmss.learning_rate: [5.0e-5, 1.0e-4]}}
     contrasts:                         # more paired differences for the report (beside each arm's Δ)
       - {arm: WD-DS only, versus: WMSS, differs: "λ = 1: no weak logits"}
+    verdict: {arm: WMSS, controls: [WD-DS only]}   # docs/controls.md's rule (wmss.study.verdict)
 
 ``data_dir`` may be relative to the working directory; ``$WMSS_DATA_DIR`` (the folder holding
 ``mawps/``) replaces a leading ``../shared/data``. An arm with ``m1_from`` starts from that arm's
@@ -96,6 +97,9 @@ class Study:
     heldout: bool = False
     """Score every arm's final model, once evaluated, on the held-out MAWPS problems (gold-solution NLL per
     token, ``wmss.study.heldout``) and for calibration on its test answers (``wmss.study.calibration``)."""
+    verdict: dict[str, Any] | None = None
+    """``{arm, controls}``: the report answers "weak-specific, sharpening or not separable" for ``arm``
+    against ``controls`` by the rule of ``wmss.study.verdict``."""
     pass_at_k: dict[str, Any] | None = None
     """``{arms: [names], samples: 8, temperature: 0.8}``: with ``heldout``, those arms' final models are
     also evaluated on the test split with ``samples`` sampled answers per problem (``pass_at_k.json``:
@@ -124,6 +128,7 @@ KEYS = (
     "contrasts",
     "heldout",
     "pass_at_k",
+    "verdict",
 )
 
 
@@ -293,7 +298,27 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         contrasts=[dict(c) for c in contrasts],
         heldout=_flag(raw.get("heldout", False), path, "heldout"),
         pass_at_k=_pass_at_k(raw.get("pass_at_k"), path, {a.name for a in arms}),
+        verdict=_verdict(raw.get("verdict"), path, [a.name for a in arms]),
     )
+
+
+def _verdict(value: Any, path: Path, names: list[str]) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if (
+        not isinstance(value, dict)
+        or set(value) != {"arm", "controls"}
+        or value["arm"] not in names
+        or not isinstance(value["controls"], list)
+        or not value["controls"]
+        or not set(value["controls"]) <= set(names)
+        or value["arm"] in value["controls"]
+    ):
+        raise ConfigError(
+            f"{path}: verdict must be {{arm: <arm name>, controls: [<other arm names>]}} naming the "
+            f"study's arms ({', '.join(names)}); got {value!r}."
+        )
+    return {"arm": value["arm"], "controls": list(value["controls"])}
 
 
 def _pass_at_k(value: Any, path: Path, names: set[str]) -> dict[str, Any] | None:
