@@ -81,8 +81,7 @@ def use_padding_free(models: list[nn.Module], enabled: bool, what: str) -> bool:
             return False
     log.info("%s: padding-free batches (train.padding_free).", what)
     impl = getattr(getattr(models[0], "config", None), "_attn_implementation", None)
-    on_cpu = all(p.device.type == "cpu" for p in models[0].parameters())
-    if on_cpu and impl != "flash_attention_2":
+    if next(models[0].parameters()).device.type == "cpu" and impl != "flash_attention_2":
         log.info(
             "%s: on a CPU a flattened row attends through a block-diagonal mask (%s), whose memory grows "
             "with the square of the row's length; train.group_by_length=true was faster on a CPU "
