@@ -403,20 +403,20 @@ def test_post_hoc_measures_held_out_nll_calibration_and_sampled_pass_at_k(
     from wmss.study.runner import run_study
 
     arms = [
-        {"name": "SFT", "overrides": ["sft.epochs=1", "wmss.iterations=0"]},
+        {"name": "SFT", "overrides": ["sft.epochs=1", "wmss.iterations=0"], "seeds": "all"},
         {"name": "Weak: uniform", "overrides": ["wmss.weak_logits=uniform"]},
     ]
     fixed = {"fixed": {"train.learning_rate": 1e-3}, "source": "chosen elsewhere"}
-    path = write_study(tmp_path, tiny_model_dir, mawps_dir, arms=arms, tuning=fixed, seeds=[1], heldout=True,
-                       pass_at_k={"arms": ["SFT"], "samples": 2})  # fmt: skip
+    path = write_study(tmp_path, tiny_model_dir, mawps_dir, arms=arms, tuning=fixed, seeds=[1, 2],
+                       heldout=True, pass_at_k={"arms": ["SFT"], "samples": 2, "seeds": [1]})  # fmt: skip
     study = load_study(path)
     run_study(study)
-    for slug in ("sft", "weak-uniform"):
-        run = study.output_dir / "arms" / slug / "seed-1"
+    for slug, seed in (("sft", 1), ("weak-uniform", 1), ("sft", 2)):
+        run = study.output_dir / "arms" / slug / f"seed-{seed}"
         held = read_json(run / "heldout.json")
         assert held["problems"] == 4 and held["tokens"] > 0 and held["nll_per_token"] > 0  # 16 - 12 held out
         assert {"ece", "brier"} <= set(read_json(run / "calibration.json"))
-        assert (run / "pass_at_k.json").is_file() == (slug == "sft")
+        assert (run / "pass_at_k.json").is_file() == (slug == "sft" and seed == 1)  # pass_at_k.seeds: [1]
     assert set(read_json(study.output_dir / "arms" / "sft" / "seed-1" / "pass_at_k.json")["pass_at_k"]) == {
         "1",
         "2",
@@ -425,6 +425,9 @@ def test_post_hoc_measures_held_out_nll_calibration_and_sampled_pass_at_k(
     assert "held-out NLL/token" in text and "**Sampled pass@k** (2 answers" in text
     with pytest.raises(ConfigError, match="pass_at_k must be"):
         load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, pass_at_k={"arms": ["nobody"]}))
+    with pytest.raises(ConfigError, match=r"pass_at_k must be.*seeds: \[some of the study's seeds"):
+        load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, seeds=[1, 2],
+                               pass_at_k={"arms": ["SFT"], "seeds": [3]}))  # fmt: skip
 
 
 @pytest.mark.parametrize(

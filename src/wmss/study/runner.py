@@ -198,7 +198,11 @@ def score_arm_measures(study: Study, arm: Arm, seed: int, setting: dict[str, Any
         arm.name, seed, summary["nll_per_token"], calibration["ece"], calibration["brier"],
     )  # fmt: skip
     out = {**summary, "calibration": calibration}
-    if study.pass_at_k and arm.name in study.pass_at_k["arms"]:
+    if (
+        study.pass_at_k
+        and arm.name in study.pass_at_k["arms"]
+        and (study.pass_at_k["seeds"] is None or seed in study.pass_at_k["seeds"])
+    ):
         out["pass_at_k"] = sampled_pass_at_k(study, run_dir, cfg)
     return out
 

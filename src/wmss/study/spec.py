@@ -101,9 +101,10 @@ class Study:
     """``{arm, controls}``: the report answers "weak-specific, sharpening or not separable" for ``arm``
     against ``controls`` by the rule of ``wmss.study.verdict``."""
     pass_at_k: dict[str, Any] | None = None
-    """``{arms: [names], samples: 8, temperature: 0.8}``: with ``heldout``, those arms' final models are
-    also evaluated on the test split with ``samples`` sampled answers per problem (``pass_at_k.json``:
-    pass@k for k = 1…samples, unbiased estimator), for whether a gain at pass@1 costs coverage."""
+    """``{arms: [names], samples: 8, temperature: 0.8, seeds: [..]}``: with ``heldout``, those arms' final
+    models are also evaluated on the test split with ``samples`` sampled answers per problem
+    (``pass_at_k.json``: pass@k for k = 1…samples, unbiased estimator), for whether a gain at pass@1
+    costs coverage; on the runs of ``seeds`` only (default: every seed the arm runs)."""
 
     def arm(self, name: str) -> Arm:
         for arm in self.arms:
@@ -297,7 +298,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         tuning_source=tuning.get("source") if fixed is None else raw["tuning"].get("source"),
         contrasts=[dict(c) for c in contrasts],
         heldout=_flag(raw.get("heldout", False), path, "heldout"),
-        pass_at_k=_pass_at_k(raw.get("pass_at_k"), path, {a.name for a in arms}),
+        pass_at_k=_pass_at_k(raw.get("pass_at_k"), path, {a.name for a in arms}, seeds),
         verdict=_verdict(raw.get("verdict"), path, [a.name for a in arms]),
     )
 
@@ -321,20 +322,24 @@ def _verdict(value: Any, path: Path, names: list[str]) -> dict[str, Any] | None:
     return {"arm": value["arm"], "controls": list(value["controls"])}
 
 
-def _pass_at_k(value: Any, path: Path, names: set[str]) -> dict[str, Any] | None:
+def _pass_at_k(value: Any, path: Path, names: set[str], seeds: list[int]) -> dict[str, Any] | None:
     if value is None:
         return None
-    spec = {"samples": 8, "temperature": 0.8, **value} if isinstance(value, dict) else None
+    spec = {"samples": 8, "temperature": 0.8, "seeds": None, **value} if isinstance(value, dict) else None
     if (
         spec is None
-        or set(spec) != {"arms", "samples", "temperature"}
+        or set(spec) != {"arms", "samples", "temperature", "seeds"}
         or not (isinstance(spec["arms"], list) and set(spec["arms"]) <= names)
+        or not (
+            spec["seeds"] is None
+            or (isinstance(spec["seeds"], list) and spec["seeds"] and set(spec["seeds"]) <= set(seeds))
+        )
         or not (isinstance(spec["samples"], int) and spec["samples"] >= 1)
         or not (isinstance(spec["temperature"], (int, float)) and spec["temperature"] > 0)
     ):
         raise ConfigError(
-            f"{path}: pass_at_k must be {{arms: [names of arms], samples: N >= 1, temperature: T > 0}}; "
-            f"got {value!r}."
+            f"{path}: pass_at_k must be {{arms: [names of arms], samples: N >= 1, temperature: T > 0, "
+            f"seeds: [some of the study's seeds {seeds}] (optional)}}; got {value!r}."
         )
     return spec
 
