@@ -157,7 +157,7 @@ def test_study_file_errors_name_the_problem(tmp_path, tiny_model_dir, mawps_dir)
 
 
 def test_a_whole_study_on_a_tiny_model(tmp_path, tiny_model_dir, mawps_dir):
-    from wmss.study.report import collect, write_study_report
+    from wmss.study.report import collect, training_compute, write_study_report
     from wmss.study.runner import run_study
 
     contrast = {"arm": "WD-JT only", "versus": "WD-DS only", "differs": "all of D, λ = 0.5"}
@@ -189,6 +189,13 @@ def test_a_whole_study_on_a_tiny_model(tmp_path, tiny_model_dir, mawps_dir):
     # shared-M1 arms are charged for the M1 they start from
     assert rows["WD-DS only"]["steps"] == wmss["sft"]["steps"] + shared["wdjt-1"]["steps"]
     assert rows["WD-JT only"]["active_fraction"] == 1.0 and rows["WD-JT only"]["distinct_fraction"] is None
+    # compute in forward passes over D: M1's epoch (3), two entropy passes, WD-JT over the active set
+    # (3 for the strong model, 3 more for the trained weak one; λ = 1 trains the strong model alone)
+    n = read_json(root / "arms" / "wmss" / "seed-1" / "manifest.json")["data"]["num_examples"]
+    active = wmss["wdjt-1"]["examples"] * wmss["wdjt-1"]["epochs"] / n
+    m1 = 3 * wmss["sft"]["epochs"] * wmss["sft"]["examples"] / n
+    assert training_compute(wmss, n) == pytest.approx(m1 + 2 + 6 * active)
+    assert rows["WD-DS only"]["compute"] == pytest.approx(m1 + 2 + 3 * active)  # charged for its M1
     # without de-duplication the active set repeats rows: the table also says how many are distinct
     drawn = read_jsonl(root / "arms" / "released" / "seed-1" / "selection-1.jsonl")
     assert rows["released"]["active_fraction"] == sum(r["draws"] for r in drawn) / 12
@@ -392,6 +399,34 @@ def test_learning_curve_stops_at_the_plateau_and_arms_start_from_it(tmp_path, ti
     assert (archive / "report" / "results.json").is_file()  # and the archive there is left as it was
     with pytest.raises(ConfigError, match="weak: previous needs from_curve"):
         load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, arms=[{"name": "A", "weak": "previous"}]))
+
+
+def test_training_compute_counts_what_each_weak_source_runs():
+    """A synthetic weak source adds nothing, a weak model held fixed or shuffled adds its forward pass,
+    a trained one its training pass; a phase whose cost is not modelled makes the estimate unknown."""
+    from wmss.study.report import training_compute
+
+    def wdjt(**record):
+        return {"sft": {"steps": 0, "reused": True}, "wdjt-1": {"steps": 5, "epochs": 2.0, "examples": 5,
+                **record}}  # fmt: skip
+
+    weak = {"weak": "M0"}
+    costs = {
+        name: training_compute(wdjt(**record), 10)
+        for name, record in {
+            "real": weak,
+            "frozen": {**weak, "freeze_weak": True},
+            "shuffled": {**weak, "weak_logits": "shuffled"},
+            "uniform": {**weak, "weak_logits": "uniform"},
+            "entropy_matched": {**weak, "weak_logits": "entropy_matched"},
+            "lambda 1": {"weak": None},
+        }.items()
+    }
+    assert costs == {"real": 6.0, "frozen": 4.0, "shuffled": 4.0, "uniform": 3.0, "entropy_matched": 3.0,
+                     "lambda 1": 3.0}  # fmt: skip
+    assert training_compute({"sft": {"steps": 4, "epochs": 2.0, "examples": 10}, "expo": {}}, 10) == 6.0
+    assert training_compute({"dpo": {"steps": 4, "epochs": 1.0, "examples": 10}}, 10) is None
+    assert training_compute({"sft": {"steps": 4, "epochs": 1.0, "examples": 10}}, None) is None
 
 
 def test_post_hoc_measures_held_out_nll_calibration_and_sampled_pass_at_k(

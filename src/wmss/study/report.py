@@ -2,9 +2,10 @@
 
 Per arm: test accuracy per seed, mean ± std over seeds, the difference to SFT on the same seeds with
 a paired bootstrap 95% interval (problems resampled; each problem's score is its mean correctness
-over those seeds), optimizer steps and training wall time (an arm that starts from another arm's M1
-is charged for that M1's steps and time), the WD-DS active fraction and the mean entropy gap
-H_strong − H_weak. Only finished runs (evaluated) are reported; missing ones are listed.
+over those seeds), optimizer steps, estimated training compute (``training_compute``) and training
+wall time (an arm that starts from another arm's M1 is charged for that M1's steps, compute and
+time), the WD-DS active fraction and the mean entropy gap H_strong − H_weak. Only finished runs
+(evaluated) are reported; missing ones are listed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from wmss.errors import WmssError
 from wmss.evaluation.metrics import paired_bootstrap
 from wmss.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
 from wmss.reporting import markdown_table
-from wmss.rundir import EVAL, SFT, finished_phases, selection_phase, training_cost, wdjt_phase
+from wmss.rundir import EVAL, NOT_TRAINING, SFT, finished_phases, selection_phase, training_cost, wdjt_phase
 from wmss.study.layout import arm_dir, arm_tuning_path, setting_name
 from wmss.study.spec import Arm, Study
 from wmss.study.verdict import control_reading, decide
@@ -63,11 +64,15 @@ def _run_row(study: Study, arm: Arm, seed: int) -> dict | None:
     if phases is None:
         return None
     steps, wall = training_cost(phases)
+    examples = read_json(run / "manifest.json").get("data", {}).get("num_examples")
+    compute = training_compute(phases, examples)
     gap_source = phases
     if arm.m1_from is not None:  # charged for the M1 it starts from
         source = finished_phases(arm_dir(study, study.arm(arm.m1_from), seed)) or {}
         m1 = source.get(SFT, {})
         steps, wall = steps + m1.get("steps", 0), wall + m1.get("wall_time_s", 0.0)
+        m1_compute = training_compute({SFT: m1}, examples) if m1 else None
+        compute = None if compute is None or m1_compute is None else compute + m1_compute
         trains_pair = wdjt_phase(1) in phases  # the (M0, M1) gap is its weak-strong gap
         if trains_pair and "mean_entropy_gap" not in phases.get(selection_phase(1), {}):
             gap_source = source
@@ -85,6 +90,7 @@ def _run_row(study: Study, arm: Arm, seed: int) -> dict | None:
         "scores": _scores(run, phases),
         "steps": steps,
         "wall_time_s": wall,
+        "compute": compute,
         "active_fraction": selection.get("active_fraction"),
         "distinct_fraction": distinct,
         "mean_entropy_gap": gap_source.get(selection_phase(1), {}).get("mean_entropy_gap"),
@@ -95,6 +101,45 @@ def _run_row(study: Study, arm: Arm, seed: int) -> dict | None:
         "calibration": read_json(run / "calibration.json") if (run / "calibration.json").is_file() else None,
         "pass_at_k": read_json(run / "pass_at_k.json") if (run / "pass_at_k.json").is_file() else None,
     }
+
+
+PASS_COST = {"train": 3.0, "forward": 1.0}
+"""A model's training pass (forward and backward) over an example costs about three forward passes."""
+COUNTED_METHODS = ("sft", "dft", "neftune")
+"""Methods whose phase ``<method>-continued`` is one model's plain training (``training_compute``)."""
+
+
+def training_compute(phases: dict[str, dict], num_examples: int | None) -> float | None:
+    """A run's training compute in forward passes of one model over D, estimated from its phases'
+    records (examples × epochs; an example's length is taken as D's mean): a training pass of one
+    model counts 3, a forward-only pass 1. An Eq. 7 entropy pass is one forward pass over D. In WD-JT
+    the strong model trains (3 per pass over the active set) and the weak model adds 3 when it trains,
+    1 when it only runs forward (held fixed, or ``shuffled``) and 0 for a control with no weak model
+    (``uniform``, ``entropy_matched``: its temperature search works on logits already computed) or at
+    λ = 1. A reused M1 costs nothing here (a study charges the arm it came from). None when a phase of
+    a kind not counted here ran (DPO's and SPIN's generation, UNDIAL's teacher, ...) or D's size is
+    unknown."""
+    if not num_examples:
+        return None
+    total = 0.0
+    for name, entry in phases.items():
+        passes = (entry.get("epochs") or 0.0) * (entry.get("examples") or 0) / num_examples
+        if name in NOT_TRAINING or name.startswith("selection-") or name == "expo":
+            continue
+        if name.startswith("entropy-"):
+            total += PASS_COST["forward"]
+        elif name == SFT or name in {f"{m}-continued" for m in COUNTED_METHODS}:
+            total += 0.0 if entry.get("reused") else PASS_COST["train"] * passes
+        elif name.startswith("wdjt-"):
+            total += PASS_COST["train"] * passes
+            source = entry.get("weak_logits", "model")
+            if entry.get("weak") is None or source in ("uniform", "entropy_matched"):
+                continue
+            trains_weak = source == "model" and not entry.get("freeze_weak")
+            total += PASS_COST["train" if trains_weak else "forward"] * passes
+        else:
+            return None
+    return total
 
 
 def _mean(values: list) -> float | None:
@@ -183,6 +228,9 @@ def collect(study: Study) -> dict[str, Any]:
             "num_problems": done[min(done)]["num_problems"],
             "steps": _mean([r["steps"] for r in done.values()]),
             "wall_time_s": _mean([r["wall_time_s"] for r in done.values()]),
+            "compute": _mean([r["compute"] for r in done.values()])
+            if all(r["compute"] is not None for r in done.values())
+            else None,
             "active_fraction": _mean([r["active_fraction"] for r in done.values()]),
             "distinct_fraction": _mean([r["distinct_fraction"] for r in done.values()]),
             "mean_entropy_gap": _mean([r["mean_entropy_gap"] for r in done.values()]),
@@ -543,8 +591,10 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
     base = results["baseline"]
     lines += [
         f"**Test** (`testset.json`): accuracy in %; Δ vs {base} (or the arm named after it) on the same"
-        " seeds with a paired bootstrap 95% interval over problems; steps and wall time include the shared M1"
-        " where an arm starts from it"
+        " seeds with a paired bootstrap 95% interval over problems; compute is an estimate in forward passes"
+        " of one model over D from the runs' records (a training pass counts 3, an untrained weak model's"
+        " forward 1, a synthetic weak source 0; tuning runs not counted); steps, compute and wall time"
+        " include the shared M1 where an arm starts from it"
         + (
             "; an arm that starts from the plateau model M_E* counts only what it trains after it."
             if any(study.arm(a["arm"]).from_curve for a in results["arms"])
@@ -572,13 +622,14 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
                 f"{_pct(a['mean'])}{std}",
                 delta,
                 f"{a['steps']:.0f}",
+                "–" if a.get("compute") is None else f"{a['compute']:.2f}",
                 f"{a['wall_time_s']:.0f} s",
                 active,
                 gap,
             ]
         )
     header = ["arm", "seeds", "accuracy per seed", "mean ± std", f"Δ vs {base} [95% CI]", "optimizer steps"]
-    header += ["train wall time", "active fraction", "mean ΔH"]
+    header += ["compute (passes over D)", "train wall time", "active fraction", "mean ΔH"]
     if any(a.get("heldout_nll") is not None for a in results["arms"]):  # studies with `heldout: true`
         header += ["held-out NLL/token", "Δ NLL [95% CI]", "ECE", "Brier"]
         for row, a in zip(rows, results["arms"], strict=True):
