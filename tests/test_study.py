@@ -443,7 +443,8 @@ def test_post_hoc_measures_held_out_nll_calibration_and_sampled_pass_at_k(
     ]
     fixed = {"fixed": {"train.learning_rate": 1e-3}, "source": "chosen elsewhere"}
     path = write_study(tmp_path, tiny_model_dir, mawps_dir, arms=arms, tuning=fixed, seeds=[1, 2],
-                       heldout=True, pass_at_k={"arms": ["SFT"], "samples": 2, "seeds": [1]})  # fmt: skip
+                       heldout=True, pass_at_k={"arms": ["SFT"], "samples": 2, "seeds": [1]},
+                       verdict={"arm": "SFT", "controls": ["Weak: uniform"]})  # fmt: skip
     study = load_study(path)
     run_study(study)
     for slug, seed in (("sft", 1), ("weak-uniform", 1), ("sft", 2)):
@@ -458,6 +459,12 @@ def test_post_hoc_measures_held_out_nll_calibration_and_sampled_pass_at_k(
     }
     text = write_study_report(study).read_text()
     assert "held-out NLL/token" in text and "**Sampled pass@k** (2 answers" in text
+    assert "Provisional" not in text and "reads accuracy alone" not in text  # the rule read both measures
+    (study.output_dir / "arms" / "weak-uniform" / "seed-1" / "heldout-nll.jsonl").unlink()
+    text = write_study_report(study).read_text()  # a run not scored yet: the answer is provisional
+    assert "the held-out NLL of Weak: uniform is still to score" in text
+    run_study(study, stage="heldout")
+    assert "Provisional" not in write_study_report(study).read_text()
     with pytest.raises(ConfigError, match="pass_at_k must be"):
         load_study(write_study(tmp_path, tiny_model_dir, mawps_dir, pass_at_k={"arms": ["nobody"]}))
     with pytest.raises(ConfigError, match=r"pass_at_k must be.*seeds: \[some of the study's seeds"):

@@ -101,10 +101,11 @@ def gold_nll(model: Any, dataset: Any, pad_token_id: int, batch_size: int = 16) 
 
 
 def score_heldout(run_dir: Path, data: DataConfig, max_length: int, rows: list[dict], made: dict) -> dict:
-    """``heldout.json`` and ``heldout-nll.jsonl`` of the final model in ``run_dir`` (kept if already there
-    for the same held-out set)."""
+    """``heldout.json`` and ``heldout-nll.jsonl`` of the final model in ``run_dir`` (kept if both are already
+    there for the same held-out set)."""
     summary_path = run_dir / "heldout.json"
-    if summary_path.is_file() and read_json(summary_path).get("data") == made:
+    complete = summary_path.is_file() and (run_dir / "heldout-nll.jsonl").is_file()
+    if complete and read_json(summary_path).get("data") == made:
         return read_json(summary_path)
     final = run_dir / "final"
     tokenizer = load_tokenizer(str(final))

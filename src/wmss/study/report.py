@@ -188,9 +188,11 @@ def _paired(
     return {"arm": versus, "seeds": shared, "delta": delta, "low": low, "high": high}
 
 
-def _verdict(runs: dict[str, dict[int, dict | None]], spec: dict) -> dict | None:
+def _verdict(runs: dict[str, dict[int, dict | None]], spec: dict, heldout: bool = False) -> dict | None:
     """The study's ``verdict``: each control against the reference arm (control − reference, on the
-    seeds both finished), then the rule of ``wmss.study.verdict``; None until a control has a seed."""
+    seeds both finished), then the rule of ``wmss.study.verdict``; None until a control has a seed.
+    ``unfinished``: the arms with a seed still to run; ``unscored`` (a study with ``heldout``): those
+    with a finished run whose held-out NLL is still to score."""
     readings = {}
     for control in spec["controls"]:
         accuracy = _paired(runs, control, spec["arm"])
@@ -201,7 +203,18 @@ def _verdict(runs: dict[str, dict[int, dict | None]], spec: dict) -> dict | None
     unfinished = [
         arm for arm in (spec["arm"], *spec["controls"]) if any(r is None for r in runs[arm].values())
     ]
-    return {"arm": spec["arm"], "readings": readings, "unfinished": unfinished, **decide(readings)}
+    unscored = [
+        arm
+        for arm in (spec["arm"], *spec["controls"])
+        if heldout and any(r is not None and r["heldout"] is None for r in runs[arm].values())
+    ]
+    return {
+        "arm": spec["arm"],
+        "readings": readings,
+        "unfinished": unfinished,
+        "unscored": unscored,
+        **decide(readings),
+    }
 
 
 def collect(study: Study) -> dict[str, Any]:
@@ -254,7 +267,7 @@ def collect(study: Study) -> dict[str, Any]:
         paired = _paired(runs, contrast["arm"], contrast["versus"])
         if paired is not None:
             contrasts.append({**paired, **contrast})  # "arm" is the contrast's, not the one it is paired with
-    verdict = _verdict(runs, study.verdict) if study.verdict is not None else None
+    verdict = _verdict(runs, study.verdict, study.heldout) if study.verdict is not None else None
     arm_tuning = {
         arm.name: read_json(arm_tuning_path(study, arm))
         for arm in study.arms
@@ -328,6 +341,12 @@ def _verdict_lines(verdict: dict) -> list[str]:
         + (
             f" **Provisional**: seeds of {', '.join(verdict['unfinished'])} are still to run."
             if verdict.get("unfinished")
+            else ""
+        )
+        + (
+            f" **Provisional**: the held-out NLL of {', '.join(verdict['unscored'])} is still to score "
+            "(`wmss study run <study.yaml> --stage heldout`)."
+            if verdict.get("unscored")
             else ""
         ),
         "",
