@@ -81,3 +81,35 @@ def test_answer_confidence_is_the_probability_of_the_stated_answer(tokenizer):
     assert span and 0.0 < confidence < 1.0 and np.isclose(confidence, expected, rtol=1e-4)
     assert answer_confidence(model, tokenizer, prompt, generation, None) == 0.0
     assert answer_confidence(model, tokenizer, prompt, generation, "41") == 0.0
+
+
+def test_derived_answer_confidence_is_where_the_solution_computed_it(tokenizer):
+    """The post-hoc measure: the answer's latest earlier occurrence as a whole number ("18" and "8.5"
+    do not count for "8"); the stated one when the generation computes it nowhere else."""
+    from wmss.study.calibration import answer_confidence, answer_confidences
+
+    model = build_model(len(tokenizer), seed=4).eval()
+    prompt = "Tom has 3 apples and buys 5 more."
+
+    def probability_at(generation, begin, end):  # the product of the probabilities of the span's tokens
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        gen = tokenizer(generation, add_special_tokens=False, return_offsets_mapping=True)
+        span = [i for i, (a, b) in enumerate(gen["offset_mapping"]) if a < end and b > begin]
+        ids = torch.tensor([prompt_ids + gen["input_ids"]])
+        with torch.no_grad():
+            probs = torch.softmax(model(ids).logits[0], -1)
+        return np.prod([probs[len(prompt_ids) + i - 1, ids[0, len(prompt_ids) + i]].item() for i in span])
+
+    generation = "18 - 8.5 = 9.5, 3 + 5 = 8, 18 + 8.5 = 26.5. The answer is 8."
+    stated, derived = answer_confidences(model, tokenizer, prompt, generation, "8")
+    computed = generation.index("= 8,") + 2
+    assert stated == answer_confidence(model, tokenizer, prompt, generation, "8")
+    assert np.isclose(derived, probability_at(generation, computed, computed + 1), rtol=1e-4)
+    assert np.isclose(stated, probability_at(generation, len(generation) - 2, len(generation) - 1), rtol=1e-4)
+    assert derived != stated
+    once = "The answer is 8."  # computed nowhere else: the stated occurrence
+    assert (
+        answer_confidences(model, tokenizer, prompt, once, "8")[1]
+        == answer_confidences(model, tokenizer, prompt, once, "8")[0]
+    )
+    assert answer_confidences(model, tokenizer, prompt, generation, None) == (0.0, 0.0)

@@ -451,7 +451,8 @@ def test_post_hoc_measures_held_out_nll_calibration_and_sampled_pass_at_k(
         run = study.output_dir / "arms" / slug / f"seed-{seed}"
         held = read_json(run / "heldout.json")
         assert held["problems"] == 4 and held["tokens"] > 0 and held["nll_per_token"] > 0  # 16 - 12 held out
-        assert {"ece", "brier"} <= set(read_json(run / "calibration.json"))
+        calibration = read_json(run / "calibration.json")
+        assert {"ece", "brier"} <= set(calibration) and {"ece", "brier"} <= set(calibration["derived"])
         assert (run / "pass_at_k.json").is_file() == (slug == "sft" and seed == 1)  # pass_at_k.seeds: [1]
     assert set(read_json(study.output_dir / "arms" / "sft" / "seed-1" / "pass_at_k.json")["pass_at_k"]) == {
         "1",
@@ -459,6 +460,7 @@ def test_post_hoc_measures_held_out_nll_calibration_and_sampled_pass_at_k(
     }
     text = write_study_report(study).read_text()
     assert "held-out NLL/token" in text and "**Sampled pass@k** (2 answers" in text
+    assert "**Calibration** on the test answers" in text and "| derived: mean confidence |" in text
     assert "Provisional" not in text and "reads accuracy alone" not in text  # the rule read both measures
     (study.output_dir / "arms" / "weak-uniform" / "seed-1" / "heldout-nll.jsonl").unlink()
     text = write_study_report(study).read_text()  # a run not scored yet: the answer is provisional

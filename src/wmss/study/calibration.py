@@ -11,10 +11,19 @@ joined, as generation saw them. A generation without an extracted answer has con
     Brier = mean (confidence − correct)²
 
 Written to ``calibration.json`` in the run directory.
+
+Added after the first runs (post hoc, and outside the answer rule of docs/controls.md): on MAWPS the
+stated answer copies the last number the worked solution computed ("189 - 6 = 157\nThe answer is
+157."), so its confidence is near 1 whether the arithmetic was right or not and the measure above says
+little beyond accuracy. The *derived-answer confidence* is the same product at the latest earlier
+occurrence of the answer in the generation, as a whole number (no digit or decimal point next to it),
+i.e. where the solution computed it; the stated occurrence where there is none. Its ECE and Brier are
+``calibration.json``'s ``derived``.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,44 +49,62 @@ def calibration_errors(confidence: np.ndarray, correct: np.ndarray, bins: int = 
 
 
 @torch.no_grad()
-def answer_confidence(model: Any, tokenizer: Any, prompt: str, generation: str, answer: str | None) -> float:
-    """The probability of the tokens of ``answer``'s last occurrence in ``generation`` (see the module)."""
+def answer_confidences(
+    model: Any, tokenizer: Any, prompt: str, generation: str, answer: str | None
+) -> tuple[float, float]:
+    """The stated and the derived answer confidence of ``generation`` (see the module), from one
+    teacher-forced pass; (0, 0) when it states no answer."""
     if not answer or answer not in generation:
-        return 0.0
+        return 0.0, 0.0
     start = generation.rindex(answer)
-    end = start + len(answer)
+    spans = [(start, start + len(answer))]
+    earlier = list(re.finditer(rf"(?<![\d.]){re.escape(answer)}(?!\.?\d)", generation[:start]))
+    spans.append((earlier[-1].start(), earlier[-1].end()) if earlier else spans[0])
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     encoded = tokenizer(generation, add_special_tokens=False, return_offsets_mapping=True)
-    span = [i for i, (a, b) in enumerate(encoded["offset_mapping"]) if a < end and b > start]
     ids = torch.tensor([prompt_ids + encoded["input_ids"]])
     logp = torch.log_softmax(model(input_ids=ids).logits[0].float(), dim=-1)
-    positions = [len(prompt_ids) + i for i in span]  # predicted from the position before each
-    total = sum(float(logp[p - 1, ids[0, p]]) for p in positions)
-    return float(np.exp(total))
+    out = []
+    for begin, end in spans:
+        tokens = [i for i, (a, b) in enumerate(encoded["offset_mapping"]) if a < end and b > begin]
+        positions = [len(prompt_ids) + i for i in tokens]  # predicted from the position before each
+        out.append(float(np.exp(sum(float(logp[p - 1, ids[0, p]]) for p in positions))))
+    return out[0], out[1]
+
+
+def answer_confidence(model: Any, tokenizer: Any, prompt: str, generation: str, answer: str | None) -> float:
+    """The probability of the tokens of ``answer``'s last occurrence in ``generation`` (see the module)."""
+    return answer_confidences(model, tokenizer, prompt, generation, answer)[0]
 
 
 def score_calibration(run_dir: Path) -> dict:
-    """``calibration.json`` of the run's final model on its test predictions (kept if already there)."""
+    """``calibration.json`` of the run's final model on its test predictions (kept if already there with
+    the derived-answer measure)."""
     path = run_dir / "calibration.json"
     predictions = run_dir / "eval" / "predictions.jsonl"
-    if path.is_file():
+    if path.is_file() and "derived" in read_json(path):
         return read_json(path)
     records = read_jsonl(predictions)
     tokenizer = load_tokenizer(str(run_dir / "final"))
     model = load_model(str(run_dir / "final")).eval()
-    confidence = np.array(
-        [
-            answer_confidence(model, tokenizer, r["prompt"], r["generation"], r.get("extracted"))
-            for r in records
-        ]
+    stated, derived = (
+        np.array(column)
+        for column in zip(
+            *(
+                answer_confidences(model, tokenizer, r["prompt"], r["generation"], r.get("extracted"))
+                for r in records
+            ),
+            strict=True,
+        )
     )
     correct = np.array([float(r["correct"]) for r in records])
     summary = {
         "problems": len(records),
-        "mean_confidence": float(confidence.mean()),
+        "mean_confidence": float(stated.mean()),
         "accuracy": float(correct.mean()),
-        **calibration_errors(confidence, correct),
+        **calibration_errors(stated, correct),
         "bins": BINS,
+        "derived": {"mean_confidence": float(derived.mean()), **calibration_errors(derived, correct)},
     }
     atomic_write_json(path, summary)
     return summary

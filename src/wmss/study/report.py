@@ -155,6 +155,21 @@ def _mean_gradients(per_seed: list[dict]) -> dict | None:
     return {"runs": len(per_seed), **{key: _mean([g.get(key) for g in per_seed]) for key in GRADIENT_KEYS}}
 
 
+def _mean_calibration(per_seed: list[dict]) -> dict | None:
+    """``calibration.json``'s stated and derived answer confidence, ECE and Brier, each averaged over the
+    runs that have the derived measure (``wmss.study.calibration``); None if none has."""
+    per_seed = [c for c in per_seed if "derived" in c]
+    if not per_seed:
+        return None
+    keys = ("mean_confidence", "ece", "brier")
+    return {
+        "runs": len(per_seed),
+        "accuracy": _mean([c["accuracy"] for c in per_seed]),
+        "stated": {k: _mean([c[k] for c in per_seed]) for k in keys},
+        "derived": {k: _mean([c["derived"][k] for c in per_seed]) for k in keys},
+    }
+
+
 def _mean_pass_at_k(per_seed: list[dict]) -> dict | None:
     """The sampled pass@k of ``pass_at_k.json`` (``wmss.study.runner.sampled_pass_at_k``), each k averaged
     over the seeds that measured it, with their count and the sampling settings; None if none did."""
@@ -254,6 +269,7 @@ def collect(study: Study) -> dict[str, Any]:
                 key: _mean([r["calibration"][key] for r in done.values() if r["calibration"] is not None])
                 for key in ("ece", "brier")
             },
+            "calibration": _mean_calibration([r["calibration"] for r in done.values() if r["calibration"]]),
             "pass_at_k": _mean_pass_at_k([r["pass_at_k"] for r in done.values() if r["pass_at_k"]]),
         }
         versus = arm.versus or baseline
@@ -672,6 +688,40 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
                     for g in [a["gradients"]]
                 ],
             ),
+        ]
+    calibrated = [a for a in results["arms"] if a.get("calibration")]
+    if calibrated:
+        lines += [
+            "",
+            "**Calibration** on the test answers (`wmss.study.calibration`; means over the arm's scored "
+            "runs): the confidence of the stated answer as defined before the runs, and of the derived "
+            "answer, where the solution computed it (added after the first runs: on these worked "
+            "solutions the stated answer copies the last computed number, so its confidence is near 1 "
+            "whatever the arithmetic):",
+            "",
+            markdown_table(
+                [
+                    "arm",
+                    "runs",
+                    "accuracy",
+                    "stated: mean confidence",
+                    "ECE",
+                    "Brier",
+                    "derived: mean confidence",
+                    "ECE",
+                    "Brier",
+                ],
+                [
+                    [a["arm"], str(c["runs"]), f"{_pct(c['accuracy'])}%"]
+                    + [
+                        f"{c[kind][k]:.3f}"
+                        for kind in ("stated", "derived")
+                        for k in ("mean_confidence", "ece", "brier")
+                    ]
+                    for a in calibrated
+                    for c in [a["calibration"]]
+                ],
+            ),  # fmt: skip
         ]
     sampled = [a for a in results["arms"] if a.get("pass_at_k")]
     if sampled:
