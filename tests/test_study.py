@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -463,8 +464,10 @@ def test_post_hoc_measures_held_out_nll_calibration_and_sampled_pass_at_k(
     assert "**Calibration** on the test answers" in text and "| derived: mean confidence |" in text
     assert "Provisional" not in text and "reads accuracy alone" not in text  # the rule read both measures
     (study.output_dir / "arms" / "weak-uniform" / "seed-1" / "heldout-nll.jsonl").unlink()
-    text = write_study_report(study).read_text()  # a run not scored yet: the answer is provisional
-    assert "the held-out NLL of Weak: uniform is still to score" in text
+    (study.output_dir / "arms" / "sft" / "seed-2" / "heldout-nll.jsonl").unlink()
+    text = write_study_report(study).read_text()  # runs not scored yet: the answer is provisional
+    assert "the held-out NLL of SFT, Weak: uniform is still to score" in text
+    assert re.search(r"\| SFT \| 1,2 \|.*\| \d\.\d{4} \(seed 1\) \|", text)  # the NLL's seeds are named
     run_study(study, stage="heldout")
     assert "Provisional" not in write_study_report(study).read_text()
     with pytest.raises(ConfigError, match="pass_at_k must be"):

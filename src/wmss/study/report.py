@@ -265,6 +265,7 @@ def collect(study: Study) -> dict[str, Any]:
             "machines": sorted({r["machine"] for r in done.values()}),
             "gradients": _mean_gradients([r["gradients"] for r in done.values() if r["gradients"]]),
             "heldout_nll": _mean([r["heldout"].mean() for r in done.values() if r["heldout"] is not None]),
+            "heldout_seeds": sorted(s for s, r in done.items() if r["heldout"] is not None),
             **{
                 key: _mean([r["calibration"][key] for r in done.values() if r["calibration"] is not None])
                 for key in ("ece", "brier")
@@ -327,6 +328,13 @@ def _delta(paired: dict) -> str:
     return f"{100 * paired['delta']:+.1f} [{100 * paired['low']:+.1f}, {100 * paired['high']:+.1f}]"
 
 
+def _seeds_note(measured: list[int] | None, seeds: list[int]) -> str:
+    """`` (seed 3)`` when a measure covers fewer seeds than the row's accuracy."""
+    if not measured or list(measured) == list(seeds):
+        return ""
+    return f" (seed{'s' if len(measured) > 1 else ''} {','.join(map(str, measured))})"
+
+
 def _verdict_lines(verdict: dict) -> list[str]:
     """The rule's answer and the table it was read from."""
     rows = []
@@ -339,7 +347,8 @@ def _verdict_lines(verdict: dict) -> list[str]:
                 _delta(r["accuracy"]),
                 "– (not measured)"
                 if nll is None
-                else f"{nll['delta']:+.4f} [{nll['low']:+.4f}, {nll['high']:+.4f}]",
+                else f"{nll['delta']:+.4f} [{nll['low']:+.4f}, {nll['high']:+.4f}]"
+                + _seeds_note(nll["seeds"], r["accuracy"]["seeds"]),
                 "yes" if r["does_as_well"] else "no",
                 "yes" if r["reference_better"] and not r["control_better"] else "no",
             ]
@@ -670,7 +679,14 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
         for row, a in zip(rows, results["arms"], strict=True):
             vs = a.get("heldout_vs_baseline")
             nll = "–" if a.get("heldout_nll") is None else f"{a['heldout_nll']:.4f}"
-            row += [nll, "–" if vs is None else f"{vs['delta']:+.4f} [{vs['low']:+.4f}, {vs['high']:+.4f}]"]
+            nll += _seeds_note(a.get("heldout_seeds"), a["seeds"]) if a.get("heldout_nll") is not None else ""
+            row += [
+                nll,
+                "–"
+                if vs is None
+                else f"{vs['delta']:+.4f} [{vs['low']:+.4f}, {vs['high']:+.4f}]"
+                + _seeds_note(vs["seeds"], a["seeds"]),
+            ]
             row += ["–" if a.get(k) is None else f"{a[k]:.3f}" for k in ("ece", "brier")]
     lines.append(markdown_table(header, rows))
     with_gradients = [a for a in results["arms"] if a.get("gradients")]
