@@ -105,8 +105,8 @@ def _run_row(study: Study, arm: Arm, seed: int) -> dict | None:
 
 PASS_COST = {"train": 3.0, "forward": 1.0}
 """A model's training pass (forward and backward) over an example costs about three forward passes."""
-COUNTED_METHODS = ("sft", "dft", "neftune")
-"""Methods whose phase ``<method>-continued`` is one model's plain training (``training_compute``)."""
+PLAIN_TRAINING = {SFT, *(f"{m}-continued" for m in ("sft", "dft", "neftune"))}
+"""Phases that are one model's plain training (``training_compute``)."""
 
 
 def training_compute(phases: dict[str, dict], num_examples: int | None) -> float | None:
@@ -128,7 +128,7 @@ def training_compute(phases: dict[str, dict], num_examples: int | None) -> float
             continue
         if name.startswith("entropy-"):
             total += PASS_COST["forward"]
-        elif name == SFT or name in {f"{m}-continued" for m in COUNTED_METHODS}:
+        elif name in PLAIN_TRAINING:
             total += 0.0 if entry.get("reused") else PASS_COST["train"] * passes
         elif name.startswith("wdjt-"):
             total += PASS_COST["train"] * passes
@@ -328,6 +328,11 @@ def _delta(paired: dict) -> str:
     return f"{100 * paired['delta']:+.1f} [{100 * paired['low']:+.1f}, {100 * paired['high']:+.1f}]"
 
 
+def _nll_delta(paired: dict) -> str:
+    """A held-out NLL difference with its interval, in nats per token."""
+    return f"{paired['delta']:+.4f} [{paired['low']:+.4f}, {paired['high']:+.4f}]"
+
+
 def _seeds_note(measured: list[int] | None, seeds: list[int]) -> str:
     """`` (seed 3)`` when a measure covers fewer seeds than the row's accuracy."""
     if not measured or list(measured) == list(seeds):
@@ -347,8 +352,7 @@ def _verdict_lines(verdict: dict) -> list[str]:
                 _delta(r["accuracy"]),
                 "– (not measured)"
                 if nll is None
-                else f"{nll['delta']:+.4f} [{nll['low']:+.4f}, {nll['high']:+.4f}]"
-                + _seeds_note(nll["seeds"], r["accuracy"]["seeds"]),
+                else _nll_delta(nll) + _seeds_note(nll["seeds"], r["accuracy"]["seeds"]),
                 "yes" if r["does_as_well"] else "no",
                 "yes" if r["reference_better"] and not r["control_better"] else "no",
             ]
@@ -682,10 +686,7 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
             nll += _seeds_note(a.get("heldout_seeds"), a["seeds"]) if a.get("heldout_nll") is not None else ""
             row += [
                 nll,
-                "–"
-                if vs is None
-                else f"{vs['delta']:+.4f} [{vs['low']:+.4f}, {vs['high']:+.4f}]"
-                + _seeds_note(vs["seeds"], a["seeds"]),
+                "–" if vs is None else _nll_delta(vs) + _seeds_note(vs["seeds"], a["seeds"]),
             ]
             row += ["–" if a.get(k) is None else f"{a[k]:.3f}" for k in ("ece", "brier")]
     lines.append(markdown_table(header, rows))
