@@ -430,6 +430,30 @@ def test_training_compute_counts_what_each_weak_source_runs():
     assert training_compute({"sft": {"steps": 4, "epochs": 1.0, "examples": 10}}, None) is None
 
 
+def test_sampled_pass_at_k_difference_is_paired_per_problem_on_shared_seeds():
+    """pass@1 and pass@n differences come from each problem's unbiased pass@k on the seeds both arms
+    sampled (an unsampled seed is left out), not from the arms' means over different seeds."""
+    from wmss.study.report import _paired_pass_at_k
+
+    def sampled(*per_problem):
+        return {"pass_at_k": {"samples": 2, "per_problem": list(per_problem)}}
+
+    runs = {
+        "SFT": {1: sampled(0.0, 0.5, 1.0), 2: sampled(1.0, 1.0, 1.0)},
+        "WMSS": {1: sampled(0.5, 0.5, 0.0), 2: {"pass_at_k": None}, 3: None},
+    }
+    paired = _paired_pass_at_k(runs, "WMSS", "SFT")
+    assert paired["seeds"] == [1]
+    # pass@1 = share correct: 1/3 - 1/2; pass@2 = any correct: [1, 1, 0] vs [0, 1, 1]
+    assert paired["1"]["delta"] == pytest.approx(1 / 3 - 1 / 2)
+    assert paired["2"]["delta"] == pytest.approx(0.0)
+    assert paired["2"]["low"] < 0 < paired["2"]["high"]
+    assert _paired_pass_at_k({"SFT": runs["SFT"], "X": {2: sampled(1.0, 0.0, 0.0)}}, "X", "SFT")["seeds"] == [
+        2
+    ]
+    assert _paired_pass_at_k({"SFT": runs["SFT"], "X": {3: sampled(1.0, 0.0, 0.0)}}, "X", "SFT") is None
+
+
 def test_post_hoc_measures_held_out_nll_calibration_and_sampled_pass_at_k(
     tmp_path, tiny_model_dir, mawps_dir
 ):
@@ -461,6 +485,7 @@ def test_post_hoc_measures_held_out_nll_calibration_and_sampled_pass_at_k(
     }
     text = write_study_report(study).read_text()
     assert "held-out NLL/token" in text and "**Sampled pass@k** (2 answers" in text
+    assert "| Δ pass@1 vs SFT | Δ pass@2 vs SFT |" in text  # SFT is the only sampled arm: no differences
     assert "**Calibration** on the test answers" in text and "| derived: mean confidence |" in text
     assert "Provisional" not in text and "reads accuracy alone" not in text  # the rule read both measures
     (study.output_dir / "arms" / "weak-uniform" / "seed-1" / "heldout-nll.jsonl").unlink()

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from wmss.errors import WmssError
-from wmss.evaluation.metrics import paired_bootstrap
+from wmss.evaluation.metrics import paired_bootstrap, pass_at_k
 from wmss.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
 from wmss.reporting import markdown_table
 from wmss.rundir import EVAL, NOT_TRAINING, SFT, finished_phases, selection_phase, training_cost, wdjt_phase
@@ -203,6 +203,31 @@ def _paired(
     return {"arm": versus, "seeds": shared, "delta": delta, "low": low, "high": high}
 
 
+def _paired_pass_at_k(runs: dict[str, dict[int, dict | None]], arm: str, versus: str) -> dict | None:
+    """Sampled pass@1 and pass@n (n the samples per problem) of ``arm`` minus ``versus`` on the seeds
+    both sampled: each problem's unbiased pass@k from its share of correct samples, averaged over those
+    seeds, with a paired bootstrap 95% interval over problems; None when they share no sampled seed."""
+    mine = {s: r["pass_at_k"] for s, r in runs[arm].items() if r is not None and r["pass_at_k"]}
+    theirs = {s: r["pass_at_k"] for s, r in runs[versus].items() if r is not None and r["pass_at_k"]}
+    shared = sorted(set(mine) & set(theirs))
+    if not shared:
+        return None
+    n = mine[shared[0]]["samples"]
+
+    def per_problem(record: dict, k: int) -> list[float]:
+        return [pass_at_k(n, round(share * n), k) for share in record["per_problem"]]
+
+    out = {"arm": versus, "seeds": shared}
+    for k in (1, n):
+        delta, low, high = paired_bootstrap(
+            np.mean([per_problem(mine[s], k) for s in shared], axis=0),
+            np.mean([per_problem(theirs[s], k) for s in shared], axis=0),
+            seed=0,
+        )
+        out[str(k)] = {"delta": delta, "low": low, "high": high}
+    return out
+
+
 def _verdict(runs: dict[str, dict[int, dict | None]], spec: dict, heldout: bool = False) -> dict | None:
     """The study's ``verdict``: each control against the reference arm (control − reference, on the
     seeds both finished), then the rule of ``wmss.study.verdict``; None until a control has a seed.
@@ -278,6 +303,8 @@ def collect(study: Study) -> dict[str, Any]:
             row["vs_baseline"] = paired
         if arm.name != versus and (paired := _paired(runs, arm.name, versus, "heldout")) is not None:
             row["heldout_vs_baseline"] = paired
+        if arm.name != baseline and (paired := _paired_pass_at_k(runs, arm.name, baseline)) is not None:
+            row["pass_at_k_vs_baseline"] = paired
         rows.append(row)
     contrasts = []
     for contrast in study.contrasts:
@@ -744,16 +771,21 @@ def markdown(study: Study, results: dict, figures: list[str]) -> str:
     if sampled:
         ks = list(sampled[0]["pass_at_k"]["pass_at_k"])
         first = sampled[0]["pass_at_k"]
+        edges = ["1", str(first["samples"])]
         lines += [
             "",
             f"**Sampled pass@k** ({first['samples']} answers per test problem at temperature "
-            f"{first['temperature']}, unbiased estimator; means over the arm's measured seeds):",
+            f"{first['temperature']}, unbiased estimator; means over the arm's measured seeds; Δ vs "
+            f"{results['baseline']} on the seeds both sampled, paired bootstrap 95% interval over problems):",
             "",
             markdown_table(
-                ["arm", "runs"] + [f"pass@{k}" for k in ks],
+                ["arm", "runs"]
+                + [f"pass@{k}" for k in ks]
+                + [f"Δ pass@{k} vs {results['baseline']}" for k in edges],
                 [
                     [a["arm"], str(a["pass_at_k"]["runs"])]
                     + [_pct(a["pass_at_k"]["pass_at_k"].get(k)) for k in ks]
+                    + [_delta(vs[k]) if (vs := a.get("pass_at_k_vs_baseline")) else "–" for k in edges]
                     for a in sampled
                 ],
             ),  # fmt: skip
